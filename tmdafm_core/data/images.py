@@ -1,0 +1,208 @@
+"""Reading and writing single AFM images.
+
+Every image enters the library through :func:`load_image`: a 2-D float32 height map scaled to 0..1 and its pixel
+size in nanometres. TIFF (8/16/32-bit integer and float), PNG and JPEG are read; RGB(A) exports are converted to a
+height-like grayscale.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SUFFIXES = frozenset({".tif", ".tiff", ".png", ".jpg", ".jpeg"})
+
+#: Scan size assumed when neither the file nor the manifest gives the pixel size: the paper's 1 µm crops.
+DEFAULT_SCAN_SIZE_NM = 1000.0
+
+# Pixel sizes outside this range come from placeholder resolution tags (72 dpi -> 353 µm/px), not from a scan.
+_PLAUSIBLE_PIXEL_NM = (1e-3, 1e5)
+_TIFF_UNIT_TO_NM = {2: 2.54e7, 3: 1e7}  # RESUNIT inch, centimetre
+
+_LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float64)
+
+
+def _is_tiff(path: Path) -> bool:
+    return path.suffix.lower() in {".tif", ".tiff"}
+
+
+def _tiff_pixel_size_nm(page) -> float | None:
+    """Pixel size from a tifffile page's XResolution/ResolutionUnit tags, or None when absent or implausible."""
+    tags = page.tags
+    if "XResolution" not in tags:
+        return None
+    unit = tags["ResolutionUnit"].value if "ResolutionUnit" in tags else 2
+    unit = int(getattr(unit, "value", unit))
+    if unit not in _TIFF_UNIT_TO_NM:
+        return None
+    numerator, denominator = tags["XResolution"].value
+    if numerator <= 0 or denominator <= 0:
+        return None
+    pixel_nm = _TIFF_UNIT_TO_NM[unit] * denominator / numerator
+    low, high = _PLAUSIBLE_PIXEL_NM
+    return float(pixel_nm) if low <= pixel_nm <= high else None
+
+
+def probe_image(path) -> tuple[int, int, float | None]:
+    """Read only an image's header.
+
+    Parameters
+    ----------
+    path : str or Path
+        TIFF, PNG or JPEG file.
+
+    Returns
+    -------
+    height, width : int
+        Image size in pixels.
+    pixel_size_nm : float or None
+        Pixel size from TIFF resolution tags, or None when the file does not carry a usable one.
+
+    Raises
+    ------
+    ValueError
+        When the file is not a readable image of a supported type.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"{path}: unsupported image type {path.suffix!r}; use one of {sorted(IMAGE_SUFFIXES)}")
+    try:
+        if _is_tiff(path):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                shape = page.shape
+                pixel_nm = _tiff_pixel_size_nm(page)
+            height, width = _plane_shape(shape, path)
+            return height, width, pixel_nm
+        from PIL import Image
+
+        with Image.open(path) as im:
+            width, height = im.size
+        return int(height), int(width), None
+    except ValueError:
+        raise
+    except Exception as exc:  # any decoder failure means the same thing to the user
+        raise ValueError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
+
+
+def _plane_shape(shape, path: Path) -> tuple[int, int]:
+    shape = tuple(int(s) for s in shape)
+    if len(shape) == 2:
+        return shape
+    if len(shape) == 3 and shape[-1] in (3, 4):
+        return shape[0], shape[1]
+    if len(shape) == 3 and shape[0] in (3, 4):
+        return shape[1], shape[2]
+    raise ValueError(f"{path}: expected a 2-D grayscale or RGB(A) image, got an array of shape {shape}")
+
+
+def to_height_gray(array, *, source="image") -> np.ndarray:
+    """Convert a 2-D or RGB(A) array to a 2-D float64 height-like map (alpha dropped, ITU-R 601 luma)."""
+    array = np.asarray(array)
+    if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[-1] not in (3, 4):
+        array = np.moveaxis(array, 0, -1)
+    if array.ndim == 3 and array.shape[-1] in (3, 4):
+        array = array[..., :3].astype(np.float64) @ _LUMA_WEIGHTS
+    if array.ndim != 2:
+        raise ValueError(f"{source}: expected a 2-D grayscale or RGB(A) image, got an array of shape {array.shape}")
+    return array.astype(np.float64, copy=False)
+
+
+def normalize_height(height, *, source="image") -> np.ndarray:
+    """Scale a height map to 0..1 (float32) after filling non-finite pixels.
+
+    NaN/inf pixels (dropouts in raw scans) are filled with the median of the finite pixels before scaling, so that
+    no descriptor sees them. A constant image becomes all zeros.
+    """
+    height = np.asarray(height, dtype=np.float64)
+    finite = np.isfinite(height)
+    if not finite.any():
+        raise ValueError(f"{source}: no finite pixel values (all NaN/inf)")
+    if not finite.all():
+        height = np.where(finite, height, np.median(height[finite]))
+    low, high = height.min(), height.max()
+    span = high - low
+    scaled = (height - low) / span if span > 0 else np.zeros_like(height)
+    return scaled.astype(np.float32)
+
+
+def load_image(path, *, pixel_size_nm: float | None = None) -> tuple[np.ndarray, float]:
+    """Read an AFM image as a height map scaled to 0..1.
+
+    Parameters
+    ----------
+    path : str or Path
+        TIFF (8/16/32-bit integer or float), PNG or JPEG. RGB(A) is converted to grayscale by luma.
+    pixel_size_nm : float, optional
+        Pixel size in nm, e.g. from a manifest. Takes precedence over the file's TIFF resolution tags. When neither
+        is known the image is assumed to span 1 µm (``1000 / width``).
+
+    Returns
+    -------
+    image : ndarray of float32, shape (height, width)
+        Heights min-max scaled to 0..1; non-finite pixels filled with the median of the finite ones.
+    pixel_size_nm : float
+        Nanometres per pixel.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"{path}: unsupported image type {path.suffix!r}; use one of {sorted(IMAGE_SUFFIXES)}")
+    tag_pixel_nm = None
+    try:
+        if _is_tiff(path):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                raw = page.asarray()
+                tag_pixel_nm = _tiff_pixel_size_nm(page)
+        else:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                im.load()
+                if im.mode in ("P", "LA", "PA", "1", "CMYK", "YCbCr", "HSV"):
+                    im = im.convert("RGBA" if "A" in im.mode else "RGB")
+                raw = np.asarray(im)
+    except Exception as exc:  # decoder errors differ per library; the user needs one message
+        raise ValueError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
+    if raw.size == 0:
+        raise ValueError(f"{path}: image has no pixels")
+    image = normalize_height(to_height_gray(raw, source=str(path)), source=str(path))
+    if pixel_size_nm is None or not np.isfinite(pixel_size_nm):
+        pixel_size_nm = tag_pixel_nm if tag_pixel_nm is not None else DEFAULT_SCAN_SIZE_NM / image.shape[1]
+    elif pixel_size_nm <= 0:
+        raise ValueError(f"{path}: pixel_size_nm must be positive, got {pixel_size_nm}")
+    return image, float(pixel_size_nm)
+
+
+def save_tiff(path, image, *, pixel_size_nm: float, dtype=np.float32) -> None:
+    """Write a 2-D height map as a TIFF whose resolution tags carry the pixel size.
+
+    Parameters
+    ----------
+    path : str or Path
+        Output file (``.tif``).
+    image : ndarray, shape (height, width)
+        Height values. With ``dtype=np.uint16`` they must lie in 0..1 and are quantised to 0..65535.
+    pixel_size_nm : float
+        Nanometres per pixel, stored as pixels per centimetre (ResolutionUnit = CENTIMETER).
+    dtype : {np.float32, np.uint16}
+        Stored sample type.
+    """
+    import tifffile
+
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise ValueError(f"{path}: save_tiff expects a 2-D image, got shape {image.shape}")
+    if not pixel_size_nm > 0:
+        raise ValueError(f"{path}: pixel_size_nm must be positive, got {pixel_size_nm}")
+    if np.dtype(dtype) == np.uint16:
+        data = np.round(np.clip(image, 0.0, 1.0) * 65535).astype(np.uint16)
+    else:
+        data = image.astype(dtype)
+    pixels_per_cm = 1e7 / pixel_size_nm
+    tifffile.imwrite(path, data, resolution=(pixels_per_cm, pixels_per_cm), resolutionunit="CENTIMETER")
