@@ -73,19 +73,16 @@ def probe_image(path) -> tuple[int, int, float | None]:
 
             with tifffile.TiffFile(path) as tif:
                 page = tif.pages[0]
-                shape = page.shape
-                pixel_nm = _tiff_pixel_size_nm(page)
-            height, width = _plane_shape(shape, path)
-            return height, width, pixel_nm
-        from PIL import Image
+                shape, pixel_nm = page.shape, _tiff_pixel_size_nm(page)
+        else:
+            from PIL import Image
 
-        with Image.open(path) as im:
-            width, height = im.size
-        return int(height), int(width), None
-    except ValueError:
-        raise
+            with Image.open(path) as im:
+                shape, pixel_nm = (im.size[1], im.size[0]), None
     except Exception as exc:  # any decoder failure means the same thing to the user
         raise ValueError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
+    height, width = _plane_shape(shape, path)
+    return height, width, pixel_nm
 
 
 def _plane_shape(shape, path: Path) -> tuple[int, int]:

@@ -1,0 +1,28 @@
+"""Shared fixtures: small data sets written by the tests themselves."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tmdafm_core.data import PAPER_MATERIALS, save_tiff
+
+
+def write_tmd_afm_folder(folder, *, materials=PAPER_MATERIALS, samples=4, per_sample=3, size=48, test_samples=1,
+                         seed=0):
+    """Write a tiny TMD-AFM-layout folder; the first ``test_samples`` samples of each class are held out."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for material in materials:
+        for s in range(samples):
+            suffix = "_test" if s < test_samples else ""
+            for i in range(per_sample):
+                image = rng.random((size, size))
+                save_tiff(folder / f"{material}_afm_{material}s{s}_{i:02d}{suffix}.tif", image, pixel_size_nm=4.0,
+                          dtype=np.uint16)
+    return folder
+
+
+@pytest.fixture
+def tmd_afm_folder(tmp_path):
+    return write_tmd_afm_folder(tmp_path / "tmd")
