@@ -43,10 +43,35 @@ def _run_info(args) -> int:
     return 0
 
 
+# --- synth ------------------------------------------------------------------------------------------------------
+
+def _add_synth(sub) -> None:
+    p = sub.add_parser("synth", help="write a synthetic TMD-AFM-layout data set with ground truth (manifest.csv)")
+    p.add_argument("out", type=Path, help="output folder (new, empty, or a previous synth output to overwrite)")
+    p.add_argument("--n", type=int, default=1026, help="total number of images (default: 1026, the real data set)")
+    p.add_argument("--size", type=int, default=256, help="image side in pixels; every crop spans 1 um (default: 256)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--preview", type=Path, metavar="PNG", help="also write a labelled montage of the images")
+
+
+def _run_synth(args) -> int:
+    from tmdafm_core.data.synthetic import write_synthetic_dataset
+
+    manifest = write_synthetic_dataset(args.out, n=args.n, size=args.size, seed=args.seed, preview=args.preview,
+                                       progress=True)
+    counts = manifest.groupby(["material", "split"], sort=False).size().unstack(fill_value=0)
+    print(f"wrote {len(manifest)} images of {manifest['sample_id'].nunique()} samples to {args.out}")
+    print(counts.to_string())
+    if args.preview is not None:
+        print(f"preview: {args.preview}")
+    return 0
+
+
 # --- registry ---------------------------------------------------------------------------------------------------
 
 _COMMANDS = {
     "info": (_add_info, _run_info),
+    "synth": (_add_synth, _run_synth),
 }
 
 

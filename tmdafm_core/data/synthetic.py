@@ -22,6 +22,7 @@ layout with a ``manifest.csv`` holding each crop's true generator parameters as 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,6 +183,24 @@ def sample_params(material: str, rng) -> SampleParams:
         noise_nm=prior["noise"] * _log_uniform(rng, 0.01, 0.3),
         scan_line_nm=rng.uniform(0.0, 0.05),
     )
+
+
+def reference_params(material: str = "MoS2", **overrides) -> SampleParams:
+    """A plain, moderate sample (isolated triangles, few particles, no terraces, low noise) to sweep one factor.
+
+    Descriptor validation varies one truth variable at a time on top of this, e.g.
+    ``[reference_params(particle_density_per_um2=d) for d in (5, 20, 80, 300)]``; in the mixed data set every
+    factor varies at once and confounds the others.
+    """
+    base = SampleParams(material=material, growth_mode="isolated", domain_density_per_um2=10.0,
+                        domain_size_nm=150.0, domain_size_spread=0.2, flipped_fraction=0.3, misoriented_fraction=0.0,
+                        bilayer_probability=0.0, nucleus_probability=0.0, particle_density_per_um2=5.0,
+                        particle_diameter_nm=25.0, particle_height_nm=1.5, tip_sigma_nm=2.5, noise_nm=0.02,
+                        scan_line_nm=0.01)
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(SampleParams)})
+    if unknown:
+        raise ValueError(f"reference_params: unknown parameter(s) {unknown}; see SampleParams for the fields")
+    return dataclasses.replace(base, **overrides)
 
 
 # --- geometry (nm, independent of the pixel count) ---------------------------------------------------------------
@@ -482,6 +501,8 @@ def plan_dataset(n: int = 1026, *, seed: int = 0) -> list[dict]:
     (:class:`SampleParams`, shared by the crops of one sample) and ``seed`` (the crop seed). Held-out (test) images
     come from their own samples.
     """
+    if int(seed) != seed or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed}")
     counts = class_image_counts(n)
     root = np.random.SeedSequence(seed)
     plan_rng = np.random.default_rng(root.spawn(1)[0])
@@ -561,7 +582,7 @@ def _prepare_out_dir(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
-def write_synthetic_dataset(out_dir, *, n: int = 1026, size: int = 256, seed: int = 0,
+def write_synthetic_dataset(out_dir, *, n: int = 1026, size: int = 256, seed: int = 0, preview=None,
                             progress: bool = False) -> pd.DataFrame:
     """Write a synthetic data set in the public TMD-AFM layout plus ``manifest.csv`` with the ground truth.
 
@@ -579,6 +600,8 @@ def write_synthetic_dataset(out_dir, *, n: int = 1026, size: int = 256, seed: in
         Image side in pixels (≥ 32); every crop spans 1 µm.
     seed : int
         Seed; the same seed gives the same data set at any ``size`` (the same surfaces).
+    preview : str or Path, optional
+        Also write a labelled montage PNG there (:func:`write_preview`).
     progress : bool
         Show a tqdm progress bar on stderr.
 
@@ -591,6 +614,8 @@ def write_synthetic_dataset(out_dir, *, n: int = 1026, size: int = 256, seed: in
     """
     if int(size) != size or size < MIN_SIZE_PX:
         raise ValueError(f"size must be an integer >= {MIN_SIZE_PX} pixels, got {size}")
+    if preview is not None:
+        _check_preview_path(preview)
     jobs = plan_dataset(n, seed=seed)
     out_dir = Path(out_dir)
     _prepare_out_dir(out_dir)
@@ -601,6 +626,8 @@ def write_synthetic_dataset(out_dir, *, n: int = 1026, size: int = 256, seed: in
     rows = [_write_one(job, out_dir, int(size)) for job in jobs]
     manifest = pd.DataFrame(rows)
     manifest.to_csv(out_dir / MANIFEST_CSV_NAME, index=False)
+    if preview is not None:
+        write_preview(manifest, preview, root=out_dir)
     return manifest
 
 
@@ -613,6 +640,13 @@ def _afm_colours(image: np.ndarray) -> np.ndarray:
     return (rgb * 255).astype(np.uint8)
 
 
+def _check_preview_path(png_path) -> Path:
+    png_path = Path(png_path)
+    if png_path.suffix.lower() != ".png":
+        raise ValueError(f"{png_path}: the preview is a PNG; give a file name ending in .png")
+    return png_path
+
+
 def write_preview(manifest: pd.DataFrame, png_path, *, root=None, per_class: int = 6, tile: int = 160) -> Path:
     """Write a labelled montage: one row per material, up to ``per_class`` images from different samples.
 
@@ -623,9 +657,7 @@ def write_preview(manifest: pd.DataFrame, png_path, *, root=None, per_class: int
 
     from .images import load_image
 
-    png_path = Path(png_path)
-    if png_path.suffix.lower() != ".png":
-        raise ValueError(f"{png_path}: the preview is a PNG; give a file name ending in .png")
+    png_path = _check_preview_path(png_path)
     root = Path(root if root is not None else manifest.attrs.get("root", "."))
     materials = list(dict.fromkeys(manifest["material"]))
     label_width, gap = 110, 4
