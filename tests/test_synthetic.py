@@ -147,6 +147,13 @@ def test_truth_counts_follow_their_parameters():
     assert truth(noise_nm=0.2)["noise_amplitude"] > 3 * truth(noise_nm=0.02)["noise_amplitude"]
 
 
+def test_particle_count_matches_expected_density(small_set):
+    _, manifest = small_set
+    # Poisson counts of particles + nuclei per 1 µm² crop scatter around the sample's expected density.
+    ratio = manifest["truth_particle_count"].sum() / manifest["truth_particle_density_per_um2"].sum()
+    assert 0.85 < ratio < 1.15
+
+
 def test_rerun_overwrites_previous_synth_output(tmp_path):
     write_synthetic_dataset(tmp_path / "d", n=16, size=32, seed=0)
     manifest = write_synthetic_dataset(tmp_path / "d", n=11, size=32, seed=0)

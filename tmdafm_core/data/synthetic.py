@@ -534,7 +534,6 @@ _TRUTH_PARAMETERS = {  # manifest column -> SampleParams field
     "truth_max_layers": "max_layers",
     "truth_truncation": "truncation",
     "truth_orientation_deg": "orientation_deg",
-    "truth_particle_density_per_um2": "particle_density_per_um2",
     "truth_particle_diameter_nm": "particle_diameter_nm",
     "truth_terrace_spacing_nm": "terrace_spacing_nm",
     "truth_terrace_angle_deg": "terrace_angle_deg",
@@ -542,6 +541,11 @@ _TRUTH_PARAMETERS = {  # manifest column -> SampleParams field
     "truth_tip_sigma_nm": "tip_sigma_nm",
     "truth_noise_nm": "noise_nm",
 }
+
+
+def expected_particle_density(params: SampleParams) -> float:
+    """Expected bright round features (particles and domain-centre nuclei) per µm² of a sample."""
+    return params.particle_density_per_um2 + params.nucleus_probability * params.domain_density_per_um2
 
 
 def _write_one(job: dict, out_dir: Path, size: int) -> dict:
@@ -552,6 +556,7 @@ def _write_one(job: dict, out_dir: Path, size: int) -> dict:
     row = {"path": job["name"], "material": job["material"], "sample_id": job["sample_id"], "split": job["split"],
            "pixel_size_nm": pixel_nm, "truth_growth_mode": params.growth_mode}
     row.update({column: getattr(params, field) for column, field in _TRUTH_PARAMETERS.items()})
+    row["truth_particle_density_per_um2"] = expected_particle_density(params)
     row.update({
         "truth_coverage": truth["coverage"],
         "truth_grain_count": truth["grain_count"],
