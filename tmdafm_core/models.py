@@ -1,0 +1,297 @@
+"""ResNet classifiers of the paper, their head, and where their starting weights come from.
+
+A model is a torchvision ResNet whose ImageNet classifier is replaced by the paper's head
+``Linear(in -> 100) -> ReLU -> Dropout -> Linear(100 -> outputs)`` (``in`` = 512 for ResNet18/34, 2048 for
+ResNet50/101/152). The 100 post-ReLU activations of that head are the *latent features* analysed against the
+physical image descriptors.
+
+Starting weights (``weights=``):
+
+``"none"``
+    random initialisation (training from scratch).
+``"imagenet-v1"``, ``"imagenet-v2"``
+    torchvision's ImageNet weights, read from the torchvision cache ``$TORCH_HOME/hub/checkpoints/<file>``. They
+    are never downloaded here (our machines and many lab machines are offline): when the file is missing the error
+    names it, the folder, and how to put it there. V2 exists for ResNet50/101/152 only.
+a path
+    a torchvision ResNet state dict (``.pth``), or a fold checkpoint of one of our runs (the starting point of
+    sequential training: every tensor whose name and shape match is taken, so a head with a different number of
+    outputs starts fresh).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+WEIGHT_CHOICES = ("none", "imagenet-v1", "imagenet-v2")
+LATENT_DIM = 100
+#: Input normalisation of torchvision's ImageNet weights; the paper uses it for every mode.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_WEIGHT_ENUM_NAMES = {"imagenet-v1": "IMAGENET1K_V1", "imagenet-v2": "IMAGENET1K_V2"}
+
+
+class Head(nn.Module):
+    """The paper's classifier head: ``Linear(in -> 100) -> ReLU -> Dropout -> Linear(100 -> outputs)``.
+
+    On its own it is the MLP of the feature-extraction mode (trained on precomputed feature vectors).
+    """
+
+    def __init__(self, in_features: int, n_outputs: int, *, dropout: float = 0.0):
+        super().__init__()
+        self.hidden = nn.Sequential(nn.Linear(in_features, LATENT_DIM), nn.ReLU(inplace=True))
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(LATENT_DIM, n_outputs)
+
+    @property
+    def in_features(self) -> int:
+        return self.hidden[0].in_features
+
+    @property
+    def n_outputs(self) -> int:
+        return self.out.out_features
+
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        """Latent features (N, 100): the post-ReLU activations of the hidden layer."""
+        return self.hidden(features)
+
+    def classify(self, latent: torch.Tensor) -> torch.Tensor:
+        """Logits (N, outputs) from latent features."""
+        return self.out(self.dropout(latent))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.embed(features))
+
+
+class ResNetClassifier(nn.Module):
+    """A torchvision ResNet backbone (classifier removed) followed by :class:`Head`.
+
+    ``forward`` gives logits; :meth:`embed` the 100-d latent features; :meth:`feature_maps` the last convolutional
+    stage (for class activation maps); :meth:`forward_all` all three from one pass.
+    """
+
+    def __init__(self, arch: str, backbone: nn.Module, head: Head):
+        super().__init__()
+        self.arch = arch
+        backbone.fc = nn.Identity()
+        self.backbone = backbone
+        self.head = head
+
+    def feature_maps(self, images: torch.Tensor) -> torch.Tensor:
+        """Activations of the last residual stage, shape (N, C, h, w) (C = 512 or 2048, h = w = size / 32)."""
+        b = self.backbone
+        x = b.maxpool(b.relu(b.bn1(b.conv1(images))))
+        return b.layer4(b.layer3(b.layer2(b.layer1(x))))
+
+    @staticmethod
+    def pool(maps: torch.Tensor) -> torch.Tensor:
+        """Global average pool of feature maps: (N, C, h, w) -> (N, C), torchvision's ``avgpool`` + flatten."""
+        return maps.mean(dim=(2, 3))
+
+    def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features (N, 512 or 2048): the input of the head (feature-extraction mode)."""
+        return self.pool(self.feature_maps(images))
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head.embed(self.backbone_features(images))
+
+    def forward_all(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(logits, latent, feature_maps)`` of one forward pass."""
+        maps = self.feature_maps(images)
+        latent = self.head.embed(self.pool(maps))
+        return self.head.classify(latent), latent, maps
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone_features(images))
+
+
+def backbone_width(arch: str) -> int:
+    """Number of pooled backbone features of an architecture (512 or 2048)."""
+    check_arch(arch)
+    return 512 if arch in ("resnet18", "resnet34") else 2048
+
+
+def check_arch(arch: str) -> str:
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; use one of {', '.join(ARCHITECTURES)}")
+    return arch
+
+
+def imagenet_weights(arch: str, version: str):
+    """The torchvision weights enum member for ``weights="imagenet-v1"|"imagenet-v2"``."""
+    from torchvision.models import get_model_weights
+
+    check_arch(arch)
+    enum = get_model_weights(arch)
+    name = _WEIGHT_ENUM_NAMES[version]
+    if name not in enum.__members__:
+        having = [a for a in ARCHITECTURES if _WEIGHT_ENUM_NAMES[version] in get_model_weights(a).__members__]
+        raise ValueError(f"{arch} has no ImageNet {version[-2:].upper()} weights in torchvision; use --weights "
+                         f"imagenet-v1 (V2 exists for {', '.join(having)})")
+    return enum[name]
+
+
+def weights_cache_file(weights) -> Path:
+    """Where torchvision keeps a weights enum member's file: ``$TORCH_HOME/hub/checkpoints/<file name of its URL>``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / weights.url.rsplit("/", 1)[-1]
+
+
+def load_imagenet_state_dict(arch: str, version: str) -> dict:
+    """Read torchvision ImageNet weights from the local cache, never from the network.
+
+    Raises
+    ------
+    FileNotFoundError
+        When the file is not in the cache; the message names the file, the folder and how to fix it.
+    """
+    weights = imagenet_weights(arch, version)
+    path = weights_cache_file(weights)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{arch} ImageNet {version[-2:].upper()} weights not found: expected {path.name} in {path.parent} "
+            f"(nothing is downloaded). Fix: copy {path.name} (from {weights.url}) into that folder or set TORCH_HOME "
+            f"to a folder holding hub/checkpoints/{path.name}; or pass --weights PATH to the file; "
+            "or --weights none to train from scratch")
+    return _torch_load(path)
+
+
+def _torch_load(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a damaged or foreign file fails in many ways; the user needs one message
+        raise ValueError(f"{path}: not a readable weights file ({type(exc).__name__}: {exc})") from None
+
+
+def _strip_prefix(state: dict, prefix: str) -> dict:
+    if state and all(k.startswith(prefix) for k in state):
+        return {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def _load_backbone_state(backbone: nn.Module, state: dict, source: str) -> None:
+    """Load an ImageNet-style ResNet state dict into a backbone whose ``fc`` is removed."""
+    state = _strip_prefix(state, "module.")
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    expected = backbone.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or wrong:
+        detail = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
+                  else f"shape mismatch in {wrong[:3]}")
+        raise ValueError(f"{source}: not a state dict of this ResNet architecture ({detail}); "
+                         "check --arch against the weights file")
+    backbone.load_state_dict(state)
+
+
+def _load_run_checkpoint(model: nn.Module, checkpoint: dict, source: str) -> None:
+    """Start from a fold checkpoint of one of our runs: take every tensor whose name and shape match."""
+    arch = checkpoint.get("arch")
+    model_arch = getattr(model, "arch", None)
+    if arch is None:
+        raise ValueError(f"{source}: checkpoint holds no ResNet (a feature-MLP run?); pass a fine-tuning run's fold")
+    if arch != model_arch:
+        raise ValueError(f"{source}: checkpoint is a {arch} model, not {model_arch}; use --arch {arch}")
+    own = model.state_dict()
+    taken = {k: v for k, v in checkpoint["model"].items() if k in own and own[k].shape == v.shape}
+    if not any(k.startswith("backbone.") for k in taken):
+        raise ValueError(f"{source}: no backbone tensors match {model_arch}; the file is not a checkpoint of it")
+    model.load_state_dict(taken, strict=False)
+
+
+def build_model(arch: str, n_outputs: int, *, weights: str | Path = "none", dropout: float = 0.0) -> ResNetClassifier:
+    """Build the paper's ResNet classifier.
+
+    Parameters
+    ----------
+    arch : {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152"}
+    n_outputs : int
+        Number of classes (MtC) or elements (MtL).
+    weights : {"none", "imagenet-v1", "imagenet-v2"} or path
+        Starting weights (see the module docstring). ImageNet weights come from the torchvision cache only.
+    dropout : float
+        Dropout probability of the head, 0 <= p < 1.
+
+    Returns
+    -------
+    ResNetClassifier
+        In training mode, on the CPU. ``model.weights_source`` says where the weights came from.
+
+    Raises
+    ------
+    ValueError
+        Unknown architecture, V2 for ResNet18/34, bad dropout or outputs, a weights file of another architecture.
+    FileNotFoundError
+        ImageNet weights not in the cache, or a weights path that does not exist.
+    """
+    from torchvision.models import get_model
+
+    check_arch(arch)
+    if int(n_outputs) < 1:
+        raise ValueError(f"n_outputs must be >= 1, got {n_outputs}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    state, checkpoint, source = None, None, "random initialisation"
+    if isinstance(weights, str) and weights in WEIGHT_CHOICES:
+        if weights != "none":
+            state = load_imagenet_state_dict(arch, weights)  # fails before any model is built
+            source = f"torchvision {imagenet_weights(arch, weights)}"
+    else:
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: weights file not found; --weights takes {', '.join(WEIGHT_CHOICES)} "
+                                    "or the path of a .pth state dict or run checkpoint")
+        loaded = _torch_load(path)
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a state dict or a run checkpoint, got {type(loaded).__name__}")
+        if isinstance(loaded.get("model"), dict):
+            checkpoint = loaded
+        else:
+            state = loaded.get("state_dict", loaded)
+        source = str(path)
+
+    backbone = get_model(arch, weights=None)
+    model = ResNetClassifier(arch, backbone, Head(backbone_width(arch), int(n_outputs), dropout=dropout))
+    if state is not None:
+        _load_backbone_state(model.backbone, state, source)
+    if checkpoint is not None:
+        _load_run_checkpoint(model, checkpoint, source)
+    model.weights_source = source
+    return model
+
+
+def build_feature_mlp(in_features: int, n_outputs: int, *, dropout: float = 0.0) -> Head:
+    """The MLP of the feature-extraction mode: the paper's head on precomputed feature vectors."""
+    if int(in_features) < 1 or int(n_outputs) < 1:
+        raise ValueError(f"in_features and n_outputs must be >= 1, got {in_features}, {n_outputs}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    return Head(int(in_features), int(n_outputs), dropout=dropout)
+
+
+def class_log_scores(logits: torch.Tensor, *, element_matrix: torch.Tensor | None = None) -> torch.Tensor:
+    """Log-probability of every class, the quantity both tasks decode by (argmax over classes).
+
+    Parameters
+    ----------
+    logits : Tensor, shape (N, outputs)
+        Model outputs: class logits (MtC) or element logits (MtL).
+    element_matrix : Tensor of float, shape (n_classes, n_elements), optional
+        Given for MtL: row ``c`` is the element-presence vector of class ``c``. The score of a class is then the
+        summed log-probability of its element vector, ``log p`` for present and ``log(1 - p)`` for absent elements,
+        so the decoded prediction is always a valid material.
+
+    Returns
+    -------
+    Tensor, shape (N, n_classes)
+    """
+    if element_matrix is None:
+        return torch.log_softmax(logits, dim=1)
+    logits = logits.float()
+    matrix = torch.as_tensor(element_matrix, dtype=torch.float32, device=logits.device)
+    return nn.functional.logsigmoid(logits) @ matrix.T + nn.functional.logsigmoid(-logits) @ (1.0 - matrix).T

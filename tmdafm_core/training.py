@@ -1,0 +1,1022 @@
+"""Training and cross-validation of the paper's classifiers (fine-tuning, scratch, and the feature-extraction MLP).
+
+Small named steps in the style of the torchvision references:
+
+* :func:`load_data` reads every image once (``load_image``), resizes it and keeps the whole set as one tensor;
+* :class:`InputBatches` turns rows of that tensor into model-ready batches: random horizontal and vertical flips
+  (p = 0.5 each, drawn from a seeded generator) on the batch, gray -> 3 channels by broadcasting against the
+  ImageNet mean/std, channels-last memory layout;
+* :func:`train_one_epoch` and :func:`evaluate`;
+* :func:`fit_fold` trains one cross-validation fold and keeps its best epoch;
+* :func:`cross_validate` runs every fold and writes the run directory (``config.json``, ``splits.csv``,
+  ``fold<k>.pt``, ``history.csv``, ``metrics.json``); a rerun skips folds whose checkpoint is complete;
+* :func:`grid_search` runs :func:`cross_validate` over a grid of lr / dropout / batch size.
+
+Tasks: ``"mtc"`` (multi-class, cross-entropy over materials) and ``"mtl"`` (multi-label, binary cross-entropy over
+elements). MtL predictions are decoded to the most likely valid material by the summed log-probability of its
+element vector (:func:`tmdafm_core.models.class_log_scores`), so accuracy, macro-F1 and confusion matrices are
+comparable between the tasks; MtL also reports element accuracy (share of correct element presence calls).
+
+Best epoch (``select``):
+
+``"f1"`` (default)
+    highest validation macro-F1; ties go to the lower validation loss.
+``"paper"``
+    the paper keeps "the best epoch by validation F1 and loss"; we read it as: an epoch replaces the kept one only
+    when it is at least as good on both, validation F1 >= kept F1 and validation loss <= kept loss.
+
+Sampling: with ``weighted_sampler=True`` (default, as in the paper) every epoch draws as many training images as
+the partition holds, with replacement, each with probability proportional to 1 / (images of its class).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import itertools
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .data import FeatureTable, LabelSpace, fold_partitions, load_image, split_dataset
+from .models import IMAGENET_MEAN, IMAGENET_STD, build_feature_mlp, build_model, check_arch, class_log_scores
+
+TASKS = ("mtc", "mtl")
+SELECT_RULES = ("f1", "paper")
+PARTITIONS = ("train", "val", "test")
+#: Image size used when the images of a data set differ in size (ImageNet's training size).
+FALLBACK_IMAGE_SIZE = 224
+CONFIG_NAME, METRICS_NAME, HISTORY_NAME, SPLITS_NAME = "config.json", "metrics.json", "history.csv", "splits.csv"
+HISTORY_COLUMNS = ("fold", "epoch", "split", "loss", "accuracy", "f1_macro")
+# Settings that do not change the result; a resumed run may differ in them.
+_RESUME_FREE = {"device", "source", "notes"}
+
+
+# --- configuration ----------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (stored as ``config.json`` and in every checkpoint's ``args``).
+
+    ``arch``/``weights``/``image_size`` are ignored (None) for feature-table runs.
+    """
+
+    arch: str | None = "resnet18"
+    weights: str | None = "imagenet-v1"
+    task: str = "mtc"
+    folds: int = 5
+    epochs: int = 60
+    lr: float = 7.5e-5
+    batch_size: int = 32
+    dropout: float = 0.0
+    image_size: int | None = None
+    device: str = "cpu"
+    seed: int = 0
+    select: str = "f1"
+    weighted_sampler: bool = True
+    test_fraction: float = 0.1
+
+    def validate(self) -> TrainConfig:
+        if self.arch is not None:
+            check_arch(self.arch)
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.select not in SELECT_RULES:
+            raise ValueError(f"select must be one of {', '.join(SELECT_RULES)}, got {self.select!r}")
+        for name, low in (("folds", 2), ("epochs", 1), ("batch_size", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.image_size is not None and not 32 <= int(self.image_size) <= 4096:
+            raise ValueError(f"image_size must be in 32..4096 px, got {self.image_size}")
+        resolve_device(self.device)
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"cpu"`` or ``"cuda"``/``"cuda:N"``; CUDA must be visible."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {name!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {name!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda but no CUDA GPU is visible to torch; use --device cpu")
+    return device
+
+
+def _autocast(device: torch.device):
+    """bf16 autocast on GPUs; full precision on the CPU (bf16 matmuls are slow on most CPUs)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# --- data -------------------------------------------------------------------------------------------------------
+
+def default_image_size(manifest: pd.DataFrame) -> int:
+    """The images' own size when they are all square and equal (the paper trains at native size), else 224."""
+    sizes = set(zip(manifest["height"].astype(int), manifest["width"].astype(int), strict=True))
+    if len(sizes) == 1:
+        (height, width), = sizes
+        if height == width:
+            return int(height)
+    return FALLBACK_IMAGE_SIZE
+
+
+def resize_image(image: np.ndarray, size: int) -> torch.Tensor:
+    """A 2-D image (0..1) as a (1, size, size) float32 tensor (bilinear, antialiased when shrinking)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+    if tensor.shape[-2:] != (size, size):
+        tensor = F.interpolate(tensor, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return tensor[0].clamp_(0.0, 1.0)
+
+
+def load_data(manifest: pd.DataFrame, *, image_size: int, progress: bool = False) -> torch.Tensor:
+    """Read every image of a manifest once.
+
+    Parameters
+    ----------
+    manifest : DataFrame
+        Tidy manifest (``path``, ``pixel_size_nm``).
+    image_size : int
+        Side of the square model input in pixels.
+    progress : bool
+        Show a tqdm bar on stderr.
+
+    Returns
+    -------
+    Tensor of float32, shape (n_images, 1, image_size, image_size)
+        Heights scaled to 0..1, in manifest row order.
+    """
+    from tqdm.auto import tqdm
+
+    images = torch.empty((len(manifest), 1, image_size, image_size), dtype=torch.float32)
+    rows = zip(manifest["path"], manifest["pixel_size_nm"], strict=True)
+    for i, (path, pixel_nm) in enumerate(tqdm(rows, total=len(manifest), desc="loading images", unit="img",
+                                              disable=not progress, leave=False)):
+        image, _ = load_image(path, pixel_size_nm=pixel_nm)
+        images[i] = resize_image(image, image_size)
+    return images
+
+
+class InputBatches:
+    """Model-ready batches from stored rows: images (N, 1, S, S) in 0..1, or feature vectors (N, F).
+
+    Images: optional random H/V flips per image, then ``(x - mean) / std`` against 3-channel mean/std (which also
+    repeats gray into 3 channels), channels-last layout. Feature vectors: ``(x - mean) / std`` only.
+    """
+
+    def __init__(self, stored: torch.Tensor, *, mean, std, device: torch.device, channels_last: bool = True):
+        self.device = device
+        self.is_image = stored.ndim == 4
+        self.stored = stored.to(device) if device.type == "cuda" else stored
+        shape = (1, -1, 1, 1) if self.is_image else (1, -1)
+        self.mean = torch.as_tensor(mean, dtype=torch.float32, device=device).reshape(shape)
+        self.std = torch.as_tensor(std, dtype=torch.float32, device=device).reshape(shape)
+        self.channels_last = channels_last and self.is_image
+
+    def __call__(self, index, *, flip_generator: torch.Generator | None = None) -> torch.Tensor:
+        index = torch.as_tensor(index, dtype=torch.long)
+        x = self.stored[index.to(self.stored.device)].to(self.device, non_blocking=True)
+        if self.is_image and flip_generator is not None:
+            flips = (torch.rand((len(index), 2), generator=flip_generator) < 0.5).to(self.device)
+            x = torch.where(flips[:, 0, None, None, None], x.flip(-1), x)
+            x = torch.where(flips[:, 1, None, None, None], x.flip(-2), x)
+        x = (x - self.mean) / self.std
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
+def _targets(class_index: np.ndarray, labels: LabelSpace, task: str) -> torch.Tensor:
+    if task == "mtc":
+        return torch.as_tensor(class_index, dtype=torch.long)
+    return torch.as_tensor(labels.element_matrix[class_index], dtype=torch.float32)
+
+
+def _criterion(task: str) -> nn.Module:
+    return nn.CrossEntropyLoss() if task == "mtc" else nn.BCEWithLogitsLoss()
+
+
+def epoch_order(train_index: np.ndarray, class_index: np.ndarray, *, weighted: bool,
+                generator: torch.Generator) -> np.ndarray:
+    """Training positions of one epoch: class-balanced draws with replacement, or a plain permutation."""
+    if not weighted:
+        return train_index[torch.randperm(len(train_index), generator=generator).numpy()]
+    classes = class_index[train_index]
+    counts = np.bincount(classes)
+    probabilities = torch.as_tensor(1.0 / counts[classes], dtype=torch.double)
+    draws = torch.multinomial(probabilities, len(train_index), replacement=True, generator=generator)
+    return train_index[draws.numpy()]
+
+
+# --- metrics ----------------------------------------------------------------------------------------------------
+
+def classification_scores(true, predicted, n_classes: int) -> dict:
+    """Accuracy, macro-F1 and confusion counts of class predictions.
+
+    Macro-F1 averages over the classes that occur in ``true`` or ``predicted`` (scikit-learn's default labels).
+
+    Returns
+    -------
+    dict with ``accuracy`` and ``f1_macro`` (floats in 0..1, NaN for no images) and ``confusion``
+    (ndarray of int64, shape (n_classes, n_classes); rows true, columns predicted).
+    """
+    true = np.asarray(true, dtype=np.int64)
+    predicted = np.asarray(predicted, dtype=np.int64)
+    confusion = np.bincount(true * n_classes + predicted, minlength=n_classes * n_classes).reshape(n_classes,
+                                                                                                  n_classes)
+    if len(true) == 0:
+        return {"accuracy": float("nan"), "f1_macro": float("nan"), "confusion": confusion}
+    hits = np.diag(confusion).astype(np.float64)
+    denominator = confusion.sum(axis=0) + confusion.sum(axis=1)
+    present = denominator > 0
+    f1 = 2.0 * hits[present] / denominator[present]
+    return {"accuracy": float(hits.sum() / len(true)), "f1_macro": float(f1.mean()), "confusion": confusion}
+
+
+def decode_classes(logits: torch.Tensor, task: str, element_matrix: torch.Tensor | None) -> torch.Tensor:
+    """Predicted class index per row: argmax of the class log-probabilities (MtL: over valid materials)."""
+    return class_log_scores(logits, element_matrix=element_matrix if task == "mtl" else None).argmax(dim=1)
+
+
+# --- one epoch --------------------------------------------------------------------------------------------------
+
+def train_one_epoch(model, optimizer, criterion, batches: InputBatches, targets: torch.Tensor,
+                    class_index: np.ndarray, order: np.ndarray, *, task: str, element_matrix, batch_size: int,
+                    flip_generator: torch.Generator, n_classes: int) -> dict:
+    """One pass over ``order`` (training positions) in train mode.
+
+    Returns the mean loss and the accuracy / macro-F1 of the predictions made on the (augmented) training batches.
+    """
+    model.train()
+    device = batches.device
+    if len(order) % batch_size == 1 and len(order) > 1:
+        order = order[:-1]  # BatchNorm cannot normalise a batch of one in train mode; the draw is random anyway
+    total_loss, predictions = 0.0, []
+    for start in range(0, len(order), batch_size):
+        index = order[start:start + batch_size]
+        x = batches(index, flip_generator=flip_generator)
+        y = targets[index].to(device, non_blocking=True)
+        with _autocast(device):
+            logits = model(x)
+        loss = criterion(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += float(loss.detach()) * len(index)
+        predictions.append(decode_classes(logits.detach().float(), task, element_matrix).cpu())
+    scores = classification_scores(class_index[order], torch.cat(predictions).numpy(), n_classes)
+    return {"loss": total_loss / len(order), "accuracy": scores["accuracy"], "f1_macro": scores["f1_macro"]}
+
+
+@torch.inference_mode()
+def evaluate(model, criterion, batches: InputBatches, targets: torch.Tensor, class_index: np.ndarray,
+             index: np.ndarray, *, task: str, element_matrix, batch_size: int, n_classes: int) -> dict:
+    """Loss, accuracy, macro-F1 and confusion of the images at ``index`` in eval mode (no augmentation).
+
+    MtL adds ``element_accuracy``: the share of element presence calls (p > 0.5) that are right.
+    """
+    model.eval()
+    device = batches.device
+    total_loss, predictions, element_hits = 0.0, [], 0.0
+    for start in range(0, len(index), batch_size):
+        part = index[start:start + batch_size]
+        y = targets[part].to(device)
+        with _autocast(device):
+            logits = model(batches(part))
+        logits = logits.float()
+        total_loss += float(criterion(logits, y)) * len(part)
+        predictions.append(decode_classes(logits, task, element_matrix).cpu())
+        if task == "mtl":
+            element_hits += float(((logits > 0) == (y > 0.5)).float().sum())
+    predicted = torch.cat(predictions).numpy() if predictions else np.zeros(0, dtype=np.int64)
+    scores = classification_scores(class_index[index], predicted, n_classes)
+    result = {"loss": total_loss / len(index) if len(index) else float("nan"), **scores, "predicted": predicted}
+    if task == "mtl":
+        n_calls = len(index) * targets.shape[1]
+        result["element_accuracy"] = element_hits / n_calls if n_calls else float("nan")
+    return result
+
+
+def _is_better(val: dict, kept: dict | None, select: str) -> bool:
+    if kept is None:
+        return True
+    f1, loss = val["f1_macro"], val["loss"]
+    if select == "paper":
+        return f1 >= kept["f1_macro"] and loss <= kept["loss"]
+    return f1 > kept["f1_macro"] or (f1 == kept["f1_macro"] and loss < kept["loss"])
+
+
+# --- one fold ---------------------------------------------------------------------------------------------------
+
+@dataclass
+class FoldData:
+    """What one fold trains on: stored inputs (images or features), labels and the fold's partitions."""
+
+    stored: torch.Tensor
+    class_index: np.ndarray
+    labels: LabelSpace
+    partitions: dict
+    image_size: int | None = None
+    weights_source: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def _build_fold_model(data: FoldData, config: TrainConfig, n_outputs: int):
+    if data.stored.ndim == 4:
+        return build_model(config.arch, n_outputs, weights=config.weights, dropout=config.dropout), \
+            IMAGENET_MEAN, IMAGENET_STD
+    train = data.stored[torch.as_tensor(data.partitions["train"])]
+    # Feature tables come in any scale; standardise with the training partition's statistics only.
+    mean, std = train.mean(dim=0), train.std(dim=0).clamp_min(1e-6)
+    return build_feature_mlp(data.stored.shape[1], n_outputs, dropout=config.dropout), mean.tolist(), std.tolist()
+
+
+def fit_fold(data: FoldData, config: TrainConfig, fold: int, *, progress: bool = False) -> dict:
+    """Train one fold, keep its best epoch, and score it on train / val / test.
+
+    Returns
+    -------
+    dict
+        The fold checkpoint: ``model`` and ``optimizer`` state of the kept epoch, ``epoch``, ``args`` (config),
+        ``arch``, ``task``, ``classes``, ``elements``, ``image_size``, ``mean``, ``std``, ``in_features`` (feature
+        runs), ``fold``, ``scores`` (per partition: loss, accuracy, f1_macro, confusion, element_accuracy for MtL),
+        ``history`` (rows of history.csv) and ``complete=True``.
+    """
+    from tqdm.auto import tqdm
+
+    device = resolve_device(config.device)
+    labels, task = data.labels, config.task
+    n_classes = len(labels.classes)
+    n_outputs = n_classes if task == "mtc" else len(labels.elements)
+    torch.manual_seed(config.seed * 1009 + fold)  # head (and scratch backbone) initialisation
+    generator = torch.Generator().manual_seed(config.seed * 1009 + fold)
+    model, mean, std = _build_fold_model(data, config, n_outputs)
+    channels_last = data.stored.ndim == 4
+    model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    criterion = _criterion(task)
+    batches = InputBatches(data.stored, mean=mean, std=std, device=device, channels_last=channels_last)
+    targets = _targets(data.class_index, labels, task)
+    element_matrix = torch.as_tensor(labels.element_matrix, device=device) if task == "mtl" else None
+    parts = data.partitions
+    common = dict(task=task, element_matrix=element_matrix, batch_size=config.batch_size, n_classes=n_classes)
+
+    history, kept, best_state, best_optimizer, best_epoch = [], None, None, None, 0
+    epochs = tqdm(range(1, config.epochs + 1), desc=f"fold {fold}", unit="epoch", disable=not progress,
+                  leave=False)
+    for epoch in epochs:
+        order = epoch_order(parts["train"], data.class_index, weighted=config.weighted_sampler, generator=generator)
+        train = train_one_epoch(model, optimizer, criterion, batches, targets, data.class_index, order,
+                                flip_generator=generator, **common)
+        val = evaluate(model, criterion, batches, targets, data.class_index, parts["val"], **common)
+        history += [{"fold": fold, "epoch": epoch, "split": split, "loss": s["loss"], "accuracy": s["accuracy"],
+                     "f1_macro": s["f1_macro"]} for split, s in (("train", train), ("val", val))]
+        if _is_better(val, kept, config.select):
+            kept, best_epoch = val, epoch
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            best_optimizer = copy.deepcopy(optimizer.state_dict())
+        epochs.set_postfix(val_f1=f"{val['f1_macro']:.3f}", best=best_epoch)
+
+    model.load_state_dict(best_state)
+    scores = {}
+    for split in PARTITIONS:
+        result = evaluate(model, criterion, batches, targets, data.class_index, parts[split], **common)
+        result.pop("predicted")
+        result["confusion"] = result["confusion"].tolist()
+        scores[split] = result
+    best_optimizer = _to_cpu(best_optimizer)
+    return {
+        "model": {k: v.contiguous() for k, v in best_state.items()},
+        "optimizer": best_optimizer,
+        "epoch": best_epoch,
+        "args": config.to_dict(),
+        "arch": config.arch if data.stored.ndim == 4 else None,
+        "task": task,
+        "classes": list(labels.classes),
+        "elements": list(labels.elements),
+        "image_size": data.image_size,
+        "in_features": int(data.stored.shape[1]) if data.stored.ndim == 2 else None,
+        "mean": [float(m) for m in mean],
+        "std": [float(s) for s in std],
+        "weights_source": getattr(model, "weights_source", data.weights_source),
+        "fold": fold,
+        "scores": scores,
+        "history": history,
+        "complete": True,
+    }
+
+
+def _to_cpu(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
+
+
+# --- run directory ----------------------------------------------------------------------------------------------
+
+def checkpoint_path(run_dir, fold: int) -> Path:
+    return Path(run_dir) / f"fold{fold}.pt"
+
+
+def save_checkpoint(checkpoint: dict, path) -> None:
+    """Write a checkpoint atomically: a temporary file in the same folder, then ``os.replace``."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(checkpoint, temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def load_checkpoint(path) -> dict:
+    """Read a fold checkpoint (``weights_only=True``: tensors and plain containers only, never arbitrary objects)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated files and foreign pickles fail in many ways
+        raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+
+
+def _finished_fold(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        checkpoint = load_checkpoint(path)
+    except ValueError:
+        return None  # an unreadable leftover is retrained and overwritten
+    return checkpoint if checkpoint.get("complete") else None
+
+
+def _mean_std(values) -> dict:
+    values = np.asarray(values, dtype=np.float64)
+    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
+
+
+def summarize_folds(checkpoints: list[dict]) -> dict:
+    """The ``metrics.json`` document of a run from its fold checkpoints (see DESIGN.md).
+
+    Means and sample standard deviations (ddof = 1) over folds; ``confusion_test_percent`` is each fold's test
+    confusion (rows true, columns predicted) in percent of the test images, averaged over folds.
+    """
+    first = checkpoints[0]
+    per_fold = []
+    for ck in checkpoints:
+        entry = {"fold": ck["fold"], "best_epoch": ck["epoch"]}
+        for metric in ("accuracy", "f1_macro", "loss"):
+            entry[metric] = {split: ck["scores"][split][metric] for split in PARTITIONS}
+        if ck["task"] == "mtl":
+            entry["element_accuracy"] = {split: ck["scores"][split]["element_accuracy"] for split in PARTITIONS}
+        per_fold.append(entry)
+    confusions = []
+    for ck in checkpoints:
+        counts = np.asarray(ck["scores"]["test"]["confusion"], dtype=np.float64)
+        confusions.append(100.0 * counts / max(counts.sum(), 1.0))
+    return {
+        "task": first["task"],
+        "classes": first["classes"],
+        "elements": first["elements"],
+        "folds": len(checkpoints),
+        "accuracy": {s: _mean_std([f["accuracy"][s] for f in per_fold]) for s in PARTITIONS},
+        "f1_macro": {s: _mean_std([f["f1_macro"][s] for f in per_fold]) for s in PARTITIONS},
+        "confusion_test_percent": np.mean(confusions, axis=0).tolist(),
+        "per_fold": per_fold,
+    }
+
+
+def _write_json(path: Path, document: dict) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(document, indent=2, allow_nan=True) + "\n")
+    os.replace(temporary, path)
+
+
+def _check_resumable(run_dir: Path, config_document: dict) -> None:
+    path = run_dir / CONFIG_NAME
+    if not path.is_file():
+        return
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise ValueError(f"{path}: unreadable config of an earlier run; delete {run_dir} or choose another --out") \
+            from None
+    changed = sorted(k for k in set(previous) | set(config_document) if k not in _RESUME_FREE
+                     and previous.get(k) != config_document.get(k))
+    if changed:
+        key = changed[0]
+        raise ValueError(f"{run_dir} holds a run with other settings ({key}: {previous.get(key)!r} there, "
+                         f"{config_document.get(key)!r} now); choose another --out or delete that folder")
+
+
+# --- cross-validation -------------------------------------------------------------------------------------------
+
+def _labelled_frame(data) -> tuple[pd.DataFrame, torch.Tensor | None, list[str]]:
+    """Manifest-like frame (material, sample_id, split) of a manifest or a feature table, plus stored features."""
+    if isinstance(data, FeatureTable):
+        frame = data.frame.copy()
+        if "split" not in frame.columns:
+            frame["split"] = pd.Series(pd.NA, index=frame.index, dtype="string")
+        return frame, torch.as_tensor(np.ascontiguousarray(data.features, dtype=np.float32)), list(data.guessed)
+    if not isinstance(data, pd.DataFrame):
+        raise ValueError(f"expected a manifest DataFrame or a FeatureTable, got {type(data).__name__}")
+    return data, None, []
+
+
+def _check_classes_in_every_fold(frame: pd.DataFrame, labels: LabelSpace, folds: int) -> None:
+    for fold in range(folds):
+        parts = fold_partitions(frame, fold)
+        present = set(frame["material"].iloc[parts["train"]])
+        for material in labels.classes:
+            if material not in present:
+                outside_test = (frame["split"] == "train") & (frame["material"] == material)
+                n_samples = frame.loc[outside_test, "sample_id"].nunique()
+                raise ValueError(f"class {material!r} has no training images in fold {fold} (only {n_samples} "
+                                 "sample(s) outside the test set); add samples of it, use fewer folds, or drop it")
+
+
+def prepare_split(data, *, folds: int, test_fraction: float = 0.1, seed: int = 0) -> tuple[pd.DataFrame, LabelSpace]:
+    """Split a manifest / feature table by sample and check that every class can be trained in every fold."""
+    frame, _, _ = _labelled_frame(data)
+    if len(frame) == 0:
+        raise ValueError("the data set has no images")
+    labels = LabelSpace.from_materials(frame["material"].dropna())
+    if len(labels.classes) < 2:
+        raise ValueError(f"only one class ({labels.classes[0]}) in the data set; classification needs >= 2")
+    split = split_dataset(frame, n_folds=folds, test_fraction=test_fraction, seed=seed)
+    _check_classes_in_every_fold(split, labels, folds)
+    return split, labels
+
+
+def _fold_task(spec: dict) -> dict:
+    """One fold as a self-contained task (for a Dask worker): reads its own data, returns the checkpoint."""
+    config = TrainConfig(**spec["config"])
+    split = spec["split"]
+    stored = spec["features"] if spec["features"] is not None else load_data(split, image_size=spec["image_size"])
+    data = FoldData(stored, spec["class_index"], LabelSpace(*spec["labels"]), fold_partitions(split, spec["fold"]),
+                    image_size=spec["image_size"])
+    return fit_fold(data, config, spec["fold"])
+
+
+def cross_validate(data, out_dir, *, arch: str = "resnet18", weights: str = "imagenet-v1", task: str = "mtc",
+                   folds: int = 5, epochs: int = 60, lr: float = 7.5e-5, batch_size: int = 32,
+                   dropout: float = 0.0, image_size: int | None = None, device: str = "cpu", seed: int = 0,
+                   select: str = "f1", weighted_sampler: bool = True, test_fraction: float = 0.1,
+                   dask_address: str | None = None, progress: bool = False) -> dict:
+    """Cross-validate a classifier and write its run directory.
+
+    Parameters
+    ----------
+    data : DataFrame or FeatureTable
+        A tidy image manifest (fine-tuning / scratch) or a feature table (feature-extraction MLP; ``arch``,
+        ``weights`` and ``image_size`` are then unused).
+    out_dir : str or Path
+        Run directory; created. An existing run with the same settings is resumed: folds whose checkpoint is
+        complete are not retrained.
+    arch, weights, dropout : see :func:`tmdafm_core.models.build_model`
+    task : {"mtc", "mtl"}
+    folds : int
+        Cross-validation folds (>= 2) on the non-test images; split by sample id (:func:`split_dataset`).
+    epochs, lr, batch_size : training length, Adam learning rate, images per batch
+    image_size : int, optional
+        Model input side in pixels; default :func:`default_image_size`.
+    device : {"cpu", "cuda"}
+        ``cuda`` trains with bf16 autocast.
+    seed : int
+        Seeds the split, the initialisation, the sampler and the flips; equal seeds give equal runs on the CPU.
+    select : {"f1", "paper"}
+        Best-epoch rule (module docstring).
+    weighted_sampler : bool
+        Class-balanced sampling of training images.
+    test_fraction : float
+        Held-out share of samples when the data carries no ``test`` marks.
+    dask_address : str, optional
+        Scheduler address; folds then run as tasks on that Dask cluster (one per worker; image paths must be
+        readable there).
+    progress : bool
+        tqdm bars on stderr.
+
+    Returns
+    -------
+    dict
+        The ``metrics.json`` document.
+    """
+    frame, features, notes = _labelled_frame(data)
+    is_image = features is None
+    config = TrainConfig(arch=arch if is_image else None, weights=str(weights) if is_image else None, task=task,
+                         folds=folds, epochs=epochs, lr=lr, batch_size=batch_size, dropout=dropout,
+                         image_size=(image_size or default_image_size(frame)) if is_image else None, device=device,
+                         seed=seed, select=select, weighted_sampler=weighted_sampler,
+                         test_fraction=test_fraction).validate()
+    split, labels = prepare_split(data, folds=folds, test_fraction=test_fraction, seed=seed)
+    run_dir = Path(out_dir)
+    config_document = {**config.to_dict(), "mode": "fine-tune" if is_image else "features",
+                       "classes": list(labels.classes), "elements": list(labels.elements),
+                       "n_images": len(split), "source": str(frame.attrs.get("root", "")), "notes": notes}
+    if is_image and config.weights not in ("none", "imagenet-v1", "imagenet-v2"):
+        config_document["mode"] = "from-checkpoint"
+    elif is_image and config.weights == "none":
+        config_document["mode"] = "scratch"
+    _check_resumable(run_dir, config_document)
+    if is_image:  # fail on unavailable weights before anything is written or loaded
+        build_model(config.arch, 1, weights=config.weights)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(run_dir / CONFIG_NAME, config_document)
+    split_columns = [c for c in ("image", "sample_id", "material", "split", "fold") if c in split.columns]
+    split[split_columns].to_csv(run_dir / SPLITS_NAME, index=False)
+
+    class_index = np.array([labels.class_index(m) for m in split["material"]], dtype=np.int64)
+    done = {k: _finished_fold(checkpoint_path(run_dir, k)) for k in range(folds)}
+    todo = [k for k, ck in done.items() if ck is None]
+    if todo and dask_address is not None:
+        from .parallel import map_items
+
+        spec = {"config": config.to_dict(), "split": split, "features": features, "image_size": config.image_size,
+                "class_index": class_index, "labels": (labels.classes, labels.elements)}
+        for k, checkpoint in zip(todo, map_items(_fold_task, [{**spec, "fold": k} for k in todo],
+                                                  dask_address=dask_address), strict=True):
+            save_checkpoint(checkpoint, checkpoint_path(run_dir, k))
+            done[k] = checkpoint
+    elif todo:
+        stored = features if features is not None else load_data(split, image_size=config.image_size,
+                                                                 progress=progress)
+        for k in todo:
+            fold_data = FoldData(stored, class_index, labels, fold_partitions(split, k), image_size=config.image_size)
+            checkpoint = fit_fold(fold_data, config, k, progress=progress)
+            save_checkpoint(checkpoint, checkpoint_path(run_dir, k))
+            done[k] = checkpoint
+
+    checkpoints = [done[k] for k in range(folds)]
+    history = pd.DataFrame([row for ck in checkpoints for row in ck["history"]], columns=list(HISTORY_COLUMNS))
+    history.to_csv(run_dir / HISTORY_NAME, index=False)
+    metrics = summarize_folds(checkpoints)
+    _write_json(run_dir / METRICS_NAME, metrics)
+    return metrics
+
+
+# --- grid search ------------------------------------------------------------------------------------------------
+
+GRID_NAME = "grid.csv"
+
+
+def grid_search(data, out_dir, *, lr=(7.5e-5,), dropout=(0.0,), batch_size=(32,), progress: bool = False,
+                **fixed) -> pd.DataFrame:
+    """Cross-validate every combination of learning rate, dropout and batch size.
+
+    Each combination is a run directory ``out_dir/lr=<lr>_dropout=<p>_batch=<n>`` (resumable like any run);
+    ``out_dir/grid.csv`` lists them, best first (validation macro-F1, then validation accuracy).
+
+    Parameters
+    ----------
+    data : DataFrame or FeatureTable
+    out_dir : str or Path
+    lr, dropout, batch_size : sequence
+        Values to combine.
+    **fixed
+        Other :func:`cross_validate` keywords, the same for every combination.
+
+    Returns
+    -------
+    DataFrame
+        One row per combination: lr, dropout, batch_size, run, and mean/std of accuracy and macro-F1 per partition.
+    """
+    grid = list(itertools.product(lr, dropout, batch_size))
+    if not grid:
+        raise ValueError("empty grid: give at least one value for lr, dropout and batch size")
+    out_dir = Path(out_dir)
+    rows = []
+    for i, (lr_value, dropout_value, batch_value) in enumerate(grid, start=1):
+        name = f"lr={lr_value:g}_dropout={dropout_value:g}_batch={int(batch_value)}"
+        if progress:
+            from tqdm.auto import tqdm
+
+            tqdm.write(f"grid {i}/{len(grid)}: {name}")
+        metrics = cross_validate(data, out_dir / name, lr=float(lr_value), dropout=float(dropout_value),
+                                 batch_size=int(batch_value), progress=progress, **fixed)
+        row = {"lr": lr_value, "dropout": dropout_value, "batch_size": int(batch_value), "run": name}
+        for metric in ("accuracy", "f1_macro"):
+            for split in PARTITIONS:
+                row[f"{metric}_{split}_mean"] = metrics[metric][split]["mean"]
+                row[f"{metric}_{split}_std"] = metrics[metric][split]["std"]
+        rows.append(row)
+    table = pd.DataFrame(rows).sort_values(["f1_macro_val_mean", "accuracy_val_mean"], ascending=False,
+                                           kind="stable").reset_index(drop=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out_dir / GRID_NAME, index=False)
+    return table
+
+
+# --- feature extraction -----------------------------------------------------------------------------------------
+
+def extract(manifest: pd.DataFrame, *, arch: str = "resnet18", weights: str = "imagenet-v1",
+            image_size: int | None = None, device: str = "cpu", batch_size: int = 32,
+            progress: bool = False) -> pd.DataFrame:
+    """Pooled features of a frozen backbone for every image (the paper's feature-extraction mode).
+
+    Parameters
+    ----------
+    manifest : DataFrame
+        Tidy image manifest.
+    arch, weights : see :func:`tmdafm_core.models.build_model`
+        The paper uses ``resnet18`` with ``imagenet-v1``.
+    image_size : int, optional
+        Model input side in pixels; default :func:`default_image_size`.
+    device : {"cpu", "cuda"}
+    batch_size : int
+        Images per forward pass.
+    progress : bool
+        tqdm bars on stderr.
+
+    Returns
+    -------
+    DataFrame
+        ``image``, ``sample_id``, ``material``, ``split`` and ``f0 .. f{C-1}`` (float32; C = 512 for ResNet18/34,
+        2048 for ResNet50/101/152): the global-average-pooled last convolutional stage.
+    """
+    from tqdm.auto import tqdm
+
+    torch_device = resolve_device(device)
+    model = build_model(arch, 1, weights=weights).to(torch_device, memory_format=torch.channels_last).eval()
+    image_size = int(image_size or default_image_size(manifest))
+    if not 32 <= image_size <= 4096:
+        raise ValueError(f"image_size must be in 32..4096 px, got {image_size}")
+    batches = InputBatches(load_data(manifest, image_size=image_size, progress=progress), mean=IMAGENET_MEAN,
+                           std=IMAGENET_STD, device=torch_device)
+    chunks = []
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(manifest), batch_size), desc="extracting", unit="batch",
+                          disable=not progress, leave=False):
+            with _autocast(torch_device):
+                features = model.backbone_features(batches(np.arange(start, min(start + batch_size, len(manifest)))))
+            chunks.append(features.float().cpu().numpy())
+    features = np.concatenate(chunks)
+    table = manifest[[c for c in ("image", "sample_id", "material", "split") if c in manifest.columns]]
+    table = table.reset_index(drop=True)
+    columns = pd.DataFrame(features, columns=[f"f{i}" for i in range(features.shape[1])])
+    return pd.concat([table, columns], axis=1)
+
+
+def write_table(table: pd.DataFrame, path) -> Path:
+    """Write a table as ``.parquet`` or ``.csv`` (chosen by the suffix)."""
+    path = Path(path)
+    if path.suffix.lower() not in (".parquet", ".csv"):
+        raise ValueError(f"{path}: output table must end in .parquet or .csv")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".parquet":
+        table.to_parquet(path, index=False)
+    else:
+        table.to_csv(path, index=False)
+    return path
+
+
+# --- using a trained run ----------------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    """A trained fold, ready for inference (model in eval mode).
+
+    Attributes
+    ----------
+    model : ResNetClassifier or Head
+        ResNet for image runs, the MLP head for feature-table runs.
+    labels : LabelSpace
+    task : {"mtc", "mtl"}
+    image_size : int or None
+        Model input side (image runs).
+    mean, std : list of float
+        Input normalisation.
+    fold : int
+    path : Path
+        Run directory.
+    device : torch.device
+    """
+
+    model: nn.Module
+    labels: LabelSpace
+    task: str
+    image_size: int | None
+    mean: list
+    std: list
+    fold: int
+    path: Path
+    device: torch.device
+
+    @property
+    def is_image(self) -> bool:
+        return self.image_size is not None
+
+    def batches(self, stored: torch.Tensor) -> InputBatches:
+        return InputBatches(stored, mean=self.mean, std=self.std, device=self.device, channels_last=self.is_image)
+
+
+def best_fold(run_dir) -> int:
+    """The fold with the highest validation macro-F1 in a run's ``metrics.json`` (ties: lower validation loss)."""
+    path = Path(run_dir) / METRICS_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; {run_dir} is not a finished run directory (train it first)")
+    per_fold = json.loads(path.read_text())["per_fold"]
+    return min(per_fold, key=lambda f: (-f["f1_macro"]["val"], f["loss"]["val"]))["fold"]
+
+
+def load_run(run_dir, fold="best", *, device: str = "cpu") -> Run:
+    """Load one fold of a run directory for inference.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        Directory written by :func:`cross_validate`.
+    fold : int or "best"
+        Fold number, or the one with the best validation macro-F1.
+    device : {"cpu", "cuda"}
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: no such run directory")
+    fold = best_fold(run_dir) if fold == "best" else int(fold)
+    checkpoint = load_checkpoint(checkpoint_path(run_dir, fold))
+    labels = LabelSpace(tuple(checkpoint["classes"]), tuple(checkpoint["elements"]))
+    n_outputs = len(labels.classes) if checkpoint["task"] == "mtc" else len(labels.elements)
+    dropout = checkpoint["args"].get("dropout", 0.0)
+    if checkpoint["arch"] is not None:
+        model = build_model(checkpoint["arch"], n_outputs, weights="none", dropout=dropout)
+    else:
+        model = build_feature_mlp(checkpoint["in_features"], n_outputs, dropout=dropout)
+    model.load_state_dict(checkpoint["model"])
+    torch_device = resolve_device(device)
+    if checkpoint["arch"] is not None:
+        model = model.to(torch_device, memory_format=torch.channels_last)
+    return Run(model.to(torch_device).eval(), labels, checkpoint["task"], checkpoint["image_size"],
+               checkpoint["mean"], checkpoint["std"], fold, run_dir, torch_device)
+
+
+@dataclass
+class Predictions:
+    """Per-image results of :func:`predict`.
+
+    Attributes
+    ----------
+    images : list of str
+        Names of the inputs (file paths, or ``array<i>`` for arrays).
+    materials : list of str
+        Predicted material (MtL: the most likely valid material).
+    class_probabilities : ndarray, shape (N, n_classes)
+        MtC: softmax. MtL: the decoded class likelihoods normalised over the valid materials.
+    element_probabilities : ndarray, shape (N, n_elements) or None
+        MtL only: sigmoid of each element output.
+    embeddings : ndarray of float32, shape (N, 100)
+        The latent features.
+    cams : list of ndarray (H, W) in 0..1, or None
+        Class activation maps at each input's own size.
+    classes, elements : tuple of str
+    """
+
+    images: list
+    materials: list
+    class_probabilities: np.ndarray
+    element_probabilities: np.ndarray | None
+    embeddings: np.ndarray
+    cams: list | None
+    classes: tuple
+    elements: tuple
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per image: ``image``, ``material``, ``p_<class>`` and (MtL) ``p_<element>`` columns."""
+        frame = pd.DataFrame({"image": self.images, "material": self.materials})
+        for i, name in enumerate(self.classes):
+            frame[f"p_{name}"] = self.class_probabilities[:, i]
+        if self.element_probabilities is not None:
+            for i, name in enumerate(self.elements):
+                frame[f"p_{name}"] = self.element_probabilities[:, i]
+        return frame
+
+
+def _as_height_map(item, index: int) -> tuple[str, np.ndarray]:
+    from .data import normalize_height
+
+    if isinstance(item, (str, os.PathLike)):
+        return str(item), load_image(item)[0]
+    array = np.asarray(item)
+    if array.ndim != 2:
+        raise ValueError(f"image {index}: expected a file path or a 2-D array, got an array of shape {array.shape}")
+    return f"array{index}", normalize_height(array, source=f"image {index}")
+
+
+def predict(run: Run, images, *, cam: bool | str = False, batch_size: int = 32) -> Predictions:
+    """Classify images with a trained image run.
+
+    Parameters
+    ----------
+    run : Run
+        From :func:`load_run`.
+    images : sequence of (path or 2-D array)
+        Image files (any :func:`load_image` type) or height maps (scaled to 0..1 here).
+    cam : bool or {"paper", "grad"}
+        Also compute class activation maps: ``True``/``"paper"`` the paper's map, ``"grad"`` Grad-CAM of the
+        predicted class (see :mod:`tmdafm_core.cam`).
+    batch_size : int
+        Images per forward pass.
+
+    Returns
+    -------
+    Predictions
+    """
+    from .cam import grad_cam, maps_to_cam
+
+    if not run.is_image:
+        raise ValueError(f"{run.path}: a feature-table run classifies feature vectors, not images")
+    if cam not in (False, True, "paper", "grad"):
+        raise ValueError(f"cam must be False, True, 'paper' or 'grad', got {cam!r}")
+    loaded = [_as_height_map(item, i) for i, item in enumerate(images)]
+    if not loaded:
+        raise ValueError("no images to predict")
+    names = [name for name, _ in loaded]
+    stored = torch.stack([resize_image(image, run.image_size) for _, image in loaded])
+    batches = run.batches(stored)
+    element_matrix = torch.as_tensor(run.labels.element_matrix) if run.task == "mtl" else None
+    logits_all, latent_all, cams = [], [], [] if cam else None
+    for start in range(0, len(loaded), batch_size):
+        x = batches(np.arange(start, min(start + batch_size, len(loaded))))
+        with torch.inference_mode(), _autocast(run.device):
+            logits, latent, maps = run.model.forward_all(x)
+        logits_all.append(logits.float().cpu())
+        latent_all.append(latent.float().cpu())
+        if cam in (True, "paper"):
+            for j, (_, image) in enumerate(loaded[start:start + len(x)]):
+                cams.append(maps_to_cam(maps[j:j + 1].float(), size=image.shape)[0].cpu().numpy())
+        elif cam == "grad":
+            for j, (_, image) in enumerate(loaded[start:start + len(x)]):
+                heat, _ = grad_cam(run.model, x[j:j + 1], element_matrix=element_matrix, size=image.shape)
+                cams.append(heat[0].cpu().numpy())
+    logits = torch.cat(logits_all)
+    scores = class_log_scores(logits, element_matrix=element_matrix)
+    return Predictions(
+        images=names,
+        materials=[run.labels.classes[i] for i in scores.argmax(dim=1).tolist()],
+        class_probabilities=torch.softmax(scores, dim=1).numpy(),
+        element_probabilities=torch.sigmoid(logits).numpy() if run.task == "mtl" else None,
+        embeddings=torch.cat(latent_all).numpy(),
+        cams=cams,
+        classes=run.labels.classes,
+        elements=run.labels.elements,
+    )
+
+
+def embed(run: Run, data, *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
+    """Latent features (the head's 100 post-ReLU activations) of every image of a data set.
+
+    Parameters
+    ----------
+    run : Run
+        From :func:`load_run`.
+    data : DataFrame or ndarray
+        A tidy image manifest (image runs), or a (N, in_features) feature matrix (feature-table runs).
+    batch_size : int
+    progress : bool
+
+    Returns
+    -------
+    ndarray of float32, shape (N, 100), in the row order of ``data``.
+    """
+    from tqdm.auto import tqdm
+
+    if run.is_image:
+        if not isinstance(data, pd.DataFrame):
+            raise ValueError("an image run embeds a manifest DataFrame (read_dataset)")
+        stored = load_data(data, image_size=run.image_size, progress=progress)
+    else:
+        stored = torch.as_tensor(np.asarray(data, dtype=np.float32))
+        if stored.ndim != 2 or stored.shape[1] != run.model.in_features:
+            raise ValueError(f"a feature run embeds an (N, {run.model.in_features}) matrix, got {tuple(stored.shape)}")
+    batches = run.batches(stored)
+    chunks = []
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(stored), batch_size), desc="embedding", unit="batch", disable=not progress,
+                          leave=False):
+            with _autocast(run.device):
+                latent = run.model.embed(batches(np.arange(start, min(start + batch_size, len(stored)))))
+            chunks.append(latent.float().cpu().numpy())
+    return np.concatenate(chunks) if chunks else np.zeros((0, 100), dtype=np.float32)
