@@ -13,6 +13,7 @@ Two maps, both returned at image size and scaled to 0..1 so they can be drawn ov
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -108,3 +109,36 @@ def grad_cam(model: ResNetClassifier, images: torch.Tensor, *, target=None, elem
     channel_weights = gradients.mean(dim=(2, 3), keepdim=True)
     cams = F.relu((channel_weights * maps.detach()).sum(dim=1))
     return _to_unit_maps(cams, size or images.shape[-2:]), target.cpu()
+
+
+# Anchor colours of the heat scale (black -> purple -> orange -> pale yellow, like matplotlib's "inferno").
+_HEAT_ANCHORS = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], dtype=np.float64)
+
+
+def overlay(image, heat, *, alpha: float = 0.5) -> np.ndarray:
+    """Blend a 0..1 heat map over a grayscale image.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W)
+        Height map in 0..1.
+    heat : ndarray, shape (H, W)
+        Activation map in 0..1 (e.g. from :func:`activation_map`).
+    alpha : float
+        Weight of the heat colours, 0..1.
+
+    Returns
+    -------
+    ndarray of uint8, shape (H, W, 3)
+    """
+    image, heat = np.asarray(image, dtype=np.float64), np.asarray(heat, dtype=np.float64)
+    if image.shape != heat.shape or image.ndim != 2:
+        raise ValueError(f"image and heat must be 2-D of one shape, got {image.shape} and {heat.shape}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in 0..1, got {alpha}")
+    position = np.clip(heat, 0.0, 1.0) * (len(_HEAT_ANCHORS) - 1)
+    low = np.minimum(position.astype(int), len(_HEAT_ANCHORS) - 2)
+    t = (position - low)[..., None]
+    colours = (1 - t) * _HEAT_ANCHORS[low] + t * _HEAT_ANCHORS[low + 1]
+    gray = np.clip(image, 0.0, 1.0)[..., None] * 255.0
+    return np.round((1 - alpha) * gray + alpha * colours).astype(np.uint8)

@@ -67,11 +67,178 @@ def _run_synth(args) -> int:
     return 0
 
 
+# --- train / extract / train-features / predict ----------------------------------------------------------------
+
+def _number_list(kind):
+    def parse(text: str):
+        try:
+            values = [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__}, got {text!r}") \
+                from None
+        if not values:
+            raise argparse.ArgumentTypeError("expected at least one value")
+        return values
+    return parse
+
+
+def _training_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, required=True, help="run directory (resumed when it holds the same run)")
+    p.add_argument("--task", choices=("mtc", "mtl"), default="mtc",
+                   help="mtc: one material per image; mtl: element presence (default: mtc)")
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds (default: 5)")
+    p.add_argument("--epochs", type=int, default=60, help="epochs per fold (default: 60)")
+    p.add_argument("--lr", type=_number_list(float), default=[7.5e-5],
+                   help="Adam learning rate; a comma list runs a grid search (default: 7.5e-5)")
+    p.add_argument("--batch-size", type=_number_list(int), default=[32],
+                   help="images per batch; a comma list runs a grid search (default: 32)")
+    p.add_argument("--dropout", type=_number_list(float), default=[0.0],
+                   help="dropout of the head; a comma list runs a grid search (default: 0)")
+    p.add_argument("--select", choices=("f1", "paper"), default="f1",
+                   help="best epoch: f1 = best val macro-F1, ties lower val loss; paper = val F1 and loss both "
+                        "at least as good (default: f1)")
+    p.add_argument("--no-weighted-sampler", dest="weighted_sampler", action="store_false",
+                   help="plain shuffling instead of class-balanced sampling")
+    p.add_argument("--test-fraction", type=float, default=0.1,
+                   help="held-out share of samples when the data marks no test set (default: 0.1)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast) (default: cpu)")
+    p.add_argument("--seed", type=int, default=0, help="seed of split, initialisation, sampling, flips (default: 0)")
+    p.add_argument("--dask", metavar="ADDR", help="run the folds as tasks on this Dask scheduler")
+
+
+def _fit(data, args, **model_options) -> int:
+    from tmdafm_core.training import format_metrics, grid_search
+
+    options = dict(task=args.task, folds=args.folds, epochs=args.epochs, device=args.device, seed=args.seed,
+                   select=args.select, weighted_sampler=args.weighted_sampler, test_fraction=args.test_fraction,
+                   dask_address=args.dask, progress=True, **model_options)
+    if len(args.lr) * len(args.dropout) * len(args.batch_size) > 1:
+        table = grid_search(data, args.out, lr=args.lr, dropout=args.dropout, batch_size=args.batch_size, **options)
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        print(f"grid: {args.out / 'grid.csv'}")
+        return 0
+    from tmdafm_core.training import cross_validate
+
+    metrics = cross_validate(data, args.out, lr=args.lr[0], dropout=args.dropout[0], batch_size=args.batch_size[0],
+                             **options)
+    print(format_metrics(metrics))
+    print(f"run: {args.out}")
+    return 0
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arch", default="resnet18", help="resnet18|34|50|101|152 (default: resnet18)")
+    p.add_argument("--weights", default="imagenet-v1",
+                   help="imagenet-v1, imagenet-v2 (ResNet50/101/152), none (scratch), or a .pth state dict / run "
+                        "checkpoint; ImageNet files come from $TORCH_HOME/hub/checkpoints (default: imagenet-v1)")
+    p.add_argument("--image-size", type=int, help="model input side in px (default: the images' size if all "
+                                                  "equal and square, else 224)")
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="fine-tune (or train from scratch) a ResNet with grouped cross-validation")
+    p.add_argument("data", type=Path, help="labelled data set (TMD-AFM folder, class folders, manifest CSV)")
+    _model_options(p)
+    _training_options(p)
+    _strict_flag(p)
+
+
+def _run_train(args) -> int:
+    from tmdafm_core.data import read_dataset
+
+    manifest = read_dataset(args.data, strict=args.strict)
+    _report_skipped(manifest)
+    return _fit(manifest, args, arch=args.arch, weights=args.weights, image_size=args.image_size)
+
+
+def _add_extract(sub) -> None:
+    p = sub.add_parser("extract", help="pooled features of a frozen backbone per image (feature-extraction mode)")
+    p.add_argument("data", type=Path, help="data set (any supported source)")
+    p.add_argument("--out", type=Path, required=True, metavar="TABLE", help="output .parquet or .csv")
+    _model_options(p)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    _strict_flag(p)
+
+
+def _run_extract(args) -> int:
+    from tmdafm_core.data import read_dataset
+    from tmdafm_core.training import extract, write_table
+
+    if args.out.suffix.lower() not in (".parquet", ".csv"):
+        raise ValueError(f"{args.out}: output table must end in .parquet or .csv")
+    manifest = read_dataset(args.data, strict=args.strict)
+    _report_skipped(manifest)
+    table = extract(manifest, arch=args.arch, weights=args.weights, image_size=args.image_size, device=args.device,
+                    batch_size=args.batch_size, progress=True)
+    write_table(table, args.out)
+    n_features = sum(str(c).startswith("f") and str(c)[1:].isdigit() for c in table.columns)
+    print(f"wrote {len(table)} images x {n_features} features to {args.out}")
+    return 0
+
+
+def _add_train_features(sub) -> None:
+    p = sub.add_parser("train-features", help="train the paper's MLP head on a feature table, cross-validated")
+    p.add_argument("table", type=Path, help="feature table (.parquet, .csv, or a trusted .pkl)")
+    p.add_argument("--sample-col", help="sample-id column (default: guessed)")
+    p.add_argument("--label-col", help="material column (default: guessed)")
+    p.add_argument("--feature-cols", type=lambda s: [c for c in s.split(",") if c],
+                   help="comma list of feature columns, or one array column (default: guessed)")
+    _training_options(p)
+
+
+def _run_train_features(args) -> int:
+    from tmdafm_core.data import read_feature_table
+
+    table = read_feature_table(args.table, sample_col=args.sample_col, label_col=args.label_col,
+                               feature_cols=args.feature_cols)
+    for note in table.guessed:
+        _say(note)
+    return _fit(table, args)
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="material and class/element probabilities per image, one row per image")
+    p.add_argument("run", type=Path, help="run directory written by `tmdafm train`")
+    p.add_argument("images", type=Path, nargs="+", metavar="IMAGE", help="image files")
+    p.add_argument("--fold", default="best", help="fold to use (default: best, the best validation macro-F1)")
+    p.add_argument("--cam", type=Path, metavar="OUTDIR", help="write class-activation-map overlays (PNG) here")
+    p.add_argument("--cam-kind", choices=("paper", "grad"), default="paper",
+                   help="paper: summed last feature maps; grad: Grad-CAM of the predicted class (default: paper)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+
+
+def _run_predict(args) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from tmdafm_core.cam import overlay
+    from tmdafm_core.data import load_image
+    from tmdafm_core.training import load_run, predict
+
+    run = load_run(args.run, args.fold if args.fold == "best" else int(args.fold), device=args.device)
+    result = predict(run, [str(p) for p in args.images], cam=args.cam_kind if args.cam else False)
+    print(result.to_frame().to_csv(index=False, float_format="%.4f"), end="")
+    if args.cam:
+        args.cam.mkdir(parents=True, exist_ok=True)
+        for path, heat in zip(args.images, result.cams, strict=True):
+            image, _ = load_image(path)
+            target = args.cam / f"{path.stem}_cam.png"
+            Image.fromarray(overlay(image, heat)).save(target)
+            Image.fromarray(np.round(heat * 255).astype(np.uint8)).save(args.cam / f"{path.stem}_heat.png")
+        _say(f"class activation maps: {args.cam}")
+    return 0
+
+
 # --- registry ---------------------------------------------------------------------------------------------------
 
 _COMMANDS = {
     "info": (_add_info, _run_info),
     "synth": (_add_synth, _run_synth),
+    "train": (_add_train, _run_train),
+    "extract": (_add_extract, _run_extract),
+    "train-features": (_add_train_features, _run_train_features),
+    "predict": (_add_predict, _run_predict),
 }
 
 

@@ -1020,3 +1020,14 @@ def embed(run: Run, data, *, batch_size: int = 64, progress: bool = False) -> np
                 latent = run.model.embed(batches(np.arange(start, min(start + batch_size, len(stored)))))
             chunks.append(latent.float().cpu().numpy())
     return np.concatenate(chunks) if chunks else np.zeros((0, 100), dtype=np.float32)
+
+
+def format_metrics(metrics: dict) -> str:
+    """Short text summary of a ``metrics.json`` document (what ``tmdafm train`` prints)."""
+    lines = [f"task {metrics['task']}, {metrics['folds']} folds, classes: {', '.join(metrics['classes'])}",
+             f"{'':10s}{'train':>16s}{'val':>16s}{'test':>16s}"]
+    for metric in ("accuracy", "f1_macro"):
+        cells = "".join(f"{100 * metrics[metric][s]['mean']:9.1f} ± {100 * metrics[metric][s]['std']:4.1f}"
+                        for s in PARTITIONS)
+        lines.append(f"{metric:10s}{cells}  (%)")
+    return "\n".join(lines)

@@ -389,6 +389,11 @@ def read_feature_table(path, *, sample_col: str | None = None, label_col: str | 
         guessed.append("no sample-id column: each row is treated as its own sample")
     frame["material"] = table[label].astype("string") if label is not None else pd.Series(pd.NA, index=table.index,
                                                                                            dtype="string")
+    if "split" in table.columns and "split" not in reserved:
+        # A held-out mark travels with the features (e.g. from `tmdafm extract`), so the test set stays the same.
+        marks = table["split"].astype("string").str.lower()
+        frame["split"] = marks.map(lambda v: _SPLIT_ALIASES.get(v, pd.NA) if isinstance(v, str) else pd.NA) \
+            .astype("string")
     if label is not None:
         for name in frame["material"].dropna().unique():
             try:
