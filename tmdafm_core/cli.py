@@ -230,6 +230,93 @@ def _run_predict(args) -> int:
     return 0
 
 
+# --- latent -----------------------------------------------------------------------------------------------------
+
+def _add_latent(sub) -> None:
+    p = sub.add_parser("latent", help="embeddings, PCA/UMAP projections and the latent-vs-descriptor tables",
+                       description="tmdafm latent RUN DATA --out DIR  (embeds DATA with a trained run) or "
+                                   "tmdafm latent TABLE --out DIR  (any embedding/feature table).")
+    p.add_argument("source", type=Path, metavar="RUN|TABLE",
+                   help="run directory from `tmdafm train`, or an embedding table (.parquet, .csv, trusted .pkl)")
+    p.add_argument("data", type=Path, nargs="?", metavar="DATA",
+                   help="data set to embed (with RUN only): images for an image run, a feature table for a "
+                        "`train-features` run")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    p.add_argument("--features", type=Path, metavar="CSV",
+                   help="physical descriptors (`tmdafm features` output), joined on `image`; enables the tables")
+    p.add_argument("--method", choices=("pca", "umap"), default="pca",
+                   help="pca: PCA only; umap: PCA plus 2-D and 3-D UMAP (seeded; ~10 s for 1k images) "
+                        "(default: pca)")
+    p.add_argument("--fold", default="best", help="fold model of RUN: a number or best (best validation macro-F1)")
+    p.add_argument("--n-components", type=int, default=10, help="principal components (default: 10)")
+    p.add_argument("--pca-solver", default="full", choices=("full", "covariance_eigh", "randomized", "auto",
+                                                            "incremental"),
+                   help="full: exact SVD; for 100k+ images covariance_eigh (exact), randomized or incremental "
+                        "(default: full)")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the R intervals (default: 1000)")
+    p.add_argument("--cv-folds", type=int, default=5, help="folds of the cross-validated regression R (default: 5)")
+    p.add_argument("--cv-by-sample", action="store_true",
+                   help="keep each sample's images in one cross-validation fold (stricter regression_r_cv)")
+    p.add_argument("--gallery-size", type=int, default=24, help="images per percentile gallery (default: 24)")
+    p.add_argument("--seed", type=int, default=0, help="seed of UMAP, bootstrap, folds and galleries (default: 0)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda, to embed with RUN (default: cpu)")
+    p.add_argument("--sample-col", help="TABLE: sample-id column (default: guessed)")
+    p.add_argument("--label-col", help="TABLE: material column (default: guessed)")
+    p.add_argument("--feature-cols", type=lambda s: [c for c in s.split(",") if c],
+                   help="TABLE: comma list of embedding columns, or one array column (default: guessed)")
+    _strict_flag(p)
+
+
+def _run_latent(args) -> int:
+    from tmdafm_core.latent import (
+        analyse,
+        fit_projection,
+        read_descriptors,
+        run_embeddings,
+        split_embeddings,
+        write_latent_outputs,
+    )
+
+    if args.source.is_dir():
+        if args.data is None:
+            raise ValueError(f"{args.source} is a run directory: give the DATA to embed after it")
+        _say(f"embedding {args.data} with {args.source} (fold {args.fold})")
+        embeddings = run_embeddings(args.source, args.data, fold=args.fold, device=args.device, strict=args.strict,
+                                    progress=True)
+        for path, reason in embeddings.attrs["skipped"]:
+            _say(f"skipped {path}: {reason}")
+        args.out.mkdir(parents=True, exist_ok=True)
+        embeddings.to_parquet(args.out / "embeddings.parquet", index=False)
+        _say(f"fold {embeddings.attrs['fold']}: {len(embeddings)} embeddings -> {args.out / 'embeddings.parquet'}")
+    else:
+        if args.data is not None:
+            raise ValueError(f"{args.source} is a table, not a run directory: DATA is only used with a RUN")
+        from tmdafm_core.data import read_feature_table
+
+        embeddings = read_feature_table(args.source, sample_col=args.sample_col, label_col=args.label_col,
+                                        feature_cols=args.feature_cols)
+        for note in embeddings.guessed:
+            _say(note)
+    descriptors = read_descriptors(args.features) if args.features is not None else None
+    values, _ = split_embeddings(embeddings)
+    if args.method == "umap":
+        _say(f"fitting PCA and 2-D/3-D UMAP of {len(values)} x {values.shape[1]} embeddings")
+    projection = fit_projection(values, n_components=args.n_components, umap=args.method == "umap",
+                                pca_solver=args.pca_solver, seed=args.seed)
+    tables = analyse(embeddings, descriptors, projection=projection, seed=args.seed, n_boot=args.n_boot,
+                     cv_folds=args.cv_folds, cv_by_sample=args.cv_by_sample, gallery_size=args.gallery_size)
+    written = write_latent_outputs(args.out, tables, projection=projection)
+    variance = tables["explained_variance"]
+    print(f"{len(values)} images x {values.shape[1]} dims; {len(variance)} PCs explain "
+          f"{100 * variance['cumulative'].iloc[-1]:.1f} % of the variance")
+    if "table5" in tables:
+        for note in tables["table5"].attrs.get("notes", []):
+            _say(note)
+        print(tables["table5"].iloc[:, :7].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"wrote {', '.join(p.name for p in written)} to {args.out}")
+    return 0
+
+
 # --- registry ---------------------------------------------------------------------------------------------------
 
 _COMMANDS = {
@@ -239,6 +326,7 @@ _COMMANDS = {
     "extract": (_add_extract, _run_extract),
     "train-features": (_add_train_features, _run_train_features),
     "predict": (_add_predict, _run_predict),
+    "latent": (_add_latent, _run_latent),
 }
 
 

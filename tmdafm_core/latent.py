@@ -86,9 +86,9 @@ def split_embeddings(embeddings) -> tuple[np.ndarray, pd.DataFrame]:
     """
     if hasattr(embeddings, "features") and hasattr(embeddings, "frame"):
         values = np.asarray(embeddings.features, dtype=np.float64)
-        frame = embeddings.frame.rename(columns={"material": "label"})
+        frame = embeddings.frame
     elif isinstance(embeddings, pd.DataFrame):
-        frame = embeddings.rename(columns={"material": "label"})
+        frame = embeddings
         id_cols = [c for c in frame.columns if c in _ID_COLUMNS]
         dims = [c for c in frame.columns if c not in id_cols]
         not_numeric = [c for c in dims if not pd.api.types.is_numeric_dtype(frame[c])]
@@ -104,15 +104,19 @@ def split_embeddings(embeddings) -> tuple[np.ndarray, pd.DataFrame]:
     if not np.isfinite(values).all():
         row = int(np.where(~np.isfinite(values).all(axis=1))[0][0])
         raise ValueError(f"embeddings: non-finite values (first in row {row}); drop or fill those images first")
-    frame = frame.reset_index(drop=True)
-    image = frame["image"].astype(str) if "image" in frame else pd.Series([str(i) for i in range(len(values))])
-    meta = pd.DataFrame({
+    return values, image_meta(frame, len(values))
+
+
+def image_meta(frame: pd.DataFrame, n_images: int) -> pd.DataFrame:
+    """The image, sample_id, label columns of a table (image defaults to the row number, sample_id to image)."""
+    frame = frame.rename(columns={"material": "label"}).reset_index(drop=True)
+    image = frame["image"].astype(str) if "image" in frame else pd.Series([str(i) for i in range(n_images)])
+    return pd.DataFrame({
         "image": image.to_numpy(),
         "sample_id": frame["sample_id"].astype(str).to_numpy() if "sample_id" in frame else image.to_numpy(),
-        "label": frame["label"].astype("string").to_numpy() if "label" in frame else pd.array([pd.NA] * len(image),
+        "label": frame["label"].astype("string").to_numpy() if "label" in frame else pd.array([pd.NA] * n_images,
                                                                                                 dtype="string"),
     })
-    return values, meta
 
 
 def max_scale(descriptors: pd.DataFrame) -> pd.DataFrame:
@@ -172,6 +176,63 @@ def _descriptor_matrix(descriptors, meta: pd.DataFrame) -> tuple[np.ndarray, lis
                      f"tables")
         values, rows = values[finite], rows[finite]
     return values, names, rows, notes
+
+
+def run_embeddings(run_dir, data, *, fold="best", device: str = "cpu", strict: bool = False,
+                   progress: bool = False) -> pd.DataFrame:
+    """The head's 100-d activations ("latent features") of a trained run for every image of a data set.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        Run directory written by ``tmdafm train`` (or ``tmdafm train-features``).
+    data : str, Path, DataFrame or FeatureTable
+        Image runs: any data source ``read_dataset`` accepts, or a manifest. Feature-table runs: a feature table
+        path (``read_feature_table``) or a FeatureTable with the run's input features.
+    fold : int or "best"
+        Fold model to use; "best" is the fold with the highest validation macro-F1.
+    device : {"cpu", "cuda"}
+    strict : bool
+        Treat a skipped (unreadable) file of ``data`` as an error.
+
+    Returns
+    -------
+    DataFrame
+        image, sample_id, label, latent1..latentN (float32), in the data set's order; ``attrs["fold"]`` is the
+        fold used and ``attrs["skipped"]`` the data reader's skipped files.
+    """
+    from .data import read_dataset, read_feature_table
+    from .training import embed, load_run
+
+    run = load_run(run_dir, fold, device=device)
+    skipped = []
+    if run.is_image:
+        manifest = data if isinstance(data, pd.DataFrame) else read_dataset(data, strict=strict)
+        skipped = manifest.attrs.get("skipped", [])
+        values = embed(run, manifest, progress=progress)
+        frame = manifest[["image", "sample_id", "material"]]
+    else:
+        table = data if hasattr(data, "features") else read_feature_table(data)
+        values = embed(run, table.features, progress=progress)
+        frame = table.frame
+    latent = pd.DataFrame(values, columns=[f"latent{i + 1}" for i in range(values.shape[1])])
+    table = pd.concat([image_meta(frame, len(values)), latent], axis=1)
+    table.attrs.update(fold=run.fold, skipped=list(skipped))
+    return table
+
+
+def read_descriptors(path) -> pd.DataFrame:
+    """Read a physical-descriptor table (``tmdafm features`` output: ``image`` + one column per descriptor).
+
+    Returns a DataFrame with ``image`` (when the table has one) and the numeric descriptor columns in file order.
+    """
+    from .data import read_feature_table
+
+    table = read_feature_table(path)
+    descriptors = pd.DataFrame(table.features.astype(np.float64), columns=table.feature_names)
+    if "image" in table.frame:
+        descriptors.insert(0, "image", table.frame["image"].to_numpy())
+    return descriptors
 
 
 # --- projection -------------------------------------------------------------------------------------------------
