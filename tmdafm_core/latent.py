@@ -167,7 +167,7 @@ def _descriptor_matrix(descriptors, meta: pd.DataFrame) -> tuple[np.ndarray, lis
             raise ValueError(f"descriptors: {len(descriptors)} rows for {len(meta)} embeddings and no `image` column "
                              f"to join on; add `image` or pass rows in the same order")
         rows = np.arange(len(meta))
-        values = descriptors[names].to_numpy(dtype=np.float64)
+        values = descriptors[names].to_numpy(dtype=np.float64, copy=True)
     empty = ~np.isfinite(values).any(axis=0)
     values[:, empty] = 0.0  # an all-missing descriptor becomes constant, i.e. "undefined", instead of dropping rows
     finite = np.isfinite(values).all(axis=1)
