@@ -1,0 +1,274 @@
+"""Cross-validation, run directories, resume, metrics, feature-table runs, prediction and the CLI commands."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import f1_score
+
+from tmdafm_core import training
+from tmdafm_core.cli import main
+from tmdafm_core.data import FeatureTable, read_dataset, save_tiff
+from tmdafm_core.training import (
+    TrainConfig,
+    classification_scores,
+    cross_validate,
+    embed,
+    grid_search,
+    load_checkpoint,
+    load_run,
+    predict,
+)
+
+TINY = dict(weights="none", epochs=1, batch_size=8, image_size=32)
+STRIPES = {"MoS2": "vertical", "WS2": "horizontal", "WSe2": "checker"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_stripes(folder, *, materials=("MoS2", "WS2"), samples=4, per_sample=8, size=32, noise=0.3, seed=0):
+    """A clearly separable TMD-AFM-layout set: each material has its own stripe texture; sample 0 is held out."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    textures = {"vertical": np.sin(xx * np.pi / 2), "horizontal": np.sin(yy * np.pi / 2),
+                "checker": np.sin(xx * np.pi / 2) * np.sin(yy * np.pi / 2)}
+    folder.mkdir(parents=True, exist_ok=True)
+    for material in materials:
+        for s in range(samples):
+            for i in range(per_sample):
+                image = textures[STRIPES[material]] + noise * rng.standard_normal((size, size))
+                suffix = "_test" if s == 0 else ""
+                save_tiff(folder / f"{material}_afm_{material}s{s}_{i:02d}{suffix}.tif", image, pixel_size_nm=4.0)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def stripes(tmp_path_factory):
+    return read_dataset(write_stripes(tmp_path_factory.mktemp("stripes") / "data"))
+
+
+@pytest.fixture(scope="module")
+def mtc_run(stripes, tmp_path_factory):
+    """A finished 2-fold MtC run on the separable stripes (learned in 3 epochs for seeds 0..5)."""
+    run_dir = tmp_path_factory.mktemp("runs") / "mtc"
+    metrics = cross_validate(stripes, run_dir, weights="none", folds=2, epochs=3, lr=1e-3, batch_size=4,
+                             image_size=32)
+    return run_dir, metrics
+
+
+def test_scores_match_scikit_learn():
+    rng = np.random.default_rng(0)
+    true, predicted = rng.integers(0, 4, 50), rng.integers(0, 4, 50)
+    predicted[:5] = 3
+    scores = classification_scores(true, predicted, 5)
+    assert scores["accuracy"] == pytest.approx(np.mean(true == predicted))
+    assert scores["f1_macro"] == pytest.approx(f1_score(true, predicted, average="macro"))
+    assert scores["confusion"].sum() == 50 and scores["confusion"][true[0], predicted[0]] >= 1
+
+
+def test_run_directory_and_metrics_schema(mtc_run):
+    run_dir, metrics = mtc_run
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "fold0.pt", "fold1.pt", "history.csv",
+                                                          "metrics.json", "splits.csv"]
+    on_disk = json.loads((run_dir / "metrics.json").read_text())
+    assert on_disk == json.loads(json.dumps(metrics))
+    assert list(on_disk) == ["task", "classes", "elements", "folds", "accuracy", "f1_macro",
+                             "confusion_test_percent", "per_fold"]
+    assert on_disk["task"] == "mtc" and on_disk["classes"] == ["MoS2", "WS2"] and on_disk["folds"] == 2
+    assert on_disk["elements"] == ["Mo", "W", "S"]
+    for metric in ("accuracy", "f1_macro"):
+        assert set(on_disk[metric]) == {"train", "val", "test"}
+        assert all(set(v) == {"mean", "std"} for v in on_disk[metric].values())
+    assert np.sum(on_disk["confusion_test_percent"]) == pytest.approx(100.0)
+    assert [f["fold"] for f in on_disk["per_fold"]] == [0, 1]
+    history = pd.read_csv(run_dir / "history.csv")
+    assert list(history.columns) == ["fold", "epoch", "split", "loss", "accuracy", "f1_macro"]
+    assert len(history) == 2 * 3 * 2  # folds x epochs x {train, val}
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["mode"] == "scratch" and config["lr"] == 1e-3 and config["image_size"] == 32
+
+
+def test_checkpoint_carries_what_inference_needs(mtc_run):
+    checkpoint = load_checkpoint(mtc_run[0] / "fold0.pt")
+    for key in ("model", "optimizer", "epoch", "args", "arch", "task", "classes", "elements", "image_size", "mean",
+                "std"):
+        assert key in checkpoint
+    assert checkpoint["arch"] == "resnet18" and checkpoint["image_size"] == 32
+    assert checkpoint["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert 1 <= checkpoint["epoch"] <= 3 and checkpoint["optimizer"]["state"]
+
+
+def test_separable_toy_set_is_learned(mtc_run):
+    _, metrics = mtc_run
+    assert metrics["accuracy"]["val"]["mean"] > 0.9
+    assert metrics["accuracy"]["test"]["mean"] > 0.9
+
+
+def test_no_sample_in_two_partitions(mtc_run):
+    splits = pd.read_csv(mtc_run[0] / "splits.csv")
+    test_samples = set(splits.loc[splits["split"] == "test", "sample_id"])
+    assert test_samples == {"MoS2s0", "WS2s0"}  # the file names' held-out marks are respected
+    for fold in (0, 1):
+        val = set(splits.loc[splits["fold"] == fold, "sample_id"])
+        train = set(splits.loc[(splits["fold"] >= 0) & (splits["fold"] != fold), "sample_id"])
+        assert val and train and not (val & train) and not (val & test_samples) and not (train & test_samples)
+
+
+def test_resume_skips_finished_folds_and_reproduces_a_deleted_one(stripes, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    first = cross_validate(stripes, run_dir, folds=2, **TINY)
+    (run_dir / "fold1.pt").unlink()
+    trained = []
+    fit = training.fit_fold
+    monkeypatch.setattr(training, "fit_fold", lambda data, config, fold, **kw: trained.append(fold) or
+                        fit(data, config, fold, **kw))
+    second = cross_validate(stripes, run_dir, folds=2, **TINY)
+    assert trained == [1]
+    assert second == first  # seeded: the retrained fold comes out the same
+    cross_validate(stripes, run_dir, folds=2, **TINY)
+    assert trained == [1]
+
+
+def test_resume_refuses_other_settings(stripes, tmp_path):
+    cross_validate(stripes, tmp_path / "run", folds=2, **TINY)
+    with pytest.raises(ValueError, match="other settings \\(lr"):
+        cross_validate(stripes, tmp_path / "run", folds=2, **{**TINY, "lr": 1e-3})
+
+
+def test_mtl_run_reports_element_accuracy_and_valid_materials(stripes, tmp_path):
+    metrics = cross_validate(stripes, tmp_path / "mtl", folds=2, task="mtl", **TINY)
+    assert metrics["task"] == "mtl"
+    assert all(0 <= f["element_accuracy"]["val"] <= 1 for f in metrics["per_fold"])
+    run = load_run(tmp_path / "mtl")
+    result = predict(run, list(stripes["path"][:4]))
+    assert set(result.materials) <= {"MoS2", "WS2"}
+    assert result.element_probabilities.shape == (4, 3)
+    np.testing.assert_allclose(result.class_probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_a_class_without_training_images_in_a_fold_is_refused(tmp_path):
+    folder = write_stripes(tmp_path / "data", materials=("MoS2", "WS2"), samples=4)
+    write_stripes(folder, materials=("WSe2",), samples=2, seed=1)  # one held-out + one training sample
+    with pytest.raises(ValueError, match="class 'WSe2' has no training images in fold"):
+        cross_validate(read_dataset(folder), tmp_path / "run", folds=2, **TINY)
+
+
+def test_unknown_architecture_fails_before_training(stripes, tmp_path):
+    with pytest.raises(ValueError, match="unknown architecture"):
+        cross_validate(stripes, tmp_path / "run", arch="resnet20", folds=2, **TINY)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"task": "mtx"}, "task must be one of"),
+    ({"select": "best"}, "select must be one of"),
+    ({"folds": 1}, "folds must be an integer >= 2"),
+    ({"epochs": 0}, "epochs must be an integer >= 1"),
+    ({"batch_size": 2.5}, "batch_size must be an integer"),
+    ({"lr": -1.0}, "lr must be a positive number"),
+    ({"dropout": 1.5}, "dropout must be in"),
+    ({"image_size": 8}, "image_size must be in"),
+    ({"device": "tpu"}, "device must be 'cpu' or 'cuda'"),
+])
+def test_bad_settings_are_one_line_errors(change, message):
+    with pytest.raises(ValueError, match=message) as error:
+        TrainConfig(**change).validate()
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")
+def test_cuda_without_a_gpu_is_refused():
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        TrainConfig(device="cuda").validate()
+
+
+def test_predict_gives_probabilities_embeddings_and_cams(mtc_run, stripes):
+    run = load_run(mtc_run[0])
+    assert run.fold in (0, 1) and run.image_size == 32
+    paths = list(stripes["path"][:3])
+    big = np.random.default_rng(0).random((48, 40))
+    result = predict(run, paths + [big], cam=True)
+    assert result.images[-1] == "array3"
+    assert result.class_probabilities.shape == (4, 2) and result.element_probabilities is None
+    assert result.embeddings.shape == (4, 100) and (result.embeddings >= 0).all()
+    assert [c.shape for c in result.cams] == [(32, 32)] * 3 + [(48, 40)]
+    assert all(c.min() >= 0 and c.max() == pytest.approx(1.0) for c in result.cams)
+    truth = list(stripes["material"][:3])
+    assert result.materials[:3] == truth
+    frame = result.to_frame()
+    assert list(frame.columns) == ["image", "material", "p_MoS2", "p_WS2"]
+    grad = predict(run, paths[:1], cam="grad")
+    assert grad.cams[0].shape == (32, 32)
+
+
+def test_embed_matches_predict(mtc_run, stripes):
+    run = load_run(mtc_run[0], fold=1)
+    latent = embed(run, stripes)
+    assert latent.shape == (len(stripes), 100) and latent.dtype == np.float32
+    np.testing.assert_allclose(latent[:2], predict(run, list(stripes["path"][:2])).embeddings, rtol=1e-4, atol=1e-5)
+
+
+def _feature_table(n_per_class=12, seed=0):
+    """Two separable Gaussian clouds in 16-d, 3 images per sample, sample 0 of each class held out."""
+    rng = np.random.default_rng(seed)
+    rows, features = [], []
+    for c, material in enumerate(("MoS2", "WS2")):
+        for i in range(n_per_class):
+            rows.append({"image": f"{material}_{i}.tif", "sample_id": f"{material}-{i // 3}", "material": material,
+                         "split": "test" if i < 3 else "train"})
+            features.append(rng.normal(loc=3.0 * c, size=16))
+    frame = pd.DataFrame(rows).astype({"material": "string", "split": "string"})
+    return FeatureTable(frame, np.asarray(features, dtype=np.float32), [f"f{i}" for i in range(16)])
+
+
+def test_feature_mlp_learns_a_separable_table(tmp_path):
+    metrics = cross_validate(_feature_table(), tmp_path / "mlp", folds=3, epochs=30, lr=1e-2, batch_size=8)
+    assert metrics["accuracy"]["val"]["mean"] > 0.9 and metrics["accuracy"]["test"]["mean"] > 0.9
+    config = json.loads((tmp_path / "mlp" / "config.json").read_text())
+    assert config["mode"] == "features" and config["arch"] is None
+    run = load_run(tmp_path / "mlp")
+    assert embed(run, _feature_table().features).shape == (24, 100)
+
+
+def test_grid_search_writes_a_ranked_table(tmp_path):
+    table = grid_search(_feature_table(), tmp_path / "grid", lr=[1e-2, 1e-4], dropout=[0.0], batch_size=[8],
+                        folds=2, epochs=5)
+    assert len(table) == 2 and set(table["lr"]) == {1e-2, 1e-4}
+    assert table["f1_macro_val_mean"].is_monotonic_decreasing
+    assert (tmp_path / "grid" / "grid.csv").is_file()
+    assert (tmp_path / "grid" / table["run"][0] / "metrics.json").is_file()
+
+
+def test_cli_extract_train_features_train_and_predict(stripes, tmp_path, capsys):
+    data = stripes.attrs["root"]
+    assert main(["extract", data, "--weights", "none", "--image-size", "32", "--out", str(tmp_path / "f.parquet")]) == 0
+    table = pd.read_parquet(tmp_path / "f.parquet")
+    assert list(table.columns[:4]) == ["image", "sample_id", "material", "split"] and table.shape[1] == 4 + 512
+    assert main(["train-features", str(tmp_path / "f.parquet"), "--out", str(tmp_path / "mlp"), "--folds", "2",
+                 "--epochs", "2"]) == 0
+    splits = pd.read_csv(tmp_path / "mlp" / "splits.csv")
+    assert set(splits.loc[splits["split"] == "test", "sample_id"]) == {"MoS2s0", "WS2s0"}
+    assert main(["train", data, "--out", str(tmp_path / "run"), "--weights", "none", "--folds", "2", "--epochs", "1",
+                 "--image-size", "32", "--batch-size", "8"]) == 0
+    assert "f1_macro" in capsys.readouterr().out
+    images = [str(p) for p in stripes["path"][:2]]
+    assert main(["predict", str(tmp_path / "run"), *images, "--cam", str(tmp_path / "cams")]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("image,material,p_MoS2") and len(lines) == 3
+    assert len(list((tmp_path / "cams").glob("*_cam.png"))) == 2
+
+
+def test_cli_bad_config_is_a_one_line_error(stripes, tmp_path, capsys):
+    code = main(["train", stripes.attrs["root"], "--out", str(tmp_path / "run"), "--weights", "imagenet-v2"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "resnet18 has no ImageNet V2 weights" in err and "\n" not in err
