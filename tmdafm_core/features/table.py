@@ -1,0 +1,143 @@
+"""The batch engine: all 14 descriptors for every image of a manifest, in parallel, cached per image."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from .descriptors import compute_all, default_parameters
+from .registry import DESCRIPTORS, FEATURE_COLUMNS
+
+#: Bump whenever a descriptor's numbers change, so that cached values are recomputed.
+FEATURE_CODE_VERSION = 1
+
+
+def _parameters() -> dict:
+    return {descriptor.name: default_parameters(descriptor.function) for descriptor in DESCRIPTORS}
+
+
+def _feature_key(digest: str, pixel_size_nm: float, paper_pixels: bool) -> str:
+    from ..store import make_key
+
+    return make_key("features", FEATURE_CODE_VERSION, digest, repr(float(pixel_size_nm)), bool(paper_pixels),
+                    _parameters())
+
+
+def _compute_one(task: tuple) -> list[float]:
+    """Worker: load one image and compute its descriptors (module-level so that processes can pickle it)."""
+    from ..data import load_image
+
+    path, pixel_size_nm, paper_pixels = task
+    image, pixel_size_nm = load_image(path, pixel_size_nm=pixel_size_nm)
+    try:
+        values = compute_all(image, pixel_size_nm, paper_pixels=paper_pixels)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return [values[name] for name in FEATURE_COLUMNS]
+
+
+def _pixel_size(value) -> float | None:
+    if value is None or value is pd.NA:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def compute_table(manifest: pd.DataFrame, *, jobs: int | None = None, dask_address: str | None = None,
+                  cache=None, progress: bool = True, paper_pixels: bool = False) -> pd.DataFrame:
+    """Physical descriptors of every image in a manifest.
+
+    Each image is looked up in the store by its file content, pixel size, the descriptors' parameters and
+    :data:`FEATURE_CODE_VERSION`; only missing ones are computed, in parallel, and each is stored as soon as it is
+    done, so an interrupted run resumes where it stopped.
+
+    Parameters
+    ----------
+    manifest : DataFrame
+        Tidy manifest (:func:`tmdafm_core.data.read_dataset`): ``image``, ``path`` and, optionally,
+        ``pixel_size_nm`` (NaN or absent: from the file, else 1 µm across the image).
+    jobs : int, optional
+        Local worker processes (default: all cores).
+    dask_address : str, optional
+        Run on this Dask scheduler instead (workers must see the image paths).
+    cache : str, Path, Store, False or None
+        Store folder or open :class:`~tmdafm_core.store.Store`; None: the default (``./cache`` or
+        ``$TMDAFM_CACHE``); False: no caching.
+    progress : bool
+        tqdm progress bar on stderr while computing.
+    paper_pixels : bool
+        The paper's pixel-based numbers (see :mod:`tmdafm_core.features.descriptors`).
+
+    Returns
+    -------
+    DataFrame
+        ``image`` then the 14 :data:`FEATURE_COLUMNS` (float), one row per manifest row, in manifest order;
+        ``sample_id``, ``material`` and ``split`` follow when the manifest has them.
+    """
+    from ..parallel import imap_items
+    from ..store import Store, file_digest, open_store
+
+    missing = [c for c in ("image", "path") if c not in manifest.columns]
+    if missing:
+        raise ValueError(f"manifest lacks column(s) {missing}; build it with tmdafm_core.data.read_dataset")
+    paths = [str(p) for p in manifest["path"]]
+    sizes = ([_pixel_size(v) for v in manifest["pixel_size_nm"]] if "pixel_size_nm" in manifest.columns
+             else [None] * len(paths))
+    values = np.full((len(paths), len(FEATURE_COLUMNS)), np.nan)
+
+    store = None if cache is False else cache if isinstance(cache, Store) else open_store(cache)
+    try:
+        keys: list[str | None] = [None] * len(paths)
+        todo = []
+        if store is not None:
+            for row, (path, size) in enumerate(zip(paths, sizes, strict=True)):
+                # The key needs the pixel size actually used; files without one default to 1 µm across.
+                keys[row] = _feature_key(file_digest(path), size if size is not None else math.nan, paper_pixels)
+            found = store.get_many(keys)
+            for row, key in enumerate(keys):
+                if key in found:
+                    values[row] = found[key]
+                else:
+                    todo.append(row)
+        else:
+            todo = list(range(len(paths)))
+
+        stream = imap_items(_compute_one, [(paths[r], sizes[r], paper_pixels) for r in todo], jobs=jobs,
+                            dask_address=dask_address)
+        if progress and todo:
+            from tqdm import tqdm
+
+            stream = tqdm(stream, total=len(todo), desc="features", unit="img")
+        for index, result in stream:
+            row = todo[index]
+            values[row] = result
+            if store is not None:
+                store.put(keys[row], result)
+    finally:
+        if store is not None and store is not cache:
+            store.close()
+
+    table = pd.DataFrame(values, columns=list(FEATURE_COLUMNS))
+    table.insert(0, "image", manifest["image"].astype(str).to_numpy())
+    for column in ("sample_id", "material", "split"):
+        if column in manifest.columns:
+            table[column] = manifest[column].to_numpy()
+    return table
+
+
+def scale_to_unit_max(table: pd.DataFrame, columns=FEATURE_COLUMNS) -> pd.DataFrame:
+    """The paper's scaling: each feature column divided by its maximum absolute value (0..1 for non-negative ones).
+
+    Returns a copy; columns that are all zero stay zero. Other columns are left as they are.
+    """
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ValueError(f"feature table lacks column(s) {missing}")
+    scaled = table.copy()
+    for column in columns:
+        peak = np.nanmax(np.abs(scaled[column].to_numpy(dtype=float))) if len(scaled) else 0.0
+        if peak > 0:
+            scaled[column] = scaled[column] / peak
+    return scaled
