@@ -317,6 +317,42 @@ def _run_latent(args) -> int:
     return 0
 
 
+# --- features ---------------------------------------------------------------------------------------------------
+
+def _add_features(sub) -> None:
+    p = sub.add_parser("features", help="the 14 physical image descriptors per image, as a CSV table")
+    p.add_argument("data", type=Path, help="data set (any supported source)")
+    p.add_argument("--out", type=Path, required=True, metavar="CSV", help="output table: image + 14 feature columns")
+    p.add_argument("--pixel-size-nm", type=float, help="nm per pixel for every image (default: from the files or "
+                                                       "manifest, else 1 um across the image)")
+    p.add_argument("--jobs", type=int, help="local worker processes (default: all cores)")
+    p.add_argument("--dask", metavar="ADDR", help="compute on this Dask scheduler instead of local processes")
+    p.add_argument("--cache", type=Path, help="artifact store folder (default: $TMDAFM_CACHE or ./cache)")
+    p.add_argument("--paper-pixels", action="store_true",
+                   help="the paper's raw pixel-based numbers and definitions instead of resolution-aware ones")
+    _strict_flag(p)
+
+
+def _run_features(args) -> int:
+    from tmdafm_core.data import read_dataset
+    from tmdafm_core.features import FEATURE_COLUMNS, compute_table
+
+    if args.out.suffix.lower() != ".csv":
+        raise ValueError(f"{args.out}: the feature table is written as CSV; give a file name ending in .csv")
+    if args.pixel_size_nm is not None and not args.pixel_size_nm > 0:
+        raise ValueError(f"--pixel-size-nm must be positive, got {args.pixel_size_nm}")
+    manifest = read_dataset(args.data, strict=args.strict)
+    _report_skipped(manifest)
+    if args.pixel_size_nm is not None:
+        manifest = manifest.assign(pixel_size_nm=float(args.pixel_size_nm))
+    table = compute_table(manifest, jobs=args.jobs, dask_address=args.dask, cache=args.cache, progress=True,
+                          paper_pixels=args.paper_pixels)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    table[["image", *FEATURE_COLUMNS]].to_csv(args.out, index=False)
+    print(f"wrote {len(table)} images x {len(FEATURE_COLUMNS)} features to {args.out}")
+    return 0
+
+
 # --- registry ---------------------------------------------------------------------------------------------------
 
 _COMMANDS = {
@@ -326,6 +362,7 @@ _COMMANDS = {
     "extract": (_add_extract, _run_extract),
     "train-features": (_add_train_features, _run_train_features),
     "predict": (_add_predict, _run_predict),
+    "features": (_add_features, _run_features),
     "latent": (_add_latent, _run_latent),
 }
 
