@@ -16,7 +16,9 @@ Starting weights (``weights=``):
 a path
     a torchvision ResNet state dict (``.pth``), or a fold checkpoint of one of our runs (the starting point of
     sequential training: every tensor whose name and shape match is taken, so a head with a different number of
-    outputs starts fresh).
+    outputs starts fresh). With ``output_names`` the output layer is matched by name instead: each output row
+    whose class (MtC checkpoint) or element (MtL checkpoint) the checkpoint knows is copied from it, the others
+    keep their fresh initialisation (an MtC head grown by a class keeps the rows of the known classes).
 """
 
 from __future__ import annotations
@@ -189,8 +191,11 @@ def _load_backbone_state(backbone: nn.Module, state: dict, source: str) -> None:
     backbone.load_state_dict(state)
 
 
-def _load_run_checkpoint(model: nn.Module, checkpoint: dict, source: str) -> None:
-    """Start from a fold checkpoint of one of our runs: take every tensor whose name and shape match."""
+def _load_run_checkpoint(model: nn.Module, checkpoint: dict, source: str, output_names=None) -> None:
+    """Start from a fold checkpoint of one of our runs: take every tensor whose name and shape match.
+
+    With ``output_names`` (one name per output of ``model``), the output layer is taken row by row by name.
+    """
     arch = checkpoint.get("arch")
     model_arch = getattr(model, "arch", None)
     if arch is None:
@@ -201,10 +206,27 @@ def _load_run_checkpoint(model: nn.Module, checkpoint: dict, source: str) -> Non
     taken = {k: v for k, v in checkpoint["model"].items() if k in own and own[k].shape == v.shape}
     if not any(k.startswith("backbone.") for k in taken):
         raise ValueError(f"{source}: no backbone tensors match {model_arch}; the file is not a checkpoint of it")
+    if output_names is not None:
+        taken.update(_output_rows_by_name(own, checkpoint, output_names))
     model.load_state_dict(taken, strict=False)
 
 
-def build_model(arch: str, n_outputs: int, *, weights: str | Path = "none", dropout: float = 0.0) -> ResNetClassifier:
+_OUTPUT_KEYS = ("head.out.weight", "head.out.bias")
+
+
+def _output_rows_by_name(own: dict, checkpoint: dict, output_names) -> dict:
+    """Output-layer tensors of ``own`` with the rows of outputs the checkpoint also has copied from it."""
+    known = list(checkpoint.get("classes" if checkpoint.get("task") == "mtc" else "elements") or [])
+    rows = {k: own[k].clone() for k in _OUTPUT_KEYS}
+    for row, name in enumerate(output_names):
+        if name in known:
+            for key in _OUTPUT_KEYS:
+                rows[key][row] = checkpoint["model"][key][known.index(name)]
+    return rows
+
+
+def build_model(arch: str, n_outputs: int, *, weights: str | Path = "none", dropout: float = 0.0,
+                output_names=None) -> ResNetClassifier:
     """Build the paper's ResNet classifier.
 
     Parameters
@@ -216,6 +238,9 @@ def build_model(arch: str, n_outputs: int, *, weights: str | Path = "none", drop
         Starting weights (see the module docstring). ImageNet weights come from the torchvision cache only.
     dropout : float
         Dropout probability of the head, 0 <= p < 1.
+    output_names : sequence of str, optional
+        Name of each output (class names for MtC, element symbols for MtL). Used with a run checkpoint as
+        ``weights``: output rows are then taken from the checkpoint by name, not by position and shape.
 
     Returns
     -------
@@ -236,6 +261,8 @@ def build_model(arch: str, n_outputs: int, *, weights: str | Path = "none", drop
         raise ValueError(f"n_outputs must be >= 1, got {n_outputs}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    if output_names is not None and len(output_names) != int(n_outputs):
+        raise ValueError(f"output_names has {len(output_names)} names for {n_outputs} outputs; give one per output")
     state, checkpoint, source = None, None, "random initialisation"
     if isinstance(weights, str) and weights in WEIGHT_CHOICES:
         if weights != "none":
@@ -260,7 +287,7 @@ def build_model(arch: str, n_outputs: int, *, weights: str | Path = "none", drop
     if state is not None:
         _load_backbone_state(model.backbone, state, source)
     if checkpoint is not None:
-        _load_run_checkpoint(model, checkpoint, source)
+        _load_run_checkpoint(model, checkpoint, source, output_names)
     model.weights_source = source
     return model
 

@@ -38,6 +38,7 @@ import itertools
 import json
 import math
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -343,8 +344,10 @@ class FoldData:
 
 def _build_fold_model(data: FoldData, config: TrainConfig, n_outputs: int):
     if data.stored.ndim == 4:
-        return build_model(config.arch, n_outputs, weights=config.weights, dropout=config.dropout), \
-            IMAGENET_MEAN, IMAGENET_STD
+        # Outputs are named so that a run checkpoint as start carries the rows of the classes / elements it knows.
+        names = data.labels.classes if config.task == "mtc" else data.labels.elements
+        return build_model(config.arch, n_outputs, weights=config.weights, dropout=config.dropout,
+                           output_names=names), IMAGENET_MEAN, IMAGENET_STD
     train = data.stored[torch.as_tensor(data.partitions["train"])]
     # Feature tables come in any scale; standardise with the training partition's statistics only.
     mean, std = train.mean(dim=0), train.std(dim=0).clamp_min(1e-6)
@@ -559,17 +562,106 @@ def _check_classes_in_every_fold(frame: pd.DataFrame, labels: LabelSpace, folds:
                                  "sample(s) outside the test set); add samples of it, use fewer folds, or drop it")
 
 
-def prepare_split(data, *, folds: int, test_fraction: float = 0.1, seed: int = 0) -> tuple[pd.DataFrame, LabelSpace]:
-    """Split a manifest / feature table by sample and check that every class can be trained in every fold."""
+def _check_labels(frame: pd.DataFrame, labels: LabelSpace) -> None:
+    outside = sorted(set(frame["material"].dropna()) - set(labels.classes))
+    if outside:
+        raise ValueError(f"material {outside[0]!r} of the data is not one of the given classes {list(labels.classes)}")
+    for material in labels.classes:
+        labels.element_vector(material)  # raises when an element is missing from labels.elements
+
+
+def _check_presplit(frame: pd.DataFrame, folds: int) -> pd.DataFrame:
+    """A data set that carries its own ``split`` and ``fold`` columns (from :func:`split_dataset`)."""
+    if "fold" not in frame.columns or "split" not in frame.columns:
+        raise ValueError("presplit data needs 'split' and 'fold' columns; call split_dataset (or prepare_split) first")
+    fold = frame["fold"].to_numpy()
+    is_test = frame["split"].fillna("").astype(str).to_numpy() == "test"
+    if (fold[is_test] != -1).any() or not np.isin(fold[~is_test], np.arange(folds)).all():
+        raise ValueError(f"presplit data: 'fold' must be -1 for test rows and 0..{folds - 1} for the others")
+    empty = sorted(set(range(folds)) - set(fold[~is_test].tolist()))
+    if empty:
+        raise ValueError(f"presplit data: fold {empty[0]} has no images; the split has fewer than {folds} folds")
+    return frame
+
+
+def prepare_split(data, *, folds: int, test_fraction: float = 0.1, seed: int = 0, labels: LabelSpace | None = None,
+                  presplit: bool = False) -> tuple[pd.DataFrame, LabelSpace]:
+    """Split a manifest / feature table by sample and check that every class can be trained in every fold.
+
+    ``labels`` fixes the label space (class order, elements) instead of deriving it from the data; ``presplit``
+    keeps the data's own ``split`` and ``fold`` columns (one split shared by several runs).
+    """
     frame, _, _ = _labelled_frame(data)
     if len(frame) == 0:
         raise ValueError("the data set has no images")
-    labels = LabelSpace.from_materials(frame["material"].dropna())
+    if labels is None:
+        labels = LabelSpace.from_materials(frame["material"].dropna())
+    else:
+        _check_labels(frame, labels)
     if len(labels.classes) < 2:
         raise ValueError(f"only one class ({labels.classes[0]}) in the data set; classification needs >= 2")
-    split = split_dataset(frame, n_folds=folds, test_fraction=test_fraction, seed=seed)
+    if presplit:
+        split = _check_presplit(frame, folds)
+    else:
+        split = split_dataset(frame, n_folds=folds, test_fraction=test_fraction, seed=seed)
     _check_classes_in_every_fold(split, labels, folds)
     return split, labels
+
+
+def limit_training_images(manifest: pd.DataFrame, positions, limits: dict, *, seed: int = 0) -> np.ndarray:
+    """Cut the training images of some classes to a number of images, by sample.
+
+    For each limited class, its samples among ``positions`` are put in a random order (seeded by ``seed`` and the
+    class name), each sample's images too, and the first ``limit`` images of that sequence are kept: whole
+    samples first, the last one partly. The same seed gives nested cuts (a cut of 8 is part of the cut of 16).
+
+    Parameters
+    ----------
+    manifest : DataFrame
+        With ``material`` and ``sample_id``.
+    positions : array of int
+        Row positions of a training partition.
+    limits : dict of str -> int
+        Material -> most training images to keep (>= 1); other classes are kept whole.
+    seed : int
+
+    Returns
+    -------
+    ndarray of int
+        The kept positions, in their original order.
+    """
+    positions = np.asarray(positions, dtype=np.int64)
+    materials = manifest["material"].to_numpy()[positions]
+    samples = manifest["sample_id"].astype(str).to_numpy()[positions]
+    keep = np.ones(len(positions), dtype=bool)
+    for material, limit in limits.items():
+        if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
+            raise ValueError(f"training limit of {material!r} must be a whole number of images >= 1, got {limit!r}")
+        rows = np.flatnonzero(materials == material)
+        if len(rows) <= limit:
+            continue
+        rng = np.random.default_rng([int(seed), zlib.crc32(str(material).encode())])
+        sequence = []
+        for sample in rng.permutation(np.unique(samples[rows])):
+            sequence.extend(rng.permutation(rows[samples[rows] == sample]).tolist())
+        keep[rows] = False
+        keep[sequence[:limit]] = True
+    return positions[keep]
+
+
+def fold_training_positions(split: pd.DataFrame, fold: int, *, train_limits: dict | None = None,
+                            seed: int = 0) -> np.ndarray:
+    """Training positions of one fold after the per-class limits (seeded per fold, as the training uses them)."""
+    train = fold_partitions(split, fold)["train"]
+    if not train_limits:
+        return train
+    return limit_training_images(split, train, train_limits, seed=seed * 1009 + fold)
+
+
+def _fold_partitions(split: pd.DataFrame, fold: int, train_limits: dict | None, seed: int) -> dict:
+    parts = fold_partitions(split, fold)
+    parts["train"] = fold_training_positions(split, fold, train_limits=train_limits, seed=seed)
+    return parts
 
 
 def _fold_task(spec: dict) -> dict:
@@ -577,8 +669,8 @@ def _fold_task(spec: dict) -> dict:
     config = TrainConfig(**spec["config"])
     split = spec["split"]
     stored = spec["features"] if spec["features"] is not None else load_data(split, image_size=spec["image_size"])
-    data = FoldData(stored, spec["class_index"], LabelSpace(*spec["labels"]), fold_partitions(split, spec["fold"]),
-                    image_size=spec["image_size"])
+    parts = _fold_partitions(split, spec["fold"], spec["train_limits"], config.seed)
+    data = FoldData(stored, spec["class_index"], LabelSpace(*spec["labels"]), parts, image_size=spec["image_size"])
     return fit_fold(data, config, spec["fold"])
 
 
@@ -586,7 +678,9 @@ def cross_validate(data, out_dir, *, arch: str = "resnet18", weights: str = "ima
                    folds: int = 5, epochs: int = 60, lr: float = 7.5e-5, batch_size: int = 32,
                    dropout: float = 0.0, image_size: int | None = None, device: str = "cpu", seed: int = 0,
                    select: str = "f1", weighted_sampler: bool = True, test_fraction: float = 0.1,
-                   dask_address: str | None = None, progress: bool = False) -> dict:
+                   dask_address: str | None = None, progress: bool = False, labels: LabelSpace | None = None,
+                   presplit: bool = False, fold_weights: dict | None = None, train_limits: dict | None = None,
+                   images: torch.Tensor | None = None, save_optimizer: bool = True) -> dict:
     """Cross-validate a classifier and write its run directory.
 
     Parameters
@@ -619,6 +713,23 @@ def cross_validate(data, out_dir, *, arch: str = "resnet18", weights: str = "ima
         readable there).
     progress : bool
         tqdm bars on stderr.
+    labels : LabelSpace, optional
+        Classes (their order) and elements to use instead of those of the data (e.g. the elements of a whole
+        sequential study, so that MtL outputs stay the same from stage to stage).
+    presplit : bool
+        Keep the data's own ``split`` and ``fold`` columns instead of splitting (one split shared by several runs).
+    fold_weights : dict of int -> path, optional
+        Starting weights per fold, replacing ``weights`` for those folds (Sequential training starts each fold
+        from the same fold of the previous stage's run). Recorded in ``config.json`` and in each checkpoint.
+    train_limits : dict of str -> int, optional
+        Most training images per class in every fold (:func:`limit_training_images`, seeded per fold);
+        validation and test stay whole.
+    images : Tensor, optional
+        The data's images already read by :func:`load_data` at ``image_size`` (row order of ``data``), to share
+        one read between runs; ignored with ``dask_address`` (workers read their own).
+    save_optimizer : bool
+        Keep the optimizer state in the fold checkpoints (False: ``None``, a third of the size; enough to start
+        other runs from them and for inference).
 
     Returns
     -------
@@ -632,18 +743,40 @@ def cross_validate(data, out_dir, *, arch: str = "resnet18", weights: str = "ima
                          image_size=(image_size or default_image_size(frame)) if is_image else None, device=device,
                          seed=seed, select=select, weighted_sampler=weighted_sampler,
                          test_fraction=test_fraction).validate()
-    split, labels = prepare_split(data, folds=folds, test_fraction=test_fraction, seed=seed)
+    split, labels = prepare_split(data, folds=folds, test_fraction=test_fraction, seed=seed, labels=labels,
+                                  presplit=presplit)
+    fold_weights = {int(k): str(v) for k, v in (fold_weights or {}).items()}
+    unknown_folds = sorted(set(fold_weights) - set(range(folds)))
+    if unknown_folds:
+        raise ValueError(f"fold_weights names fold {unknown_folds[0]}, but folds are 0..{folds - 1}")
+    if fold_weights and not is_image:
+        raise ValueError("fold_weights start image models; a feature-table run has no backbone to start")
+    train_limits = {str(k): v for k, v in (train_limits or {}).items()}
+    for material, limit in train_limits.items():
+        labels.class_index(material)
+        if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
+            raise ValueError(f"training limit of {material!r} must be a whole number of images >= 1, got {limit!r}")
     run_dir = Path(out_dir)
     config_document = {**config.to_dict(), "mode": "fine-tune" if is_image else "features",
                        "classes": list(labels.classes), "elements": list(labels.elements),
                        "n_images": len(split), "source": str(frame.attrs.get("root", "")), "notes": notes}
+    if fold_weights:
+        config_document["fold_weights"] = {str(k): v for k, v in sorted(fold_weights.items())}
+    if train_limits:
+        config_document["train_limits"] = {k: int(v) for k, v in train_limits.items()}
     if is_image and config.weights not in ("none", "imagenet-v1", "imagenet-v2"):
         config_document["mode"] = "from-checkpoint"
     elif is_image and config.weights == "none":
         config_document["mode"] = "scratch"
     _check_resumable(run_dir, config_document)
     if is_image:  # fail on unavailable weights before anything is written or loaded
-        build_model(config.arch, 1, weights=config.weights)
+        for start in {config.weights, *fold_weights.values()}:
+            build_model(config.arch, 1, weights=start)
+    if images is not None and is_image:
+        expected = (len(split), 1, config.image_size, config.image_size)
+        if tuple(images.shape) != expected:
+            raise ValueError(f"images has shape {tuple(images.shape)}, expected {expected} (load_data of the same "
+                             "rows at image_size)")
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_json(run_dir / CONFIG_NAME, config_document)
     split_columns = [c for c in ("image", "sample_id", "material", "split", "fold") if c in split.columns]
@@ -655,19 +788,23 @@ def cross_validate(data, out_dir, *, arch: str = "resnet18", weights: str = "ima
     if todo and dask_address is not None:
         from .parallel import map_items
 
-        spec = {"config": config.to_dict(), "split": split, "features": features, "image_size": config.image_size,
-                "class_index": class_index, "labels": (labels.classes, labels.elements)}
-        for k, checkpoint in zip(todo, map_items(_fold_task, [{**spec, "fold": k} for k in todo],
-                                                  dask_address=dask_address), strict=True):
-            save_checkpoint(checkpoint, checkpoint_path(run_dir, k))
+        spec = {"split": split, "features": features, "image_size": config.image_size, "class_index": class_index,
+                "labels": (labels.classes, labels.elements), "train_limits": train_limits}
+        tasks = [{**spec, "fold": k, "config": _fold_config(config, fold_weights, k).to_dict()} for k in todo]
+        for k, checkpoint in zip(todo, map_items(_fold_task, tasks, dask_address=dask_address), strict=True):
+            _save_fold(checkpoint, run_dir, k, save_optimizer)
             done[k] = checkpoint
     elif todo:
-        stored = features if features is not None else load_data(split, image_size=config.image_size,
+        if features is not None:
+            stored = features
+        else:
+            stored = images if images is not None else load_data(split, image_size=config.image_size,
                                                                  progress=progress)
         for k in todo:
-            fold_data = FoldData(stored, class_index, labels, fold_partitions(split, k), image_size=config.image_size)
-            checkpoint = fit_fold(fold_data, config, k, progress=progress)
-            save_checkpoint(checkpoint, checkpoint_path(run_dir, k))
+            fold_data = FoldData(stored, class_index, labels, _fold_partitions(split, k, train_limits, config.seed),
+                                 image_size=config.image_size)
+            checkpoint = fit_fold(fold_data, _fold_config(config, fold_weights, k), k, progress=progress)
+            _save_fold(checkpoint, run_dir, k, save_optimizer)
             done[k] = checkpoint
 
     checkpoints = [done[k] for k in range(folds)]
@@ -676,6 +813,17 @@ def cross_validate(data, out_dir, *, arch: str = "resnet18", weights: str = "ima
     metrics = summarize_folds(checkpoints)
     _write_json(run_dir / METRICS_NAME, metrics)
     return metrics
+
+
+def _fold_config(config: TrainConfig, fold_weights: dict, fold: int) -> TrainConfig:
+    """The fold's configuration: its own starting weights when ``fold_weights`` names it."""
+    return dataclasses.replace(config, weights=fold_weights[fold]) if fold in fold_weights else config
+
+
+def _save_fold(checkpoint: dict, run_dir: Path, fold: int, save_optimizer: bool) -> None:
+    if not save_optimizer:
+        checkpoint["optimizer"] = None
+    save_checkpoint(checkpoint, checkpoint_path(run_dir, fold))
 
 
 # --- grid search ------------------------------------------------------------------------------------------------
