@@ -225,17 +225,20 @@ def test_cosine_similarities_match_plain_numpy(result, reference):
 
 
 def test_galleries_hold_the_percentile_tails(result, reference):
-    _, _, y, descriptors = reference
+    _, _, _, descriptors = reference
     galleries = result["galleries"]
-    for i, name in enumerate(NAMES):
-        values = pd.Series(y[:, i], index=descriptors["image"])
-        low_cut, high_cut = np.percentile(y[:, i], [25, 75])
+    for name in NAMES:
+        raw = descriptors[name].to_numpy()
+        values = pd.Series(raw, index=descriptors["image"])
+        low_cut, high_cut = np.percentile(raw, [25, 75])
         low = galleries[(galleries["descriptor"] == name) & (galleries["side"] == "low")]
         high = galleries[(galleries["descriptor"] == name) & (galleries["side"] == "high")]
         assert len(low) == 5 and len(high) == 5  # capped at gallery_size
-        assert low["count"].iloc[0] == (y[:, i] <= low_cut).sum()
-        assert (values[low["image"]].to_numpy() <= low_cut).all()
-        assert (values[high["image"]].to_numpy() >= high_cut).all()
+        assert low["count"].iloc[0] == (raw <= low_cut).sum() and high["count"].iloc[0] == (raw >= high_cut).sum()
+        assert low["threshold"].iloc[0] == pytest.approx(low_cut)
+        assert high["threshold"].iloc[0] == pytest.approx(high_cut)
+        np.testing.assert_allclose(values[low["image"]].to_numpy(), low["value"])  # descriptor units, not scaled
+        assert (low["value"] <= low_cut).all() and (high["value"] >= high_cut).all()
         assert low["value"].is_monotonic_increasing and high["value"].is_monotonic_decreasing
     frame, descriptors = _data()
     again = analyse(frame, descriptors, n_components=N_PCS, n_boot=0, seed=3, gallery_size=5)["galleries"]

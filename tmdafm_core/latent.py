@@ -642,7 +642,8 @@ def analyse(embeddings, descriptors=None, *, projection: Projection | None = Non
     dict of str to DataFrame
         ``projection``, ``explained_variance``; with descriptors also ``correlation``, ``table5``,
         ``cosine_descriptors_pcs``, ``cosine_regression_directions`` and ``galleries`` (long: descriptor, side,
-        threshold, count, image, value). Columns as in the module docstring.
+        threshold, count, image, value; threshold and value in the descriptor's own units). Columns as in the
+        module docstring.
 
     Notes
     -----
@@ -686,7 +687,7 @@ def analyse(embeddings, descriptors=None, *, projection: Projection | None = Non
     if len(rows) <= projection.n_components + 1:
         raise ValueError(f"{len(rows)} images with descriptors are too few for a regression on "
                          f"{projection.n_components} PCs; add images or lower n_components")
-    y = max_scale(pd.DataFrame(y)).to_numpy()
+    raw, y = y, max_scale(pd.DataFrame(y)).to_numpy()
     s = scores[rows]
     y_ok = _spread_ok(y - y.mean(axis=0), np.linalg.norm(y, axis=0))
     # A PC without variance (embeddings of lower rank than n_components) is noise: compare with the leading PC.
@@ -746,7 +747,7 @@ def analyse(embeddings, descriptors=None, *, projection: Projection | None = Non
     np.fill_diagonal(direction_cos, np.where(np.linalg.norm(directions, axis=0) > 0, 1.0, 0.0))
     result["cosine_regression_directions"] = pd.concat([pd.Series(names, name="descriptor"),
                                                         pd.DataFrame(direction_cos, columns=names)], axis=1)
-    result["galleries"] = _galleries(y, names, meta["image"].to_numpy()[rows], y_ok, size=gallery_size,
+    result["galleries"] = _galleries(raw, names, meta["image"].to_numpy()[rows], y_ok, size=gallery_size,
                                      percentiles=percentiles, seed=seed)
     return result
 
