@@ -25,6 +25,8 @@ from tmdafm_core.latent import (
     write_latent_outputs,
 )
 
+from .conftest import write_tmd_afm_folder
+
 N_IMAGES, N_DIMS, N_PCS = 60, 16, 5
 NAMES = ["rms_roughness", "grain_density", "contrast", "correlation"]
 
@@ -466,3 +468,25 @@ def test_cli_run_path_embeds_a_feature_run(tmp_path, capsys):
     assert direct.attrs["fold"] == 1
     projection = pd.read_csv(out / "projection.csv")
     assert len(projection) == 40 and "PC10" in projection
+
+
+def test_run_embeddings_of_an_image_run_follow_the_manifest(tmp_path):
+    import torch
+
+    from tmdafm_core.data import read_dataset
+    from tmdafm_core.training import cross_validate, load_run, predict
+
+    torch.set_num_threads(1)
+    tmd_afm_folder = write_tmd_afm_folder(tmp_path / "tmd", materials=("MoS2", "WS2"), samples=4, per_sample=2,
+                                          size=32)
+    manifest = read_dataset(tmd_afm_folder)
+    cross_validate(manifest, tmp_path / "run", arch="resnet18", weights="none", image_size=32, folds=2, epochs=1,
+                   batch_size=16, seed=0)
+    table = run_embeddings(tmp_path / "run", tmd_afm_folder)
+    assert table.shape == (len(manifest), 3 + 100)
+    assert table["image"].tolist() == manifest["image"].tolist()
+    assert table["sample_id"].tolist() == manifest["sample_id"].tolist()
+    assert table["label"].tolist() == manifest["material"].tolist()
+    # The same activations as the model's own prediction path for two images.
+    direct = predict(load_run(tmp_path / "run", table.attrs["fold"]), manifest["path"].iloc[[0, 7]].tolist())
+    np.testing.assert_allclose(table.filter(like="latent").to_numpy()[[0, 7]], direct.embeddings, atol=1e-5)
