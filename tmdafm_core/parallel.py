@@ -11,6 +11,9 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+#: How long to wait for a Dask scheduler before giving up.
+DASK_CONNECT_TIMEOUT = "10s"
+
 
 def _run_chunk(func: Callable, chunk: list) -> list:
     return [func(item) for item in chunk]
@@ -81,7 +84,7 @@ def _imap_dask(func, items, address, chunk_size):
     except ImportError as exc:  # pragma: no cover - dask[distributed] is a hard dependency
         raise ValueError(f"--dask needs dask.distributed ({exc}); install dask[distributed]") from None
     try:
-        client = Client(address, timeout="10s", set_as_default=False)
+        client = Client(address, timeout=DASK_CONNECT_TIMEOUT, set_as_default=False)
     except OSError as exc:
         raise ValueError(f"cannot reach the Dask scheduler at {address!r} ({exc}); check the address and that "
                          "the scheduler is running") from None
@@ -91,10 +94,11 @@ def _imap_dask(func, items, address, chunk_size):
         chunks = _chunks(items, size)
         futures = client.map(_run_chunk, [func] * len(chunks), [chunk for _, chunk in chunks], pure=False)
         starts = {future.key: start for future, (start, _) in zip(futures, chunks, strict=True)}
-        for future in as_completed(futures):
-            start = starts[future.key]
-            for offset, result in enumerate(future.result()):
-                yield start + offset, result
+        with client.as_current():  # as_completed looks the client up; it is not made the global default
+            for future in as_completed(futures):
+                start = starts[future.key]
+                for offset, result in enumerate(future.result()):
+                    yield start + offset, result
     finally:
         client.close()
 
