@@ -272,3 +272,14 @@ def test_cli_bad_config_is_a_one_line_error(stripes, tmp_path, capsys):
     code = main(["train", stripes.attrs["root"], "--out", str(tmp_path / "run"), "--weights", "imagenet-v2"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "resnet18 has no ImageNet V2 weights" in err and "\n" not in err
+
+
+def test_folds_on_a_dask_cluster_equal_local_folds(tmp_path):
+    from dask.distributed import LocalCluster
+
+    local = cross_validate(_feature_table(), tmp_path / "local", folds=2, epochs=3, lr=1e-2, batch_size=8)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        remote = cross_validate(_feature_table(), tmp_path / "dask", folds=2, epochs=3, lr=1e-2, batch_size=8,
+                                dask_address=cluster.scheduler_address)
+    assert remote == local
+    assert sorted(p.name for p in (tmp_path / "dask").glob("fold*.pt")) == ["fold0.pt", "fold1.pt"]

@@ -112,6 +112,30 @@ class ResNetClassifier(nn.Module):
         return self.head(self.backbone_features(images))
 
 
+def fold_batchnorm(model: ResNetClassifier) -> ResNetClassifier:
+    """Fold every BatchNorm of the backbone into the convolution before it, for inference only.
+
+    The model must be in eval mode (BatchNorm then is a fixed affine map); the outputs stay the same up to float
+    rounding and a forward pass skips one memory-bound layer per convolution. Training such a model is wrong.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    if model.training:
+        raise ValueError("fold_batchnorm needs a model in eval mode (call model.eval() first)")
+    b = model.backbone
+    pairs = [(b, "conv1", "bn1")]
+    for stage in (b.layer1, b.layer2, b.layer3, b.layer4):
+        for block in stage:
+            pairs += [(block, f"conv{i}", f"bn{i}") for i in (1, 2, 3) if hasattr(block, f"bn{i}")]
+            if block.downsample is not None:
+                pairs.append((block.downsample, "0", "1"))
+    for owner, conv, bn in pairs:
+        fused = fuse_conv_bn_eval(getattr(owner, conv), getattr(owner, bn))
+        setattr(owner, conv, fused)
+        setattr(owner, bn, nn.Identity())
+    return model
+
+
 def backbone_width(arch: str) -> int:
     """Number of pooled backbone features of an architecture (512 or 2048)."""
     check_arch(arch)

@@ -49,7 +49,15 @@ from torch import nn
 from torch.nn import functional as F
 
 from .data import FeatureTable, LabelSpace, fold_partitions, load_image, split_dataset
-from .models import IMAGENET_MEAN, IMAGENET_STD, build_feature_mlp, build_model, check_arch, class_log_scores
+from .models import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    build_feature_mlp,
+    build_model,
+    check_arch,
+    class_log_scores,
+    fold_batchnorm,
+)
 
 TASKS = ("mtc", "mtl")
 SELECT_RULES = ("f1", "paper")
@@ -786,14 +794,15 @@ def cross_validate(data, out_dir, *, arch: str = "resnet18", weights: str = "ima
     done = {k: _finished_fold(checkpoint_path(run_dir, k)) for k in range(folds)}
     todo = [k for k, ck in done.items() if ck is None]
     if todo and dask_address is not None:
-        from .parallel import map_items
+        from .parallel import imap_items
 
         spec = {"split": split, "features": features, "image_size": config.image_size, "class_index": class_index,
                 "labels": (labels.classes, labels.elements), "train_limits": train_limits}
         tasks = [{**spec, "fold": k, "config": _fold_config(config, fold_weights, k).to_dict()} for k in todo]
-        for k, checkpoint in zip(todo, map_items(_fold_task, tasks, dask_address=dask_address), strict=True):
-            _save_fold(checkpoint, run_dir, k, save_optimizer)
-            done[k] = checkpoint
+        # One fold per task; each checkpoint is written as soon as its fold finishes, so an interrupted run resumes.
+        for position, checkpoint in imap_items(_fold_task, tasks, dask_address=dask_address, chunk_size=1):
+            _save_fold(checkpoint, run_dir, todo[position], save_optimizer)
+            done[todo[position]] = checkpoint
     elif todo:
         if features is not None:
             stored = features
@@ -945,7 +954,7 @@ def write_table(table: pd.DataFrame, path) -> Path:
 
 @dataclass
 class Run:
-    """A trained fold, ready for inference (model in eval mode).
+    """A trained fold, ready for inference (model in eval mode, BatchNorm folded into the convolutions).
 
     Attributes
     ----------
@@ -1015,9 +1024,10 @@ def load_run(run_dir, fold="best", *, device: str = "cpu") -> Run:
         model = build_feature_mlp(checkpoint["in_features"], n_outputs, dropout=dropout)
     model.load_state_dict(checkpoint["model"])
     torch_device = resolve_device(device)
+    model.eval()
     if checkpoint["arch"] is not None:
-        model = model.to(torch_device, memory_format=torch.channels_last)
-    return Run(model.to(torch_device).eval(), labels, checkpoint["task"], checkpoint["image_size"],
+        model = fold_batchnorm(model).to(torch_device, memory_format=torch.channels_last)
+    return Run(model.to(torch_device), labels, checkpoint["task"], checkpoint["image_size"],
                checkpoint["mean"], checkpoint["std"], fold, run_dir, torch_device)
 
 
