@@ -353,6 +353,39 @@ def _run_features(args) -> int:
     return 0
 
 
+# --- app --------------------------------------------------------------------------------------------------------
+
+def _add_app(sub) -> None:
+    import os
+
+    p = sub.add_parser("app", help="serve the browser app over a store (same as `python app.py`)")
+    p.add_argument("--cache", type=Path, default=Path(os.environ.get("TMDAFM_CACHE", "cache")),
+                   help="artifact store (default: $TMDAFM_CACHE or ./cache; the demo fills an empty one)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8050, help="port (default: 8050)")
+
+
+def _load_app_module():
+    import importlib.util
+
+    script = Path(__file__).resolve().parent.parent / "app.py"
+    if not script.is_file():
+        raise FileNotFoundError(f"{script}: the app (app.py and pages/) ships with the source checkout; install "
+                                "with `pip install -e .` from it, or run `python app.py` there")
+    spec = importlib.util.spec_from_file_location("app", script)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["app"] = module  # Dash finds the app's folder (pages/, assets/) through its module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run_app(args) -> int:
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port must be in 1..65535, got {args.port}")
+    _load_app_module().serve(args.cache, host=args.host, port=args.port)
+    return 0
+
+
 # --- registry ---------------------------------------------------------------------------------------------------
 
 _COMMANDS = {
@@ -364,6 +397,7 @@ _COMMANDS = {
     "predict": (_add_predict, _run_predict),
     "features": (_add_features, _run_features),
     "latent": (_add_latent, _run_latent),
+    "app": (_add_app, _run_app),
 }
 
 
