@@ -10,11 +10,12 @@ import warnings
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 
 
 def _stratified_group_folds(labels, groups, n_splits: int, seed: int) -> list[np.ndarray]:
     """Validation positions of each of ``n_splits`` stratified group folds."""
+    from sklearn.model_selection import StratifiedGroupKFold  # deferred: importing sklearn costs ~1 s at app start
+
     n_groups = len(pd.unique(groups))
     if n_groups < n_splits:
         raise ValueError(f"only {n_groups} distinct samples for {n_splits} folds; use fewer folds or more samples")
