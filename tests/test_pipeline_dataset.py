@@ -181,6 +181,7 @@ def test_dataset_overview_and_store_contents(demo_store, tmp_path):
     commands = {a.key: a.command for a in overview["artifacts"]}
     assert str(demo_store / "dataset" / "images") in commands["descriptors"]
     assert "--weights none" in commands["mtc"] and "--task mtl" in commands["mtl"]
+    assert commands["sequential"].startswith("tmdafm sequential") and "--weights none" in commands["sequential"]
 
 
 def test_store_contents_sees_later_artifacts(demo_store, tmp_path):

@@ -449,7 +449,8 @@ def store_contents(cache_dir) -> list[Artifact]:
                  f"--features {q(cache_dir / 'features.csv')} --method umap"),
         Artifact("sequential", "sequential-training study", cache_dir / "sequential" / "results.csv",
                  (cache_dir / "sequential" / "results.csv").is_file(),
-                 f"tmdafm sequential {data_arg} --out {q(cache_dir / 'sequential')} {model}"),
+                 f"tmdafm sequential {data_arg} --out {q(cache_dir / 'sequential')} --task both "
+                 + (f"--profile {profile.name}" if profile.name in ("demo", "paper") else model)),
     ]
 
 
