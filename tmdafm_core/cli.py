@@ -353,6 +353,121 @@ def _run_features(args) -> int:
     return 0
 
 
+# --- sequential / compare-archs / ablation -----------------------------------------------------------------------
+
+def _experiment_options(p: argparse.ArgumentParser, *, single_model: bool = True) -> None:
+    """Training options of the experiments; unset ones come from --profile, then from the engine's defaults."""
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="experiment folder (resumed when rerun)")
+    p.add_argument("--profile", choices=("demo", "paper"),
+                   help="demo: ResNet18 from scratch, 48 px, 3 epochs, 2 folds (minutes on a CPU); paper: "
+                        "native size, 60 epochs, 5 folds, ImageNet V1 weights, cuda. Explicit options override it")
+    if single_model:
+        p.add_argument("--arch", help="resnet18|34|50|101|152 (default: resnet18)")
+        p.add_argument("--weights", help="base weights: imagenet-v1, imagenet-v2, none, or a .pth / run checkpoint "
+                                         "(default: imagenet-v1)")
+    p.add_argument("--epochs", type=int, help="epochs per fold (default: 60)")
+    p.add_argument("--folds", type=int, help="cross-validation folds (default: 5)")
+    p.add_argument("--image-size", type=int, help="model input side in px (default: the images' own size)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default: 7.5e-5)")
+    p.add_argument("--batch-size", type=int, help="images per batch (default: 32)")
+    p.add_argument("--dropout", type=float, help="dropout of the head (default: 0)")
+    p.add_argument("--device", help="cpu or cuda (default: cpu)")
+    p.add_argument("--seed", type=int, help="seed of split, cuts, initialisation, sampling, flips (default: 0)")
+    _strict_flag(p)
+
+
+def _experiment_setup(args, **model):
+    from tmdafm_core.data import read_dataset
+    from tmdafm_core.experiments import profile_options
+
+    options = profile_options(args.profile, epochs=args.epochs, folds=args.folds, image_size=args.image_size,
+                              lr=args.lr, batch_size=args.batch_size, dropout=args.dropout, device=args.device,
+                              seed=args.seed, **model)
+    manifest = read_dataset(args.data, strict=args.strict)
+    _report_skipped(manifest)
+    return manifest, options
+
+
+def _add_sequential(sub) -> None:
+    p = sub.add_parser("sequential", help="add classes one at a time: ImageNet vs Sequential starting weights, with "
+                                          "a training-volume sweep of the new class (paper Figs. 4-5)")
+    p.add_argument("data", type=Path, help="labelled data set (TMD-AFM folder, class folders, manifest CSV)")
+    p.add_argument("--order", default="MoS2,WS2,WSe2,MoSe2,Mo-WSe2",
+                   help="classes in the order they are added, comma-separated (default: the paper's)")
+    p.add_argument("--volumes", default="full,64,32,16,8",
+                   help="training images of the newly added class: 'full' and/or numbers (default: full,64,32,16,8)")
+    p.add_argument("--task", choices=("mtc", "mtl", "both"), default="mtc", help="(default: mtc)")
+    p.add_argument("--modes", default="imagenet,sequential", help="imagenet and/or sequential (default: both)")
+    _experiment_options(p)
+
+
+def _run_sequential(args) -> int:
+    from tmdafm_core.experiments import RESULTS_NAME, parse_volumes, results_table, sequential_study
+
+    volumes = parse_volumes(args.volumes)  # bad volumes fail before the data are read
+    manifest, options = _experiment_setup(args, arch=args.arch, weights=args.weights)
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    results = sequential_study(manifest, args.out, order=args.order, volumes=volumes, task=args.task, modes=modes,
+                               progress=True, **options)
+    print("test macro-F1 (%), mean ± std over folds")
+    print(results_table(results).to_string(index=False))
+    print(f"results: {args.out / RESULTS_NAME}")
+    return 0
+
+
+def _add_compare_archs(sub) -> None:
+    p = sub.add_parser("compare-archs", help="architectures x weight versions beside their ImageNet top-1, and MtC vs "
+                                             "MtL on the same folds (paper Tables 3-4)")
+    p.add_argument("data", type=Path, help="labelled data set")
+    p.add_argument("--archs", default="resnet18,resnet34,resnet50,resnet101,resnet152",
+                   help="comma-separated architectures (default: all five)")
+    p.add_argument("--weights", default="imagenet-v1,imagenet-v2",
+                   help="comma-separated weight versions: imagenet-v1, imagenet-v2, none, or paths; V2 is skipped "
+                        "for ResNet18/34 (default: imagenet-v1,imagenet-v2)")
+    p.add_argument("--task", choices=("mtc", "mtl", "both"), default="both", help="(default: both)")
+    _experiment_options(p, single_model=False)
+
+
+def _run_compare_archs(args) -> int:
+    from tmdafm_core.experiments import ARCHITECTURES_NAME, compare_architectures, task_comparison
+
+    manifest, options = _experiment_setup(args)
+    for swept in ("arch", "weights"):  # the profile's single model gives way to the sweep
+        options.pop(swept, None)
+    table = compare_architectures(manifest, args.out, archs=[a.strip() for a in args.archs.split(",") if a.strip()],
+                                  weights=[w.strip() for w in args.weights.split(",") if w.strip()], task=args.task,
+                                  progress=True, **options)
+    for note in table.attrs.get("skipped", []):
+        _say(f"skipped: {note}")
+    columns = ["arch", "weights", "imagenet_top1", "task", "accuracy_val_mean", "accuracy_test_mean", "f1_val_mean",
+               "f1_test_mean"]
+    print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if table["task"].nunique() > 1:
+        print("MtC vs MtL (test)")
+        print(task_comparison(table).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"table: {args.out / ARCHITECTURES_NAME}")
+    return 0
+
+
+def _add_ablation(sub) -> None:
+    p = sub.add_parser("ablation", help="fine-tune vs feature-extraction MLP vs scratch on the same folds "
+                                        "(paper Table 2)")
+    p.add_argument("data", type=Path, help="labelled data set")
+    p.add_argument("--task", choices=("mtc", "mtl"), default="mtc", help="(default: mtc)")
+    _experiment_options(p)
+
+
+def _run_ablation(args) -> int:
+    from tmdafm_core.experiments import ABLATION_NAME, ablation_study
+
+    manifest, options = _experiment_setup(args, arch=args.arch, weights=args.weights)
+    table = ablation_study(manifest, args.out, task=args.task, progress=True, **options)
+    wide = table.pivot_table(index="mode", columns="split", values=["accuracy_mean", "f1_mean"], sort=False)
+    print(wide.to_string(float_format=lambda v: f"{100 * v:.1f}"))
+    print(f"table: {args.out / ABLATION_NAME}")
+    return 0
+
+
 # --- app --------------------------------------------------------------------------------------------------------
 
 def _add_app(sub) -> None:
@@ -398,6 +513,9 @@ _COMMANDS = {
     "features": (_add_features, _run_features),
     "latent": (_add_latent, _run_latent),
     "app": (_add_app, _run_app),
+    "sequential": (_add_sequential, _run_sequential),
+    "compare-archs": (_add_compare_archs, _run_compare_archs),
+    "ablation": (_add_ablation, _run_ablation),
 }
 
 

@@ -778,8 +778,10 @@ def cross_validate(data, out_dir, *, arch: str = "resnet18", weights: str = "ima
         config_document["mode"] = "scratch"
     _check_resumable(run_dir, config_document)
     if is_image:  # fail on unavailable weights before anything is written or loaded
-        for start in {config.weights, *fold_weights.values()}:
-            build_model(config.arch, 1, weights=start)
+        build_model(config.arch, 1, weights=config.weights)
+    missing = sorted(path for path in fold_weights.values() if not Path(path).is_file())
+    if missing:
+        raise FileNotFoundError(f"{missing[0]}: starting checkpoint of a fold not found; train that run first")
     if images is not None and is_image:
         expected = (len(split), 1, config.image_size, config.image_size)
         if tuple(images.shape) != expected:

@@ -1,0 +1,302 @@
+"""Sequential study (grid, weight carry-over, head growth, volume cuts, resume), architecture comparison, ablation."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torchvision.models import get_model
+
+from tmdafm_core import training
+from tmdafm_core.cli import main
+from tmdafm_core.data import read_dataset
+from tmdafm_core.data.synthetic import write_synthetic_dataset
+from tmdafm_core.experiments import (
+    DEFAULT_VOLUMES,
+    PROFILES,
+    RESULT_COLUMNS,
+    ablation_study,
+    imagenet_top1,
+    parse_order,
+    parse_volumes,
+    profile_options,
+    results_table,
+    sequential_study,
+    stage_dir,
+)
+from tmdafm_core.models import build_model, weights_cache_file
+from tmdafm_core.training import limit_training_images, load_checkpoint
+
+TINY = dict(weights="none", epochs=1, folds=2, batch_size=32, image_size=32, lr=1e-3)
+ORDER = ("MoS2", "WS2", "WSe2", "MoSe2", "Mo-WSe2")
+VOLUMES = ("full", 4)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread, also for the module-scoped study (set up before any function-scoped fixture)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("synthetic") / "data"
+    write_synthetic_dataset(folder, n=120, size=32, seed=0)
+    return read_dataset(folder)
+
+
+@pytest.fixture(scope="module")
+def study(synthetic, tmp_path_factory):
+    out = tmp_path_factory.mktemp("study") / "seq"
+    results = sequential_study(synthetic, out, order=ORDER, volumes=VOLUMES, task="mtc", **TINY)
+    return out, results
+
+
+def test_the_grid_is_complete_with_valid_numbers(study):
+    out, results = study
+    assert tuple(results.columns) == RESULT_COLUMNS
+    on_disk = pd.read_csv(out / "results.csv", dtype={"volume": str})
+    assert len(on_disk) == len(results) == 4 * 2 * 2 * 3  # class counts x modes x volumes x partitions
+    grid = set(zip(results["n_classes"], results["mode"], results["volume"], results["split"], strict=True))
+    assert grid == {(n, mode, volume, split) for n in (2, 3, 4, 5) for mode in ("imagenet", "sequential")
+                    for volume in ("full", "4") for split in ("train", "val", "test")}
+    for column in ("f1_mean", "accuracy_mean"):
+        assert results[column].between(0, 1).all()
+    assert results[["f1_std", "accuracy_std"]].ge(0).all().all()
+    for run in results["run"].unique():
+        for name in ("config.json", "metrics.json", "fold0.pt", "fold1.pt"):
+            assert (out / run / name).is_file()
+    table = results_table(results)
+    assert list(table.columns) == ["task", "n_classes", "volume", "imagenet", "sequential"]
+    assert len(table) == 8
+
+
+def test_sequential_at_two_classes_is_the_imagenet_run(study):
+    _, results = study
+    two = results[results["n_classes"] == 2]
+    assert set(two["run"]) == {"mtc/imagenet/2cls_full", "mtc/imagenet/2cls_4"}
+    by_mode = two.set_index(["mode", "volume", "split"])["f1_mean"]
+    assert (by_mode["imagenet"] == by_mode["sequential"]).all()
+
+
+def test_each_sequential_fold_starts_from_the_same_fold_one_class_fewer(study):
+    out, _ = study
+    for n, volume in ((3, "full"), (3, 4), (5, 4)):
+        previous = stage_dir(out, "mtc", "imagenet" if n == 3 else "sequential", n - 1, "full")
+        run = stage_dir(out, "mtc", "sequential", n, volume)
+        config = json.loads((run / "config.json").read_text())
+        for fold in (0, 1):
+            start = str(previous / f"fold{fold}.pt")
+            assert config["fold_weights"][str(fold)] == start
+            checkpoint = load_checkpoint(run / f"fold{fold}.pt")
+            assert checkpoint["weights_source"] == start
+            assert checkpoint["args"]["weights"] == start
+    imagenet = load_checkpoint(stage_dir(out, "mtc", "imagenet", 4, "full") / "fold0.pt")
+    assert imagenet["weights_source"] == "random initialisation"
+
+
+def test_the_start_model_carries_backbone_and_known_class_rows(study):
+    out, _ = study
+    start = stage_dir(out, "mtc", "sequential", 3, "full") / "fold1.pt"
+    previous = load_checkpoint(start)
+    assert previous["classes"] == ["MoS2", "WS2", "WSe2"]
+    grown = build_model("resnet18", 4, weights=str(start), output_names=("MoS2", "WS2", "WSe2", "MoSe2"))
+    state = grown.state_dict()
+    for key in ("backbone.conv1.weight", "backbone.layer4.1.bn2.running_var", "head.hidden.0.weight"):
+        torch.testing.assert_close(state[key], previous["model"][key])
+    torch.testing.assert_close(state["head.out.weight"][:3], previous["model"]["head.out.weight"])
+    torch.testing.assert_close(state["head.out.bias"][:3], previous["model"]["head.out.bias"])
+    assert not torch.equal(state["head.out.weight"][3], torch.zeros(100))
+
+
+def test_output_rows_follow_names_not_positions(tmp_path):
+    previous = build_model("resnet18", 2)
+    checkpoint = {"model": previous.state_dict(), "arch": "resnet18", "task": "mtc", "classes": ["MoS2", "WSe2"],
+                  "elements": ["Mo", "S", "W", "Se"]}
+    torch.save(checkpoint, tmp_path / "fold0.pt")
+    torch.manual_seed(1)
+    model = build_model("resnet18", 3, weights=str(tmp_path / "fold0.pt"), output_names=("MoS2", "WS2", "WSe2"))
+    old = previous.head.out.weight.detach()
+    torch.testing.assert_close(model.head.out.weight[0], old[0])
+    torch.testing.assert_close(model.head.out.weight[2], old[1])
+    assert not torch.allclose(model.head.out.weight[1], old[0]) and not torch.allclose(model.head.out.weight[1], old[1])
+    with pytest.raises(ValueError, match="one per output"):
+        build_model("resnet18", 3, weights=str(tmp_path / "fold0.pt"), output_names=("MoS2", "WS2"))
+
+
+def test_mtl_outputs_stay_the_study_elements_and_carry_over_whole(synthetic, tmp_path):
+    out = tmp_path / "mtl"
+    results = sequential_study(synthetic, out, order=("MoS2", "WS2", "WSe2"), volumes="full", task="mtl", **TINY)
+    assert set(results["task"]) == {"mtl"} and len(results) == 2 * 2 * 3
+    first = json.loads((stage_dir(out, "mtl", "imagenet", 2, "full") / "config.json").read_text())
+    assert first["classes"] == ["MoS2", "WS2"] and first["elements"] == ["Mo", "W", "S", "Se"]
+    start = stage_dir(out, "mtl", "imagenet", 2, "full") / "fold0.pt"
+    previous = load_checkpoint(start)
+    model = build_model("resnet18", 4, weights=str(start), output_names=("Mo", "W", "S", "Se"))
+    torch.testing.assert_close(model.head.out.weight, previous["model"]["head.out.weight"])
+    grown = load_checkpoint(stage_dir(out, "mtl", "sequential", 3, "full") / "fold0.pt")
+    assert grown["model"]["head.out.weight"].shape == (4, 100) and grown["weights_source"] == str(start)
+
+
+def test_volume_cut_is_by_sample_exact_nested_and_seeded():
+    manifest = pd.DataFrame({"material": ["A"] * 12 + ["B"] * 6,
+                             "sample_id": [f"a{i // 4}" for i in range(12)] + [f"b{i // 3}" for i in range(6)]})
+    positions = np.arange(18)
+    cuts = {n: limit_training_images(manifest, positions, {"A": n}, seed=3) for n in (2, 5, 8, 12, 20)}
+    for n, kept in cuts.items():
+        assert (manifest["material"].to_numpy()[kept] == "A").sum() == min(n, 12)
+        assert (manifest["material"].to_numpy()[kept] == "B").sum() == 6
+        per_sample = manifest.iloc[kept].query("material == 'A'").groupby("sample_id").size()
+        assert (per_sample < 4).sum() <= 1  # whole samples first, at most one taken in part
+    assert set(cuts[2]) <= set(cuts[5]) <= set(cuts[8])
+    np.testing.assert_array_equal(cuts[5], limit_training_images(manifest, positions, {"A": 5}, seed=3))
+    others = {tuple(limit_training_images(manifest, positions, {"A": 5}, seed=s)) for s in range(6)}
+    assert len(others) > 1
+    with pytest.raises(ValueError, match="whole number of images >= 1"):
+        limit_training_images(manifest, positions, {"A": 0})
+
+
+def test_the_study_cuts_only_the_new_class_in_training(study, synthetic):
+    out, results = study
+    cut = results[(results["volume"] == "4")]
+    assert (cut["new_class_train_images"] == 4).all()
+    splits = pd.read_csv(out / "mtc/sequential/4cls_4/splits.csv")
+    run = load_checkpoint(out / "mtc/sequential/4cls_4/fold0.pt")
+    val_count = ((splits["fold"] == 0) & (splits["material"] == "MoSe2")).sum()
+    confusion = np.asarray(run["scores"]["val"]["confusion"])
+    assert confusion[3].sum() == val_count  # validation of the new class stays whole
+
+
+def test_resume_skips_finished_stages_and_retrains_only_what_is_missing(study, synthetic, monkeypatch):
+    out, results = study
+    calls = []
+    real_fit = training.fit_fold
+
+    def counting_fit(data, config, fold, **kwargs):
+        calls.append(fold)
+        return real_fit(data, config, fold, **kwargs)
+
+    monkeypatch.setattr(training, "fit_fold", counting_fit)
+    again = sequential_study(synthetic, out, order=ORDER, volumes=VOLUMES, task="mtc", **TINY)
+    assert calls == []
+    pd.testing.assert_frame_equal(again, results)
+    (stage_dir(out, "mtc", "sequential", 5, 4) / "fold1.pt").unlink()
+    sequential_study(synthetic, out, order=ORDER, volumes=VOLUMES, task="mtc", **TINY)
+    assert calls == [1]
+
+
+def test_order_and_volume_validation():
+    present = ORDER
+    assert parse_order("WS2, MoS2", present) == ("WS2", "MoS2")
+    with pytest.raises(ValueError, match="'GaSe' is not in the data set"):
+        parse_order("MoS2,GaSe", present)
+    with pytest.raises(ValueError, match="listed twice"):
+        parse_order("MoS2,WS2,MoS2", present)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        parse_order("MoS2", present)
+    assert parse_volumes("8,full,16,8") == ("full", 8, 16)
+    assert parse_volumes(DEFAULT_VOLUMES) == DEFAULT_VOLUMES
+    with pytest.raises(ValueError, match="neither 'full' nor a whole number"):
+        parse_volumes("full,lots")
+    with pytest.raises(ValueError, match="neither 'full' nor a whole number"):
+        parse_volumes([2.5])
+    with pytest.raises(ValueError, match="must be >= 1"):
+        parse_volumes("full,0")
+
+
+def test_study_refuses_bad_modes_and_tasks(synthetic, tmp_path):
+    with pytest.raises(ValueError, match="modes must be"):
+        sequential_study(synthetic, tmp_path, order=ORDER[:2], modes=("finetune",), **TINY)
+    with pytest.raises(ValueError, match="task must be mtc, mtl or both"):
+        sequential_study(synthetic, tmp_path, order=ORDER[:2], task="multi", **TINY)
+    with pytest.raises(ValueError, match="sets 'train_limits' itself"):
+        sequential_study(synthetic, tmp_path, order=ORDER[:2], train_limits={"WS2": 3}, **TINY)
+
+
+def test_profiles_and_explicit_overrides():
+    assert profile_options("demo") == PROFILES["demo"]
+    assert profile_options("demo", epochs=7, lr=None)["epochs"] == 7
+    assert profile_options("paper")["weights"] == "imagenet-v1" and profile_options("paper")["epochs"] == 60
+    assert profile_options(None, folds=3) == {"folds": 3}
+    with pytest.raises(ValueError, match="unknown profile"):
+        profile_options("fast")
+
+
+def test_cli_bad_order_and_volumes_are_one_line_errors(synthetic, tmp_path, capsys):
+    data = synthetic.attrs["root"]
+    assert main(["sequential", str(data), "--out", str(tmp_path / "o"), "--order", "MoS2,Foo2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'Foo2' is not in the data set" in err and len(err.splitlines()) == 1
+    assert main(["sequential", str(data), "--out", str(tmp_path / "o"), "--volumes", "full,-3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "volumes" in err and len(err.splitlines()) == 1
+
+
+def test_cli_sequential_with_profile_and_overrides(synthetic, tmp_path, capsys):
+    out = tmp_path / "cli"
+    code = main(["sequential", str(synthetic.attrs["root"]), "--out", str(out), "--order", "MoS2,WS2",
+                 "--volumes", "full", "--profile", "demo", "--epochs", "1", "--image-size", "32"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "imagenet" in printed and "sequential" in printed
+    config = json.loads((out / "mtc/imagenet/2cls_full/config.json").read_text())
+    assert (config["epochs"], config["image_size"], config["folds"], config["weights"]) == (1, 32, 2, "none")
+
+
+def test_imagenet_top1_comes_from_torchvision_metadata():
+    assert imagenet_top1("resnet18", "imagenet-v1") == pytest.approx(69.758)
+    assert imagenet_top1("resnet152", "imagenet-v2") == pytest.approx(82.284)
+    assert math.isnan(imagenet_top1("resnet18", "imagenet-v2")) and math.isnan(imagenet_top1("resnet18", "none"))
+
+
+def test_cli_compare_archs_mtc_and_mtl_on_the_same_folds(synthetic, tmp_path, capsys):
+    out = tmp_path / "archs"
+    code = main(["compare-archs", str(synthetic.attrs["root"]), "--out", str(out), "--archs", "resnet18",
+                 "--weights", "none", "--epochs", "1", "--folds", "2", "--image-size", "32", "--batch-size", "32"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "MtC vs MtL" in printed
+    table = pd.read_csv(out / "architectures.csv")
+    assert list(table["task"]) == ["mtc", "mtl"] and table["imagenet_top1"].isna().all()
+    assert table["accuracy_test_mean"].between(0, 1).all()
+    folds = [pd.read_csv(out / task / "resnet18_none/splits.csv")["fold"] for task in ("mtc", "mtl")]
+    pd.testing.assert_series_equal(*folds)
+
+
+def test_cli_compare_archs_without_imagenet_files_names_the_missing_file(synthetic, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    code = main(["compare-archs", str(synthetic.attrs["root"]), "--out", str(tmp_path / "a"), "--archs", "resnet18",
+                 "--weights", "imagenet-v1", "--epochs", "1", "--folds", "2"])
+    assert code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar's lines
+    assert last.startswith("tmdafm compare-archs: error:") and "resnet18-f37072fd.pth" in last
+
+
+def test_ablation_fine_tune_feature_mlp_and_scratch_share_folds(synthetic, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    from tmdafm_core.models import imagenet_weights
+
+    cache = weights_cache_file(imagenet_weights("resnet18", "imagenet-v1"))
+    cache.parent.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(get_model("resnet18", weights=None).state_dict(), cache)
+    table = ablation_study(synthetic, tmp_path / "abl", weights="imagenet-v1", epochs=1, folds=2, image_size=32,
+                           batch_size=32)
+    assert list(dict.fromkeys(table["mode"])) == ["fine-tune", "feature-extraction", "scratch"]
+    assert len(table) == 9 and table["accuracy_mean"].between(0, 1).all()
+    configs = {m: json.loads((tmp_path / "abl" / m / "config.json").read_text()) for m in table["mode"].unique()}
+    assert configs["fine-tune"]["mode"] == "fine-tune" and configs["scratch"]["mode"] == "scratch"
+    assert configs["feature-extraction"]["mode"] == "features"
+    folds = [pd.read_csv(tmp_path / "abl" / m / "splits.csv")["fold"] for m in configs]
+    pd.testing.assert_series_equal(folds[0], folds[1])
+    pd.testing.assert_series_equal(folds[0], folds[2])
+    with pytest.raises(ValueError, match="leaves nothing to compare"):
+        ablation_study(synthetic, tmp_path / "abl2", weights="none", **{k: v for k, v in TINY.items()
+                                                                         if k != "weights"})

@@ -1,0 +1,592 @@
+"""The paper's experiments on any data set, built on :mod:`tmdafm_core.training`.
+
+* :func:`sequential_study` — classes added one at a time (2 -> 3 -> ... in a given order), "ImageNet" versus
+  "Sequential" starting weights, with a training-volume sweep of the newly added class (paper Figures 4 and 5).
+* :func:`compare_architectures` — architectures x weight versions, ImageNet top-1 beside our scores (paper
+  Table 3), and MtC versus MtL on the same folds (Table 4).
+* :func:`ablation_study` — fine-tuning versus the feature-extraction MLP versus training from scratch (Table 2).
+
+Every experiment is a set of ordinary run directories (:func:`tmdafm_core.training.cross_validate`), so it is
+resumable (finished folds are not retrained), seeded, and every stage can be loaded with ``load_run``. All runs of
+one experiment share one split of the data set (by sample, seeded), so their folds are comparable.
+
+Sequential study
+----------------
+Stages: for ``n`` = 2 .. len(order), the classes ``order[:n]``; the newly added class is ``order[n - 1]``.
+
+Modes:
+
+``"imagenet"``
+    every stage starts from the base ``weights`` (ImageNet in the paper; random with ``weights="none"``).
+``"sequential"``
+    stage ``n`` fold ``k`` starts from fold ``k`` of the Sequential stage ``n - 1`` trained at full volume. MtL
+    keeps the element outputs of the whole study at every stage (the outputs carry over whole, an element absent
+    from a stage is trained as absent); MtC grows its output layer: the rows of known classes are kept, the new
+    class's row starts from the layer's default initialisation. At 2 classes there is no smaller model to start
+    from: Sequential at 2 classes *is* the ImageNet run (its rows in ``results.csv`` point to that run).
+
+Volume sweep: at every stage the new class's training images are cut to ``volume`` images in every fold
+(:func:`tmdafm_core.training.limit_training_images`: whole samples first, in a seeded random order, so smaller
+cuts are subsets of larger ones); the other classes, and validation and test, stay whole. ``"full"`` keeps
+everything and is always run, since Sequential mode builds on it.
+
+Layout of ``out_dir``::
+
+    results.csv                              tidy: one row per task x mode x class count x volume x partition
+    study.json                               order, volumes, tasks, modes, training settings
+    <task>/<mode>/<n>cls_<volume>/           run directories (config.json, metrics.json, fold<k>.pt, ...)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .data import PAPER_MATERIALS, FeatureTable, LabelSpace
+from .models import ARCHITECTURES, WEIGHT_CHOICES
+from .training import (
+    METRICS_NAME,
+    PARTITIONS,
+    TASKS,
+    checkpoint_path,
+    cross_validate,
+    default_image_size,
+    extract,
+    fold_training_positions,
+    load_data,
+    prepare_split,
+)
+
+MODES = ("imagenet", "sequential")
+FULL = "full"
+DEFAULT_VOLUMES = (FULL, 64, 32, 16, 8)
+RESULTS_NAME, STUDY_NAME = "results.csv", "study.json"
+RESULT_COLUMNS = ("n_classes", "mode", "task", "volume", "split", "f1_mean", "f1_std", "accuracy_mean",
+                  "accuracy_std", "new_class", "new_class_train_images", "run")
+ARCHITECTURES_NAME, ABLATION_NAME = "architectures.csv", "ablation.csv"
+ABLATION_MODES = ("fine-tune", "feature-extraction", "scratch")
+
+#: Training settings of the profiles. ``demo`` finishes the whole default sequential grid of a 1026-image set in
+#: about five minutes on 2 CPU cores (scratch training, so its numbers say little about transfer learning);
+#: ``paper`` is the paper's setting (native image size, 60 epochs, ImageNet V1 weights) and wants a GPU.
+PROFILES = {
+    "demo": {"arch": "resnet18", "weights": "none", "image_size": 48, "epochs": 3, "folds": 2, "lr": 1e-3,
+             "batch_size": 64, "dropout": 0.0, "device": "cpu"},
+    "paper": {"arch": "resnet18", "weights": "imagenet-v1", "image_size": None, "epochs": 60, "folds": 5,
+              "lr": 7.5e-5, "batch_size": 32, "dropout": 0.0, "device": "cuda"},
+}
+
+
+def profile_options(profile: str | None = None, **explicit) -> dict:
+    """Training keywords of a profile, overridden by every explicit keyword that is not None.
+
+    Parameters
+    ----------
+    profile : {"demo", "paper"}, optional
+        No profile: only the explicit keywords (the engine's defaults fill the rest).
+    **explicit
+        ``cross_validate`` keywords; None means "not given".
+    """
+    if profile is not None and profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
+    options = dict(PROFILES[profile]) if profile else {}
+    options.update({k: v for k, v in explicit.items() if v is not None})
+    return options
+
+
+# --- shared helpers ---------------------------------------------------------------------------------------------
+
+def _metric_rows(metrics: dict, **keys) -> list[dict]:
+    """One tidy row per partition: ``keys`` + f1/accuracy mean and std."""
+    return [{**keys, "split": split,
+             "f1_mean": metrics["f1_macro"][split]["mean"], "f1_std": metrics["f1_macro"][split]["std"],
+             "accuracy_mean": metrics["accuracy"][split]["mean"],
+             "accuracy_std": metrics["accuracy"][split]["std"]} for split in PARTITIONS]
+
+
+def _progress_bar(total: int, done: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    # initial= makes the rate (and so the ETA) count only folds trained in this session.
+    return tqdm(total=total, initial=done, desc=desc, unit="fold", disable=not enabled, dynamic_ncols=True)
+
+
+def _finished_folds(run_dir: Path, folds: int) -> int:
+    return sum(checkpoint_path(run_dir, k).is_file() for k in range(folds))
+
+
+def _shared_split(data: pd.DataFrame, options: dict) -> pd.DataFrame:
+    split, _ = prepare_split(data, folds=options.get("folds", 5), test_fraction=options.get("test_fraction", 0.1),
+                             seed=options.get("seed", 0))
+    return split.reset_index(drop=True)
+
+
+def _load_images(split: pd.DataFrame, options: dict, progress: bool):
+    """Every image of the study read once; each run gets its rows (``images=``) instead of re-reading files."""
+    image_size = int(options.get("image_size") or default_image_size(split))
+    return load_data(split, image_size=image_size, progress=progress), image_size
+
+
+def _write_json(path: Path, document: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2, default=str) + "\n")
+
+
+# --- sequential study -------------------------------------------------------------------------------------------
+
+def parse_order(order, materials) -> tuple[str, ...]:
+    """Check a class order against the materials of a data set.
+
+    Parameters
+    ----------
+    order : str or sequence of str
+        Material names, or one comma-separated string (``"MoS2,WS2,WSe2"``).
+    materials : iterable of str
+        Materials present in the data set.
+
+    Returns
+    -------
+    tuple of str
+    """
+    if isinstance(order, str):
+        order = [part.strip() for part in order.split(",") if part.strip()]
+    order = tuple(order)
+    present = sorted({m for m in materials if isinstance(m, str)})
+    unknown = [name for name in order if name not in present]
+    if unknown:
+        raise ValueError(f"order: class {unknown[0]!r} is not in the data set (classes: {', '.join(present)})")
+    if len(set(order)) != len(order):
+        twice = next(name for name in order if order.count(name) > 1)
+        raise ValueError(f"order: class {twice!r} is listed twice; name each class once")
+    if len(order) < 2:
+        raise ValueError(f"order: need at least 2 classes to add one at a time, got {len(order)}")
+    return order
+
+
+def parse_volumes(volumes) -> tuple:
+    """Volumes of the sweep: ``"full"`` and/or image counts >= 1; ``"full"`` first (it is always run).
+
+    Parameters
+    ----------
+    volumes : str or sequence of (str or int)
+        e.g. ``"full,64,32,16,8"`` or ``("full", 64, 32)``.
+    """
+    if isinstance(volumes, str):
+        volumes = [part.strip() for part in volumes.split(",") if part.strip()]
+    counts = []
+    for value in volumes:
+        if isinstance(value, str) and value.lower() == FULL:
+            continue
+        try:
+            count = int(value)
+            if isinstance(value, bool) or count != float(value):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ValueError(f"volumes: {value!r} is neither 'full' nor a whole number of images") from None
+        if count < 1:
+            raise ValueError(f"volumes: {count} images; a volume must be >= 1 image")
+        if count not in counts:
+            counts.append(count)
+    return (FULL, *counts)
+
+
+def _tasks(task: str) -> tuple[str, ...]:
+    if task == "both":
+        return TASKS
+    if task not in TASKS:
+        raise ValueError(f"task must be mtc, mtl or both, got {task!r}")
+    return (task,)
+
+
+def stage_dir(out_dir, task: str, mode: str, n_classes: int, volume) -> Path:
+    """Run directory of one stage: ``out_dir/<task>/<mode>/<n>cls_<volume>``."""
+    return Path(out_dir) / task / mode / f"{n_classes}cls_{volume}"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One run of the study.
+
+    ``start`` is the run whose fold checkpoints this one starts from (Sequential mode), else None.
+    """
+
+    task: str
+    mode: str
+    n_classes: int
+    volume: object
+    classes: tuple
+    run_dir: Path
+    start: Path | None
+
+    @property
+    def new_class(self) -> str:
+        return self.classes[-1]
+
+
+def plan_stages(out_dir, order, volumes, tasks, modes) -> tuple[list[Stage], list[tuple[Stage, str]]]:
+    """Runs to train, in an order that trains every starting point first, and the (run, mode) pairs to report.
+
+    The 2-class ImageNet runs are trained whenever either mode is asked for (they start the Sequential chain);
+    Sequential at 2 classes reports those runs.
+    """
+    out_dir = Path(out_dir)
+    train, report = [], []
+    for task in tasks:
+        for n in range(2, len(order) + 1):
+            classes = tuple(order[:n])
+            for volume in volumes:
+                imagenet = Stage(task, "imagenet", n, volume, classes, stage_dir(out_dir, task, "imagenet", n, volume),
+                                 None)
+                if n == 2 or "imagenet" in modes:
+                    train.append(imagenet)
+                if "imagenet" in modes:
+                    report.append((imagenet, "imagenet"))
+            if "sequential" not in modes:
+                continue
+            for volume in volumes:
+                if n == 2:
+                    report.append((Stage(task, "imagenet", n, volume, classes,
+                                         stage_dir(out_dir, task, "imagenet", n, volume), None), "sequential"))
+                    continue
+                previous = "imagenet" if n == 3 else "sequential"
+                stage = Stage(task, "sequential", n, volume, classes, stage_dir(out_dir, task, "sequential", n, volume),
+                              stage_dir(out_dir, task, previous, n - 1, FULL))
+                train.append(stage)
+                report.append((stage, "sequential"))
+    return train, report
+
+
+def sequential_study(data: pd.DataFrame, out_dir, *, order=PAPER_MATERIALS, volumes=DEFAULT_VOLUMES,
+                     task: str = "mtc", modes=MODES, progress: bool = False, **train) -> pd.DataFrame:
+    """Add classes one at a time and compare ImageNet with Sequential starting weights over a volume sweep.
+
+    Parameters
+    ----------
+    data : DataFrame
+        Tidy labelled image manifest (``read_dataset``). Classes outside ``order`` are left out.
+    out_dir : str or Path
+        Study folder (module docstring); an interrupted study resumes where it stopped.
+    order : sequence of str or str
+        Classes in the order they are added (>= 2); default the paper's.
+    volumes : sequence or str
+        ``"full"`` and/or numbers of training images of the new class (``parse_volumes``).
+    task : {"mtc", "mtl", "both"}
+    modes : sequence of {"imagenet", "sequential"}
+    progress : bool
+        tqdm bar over stages x folds on stderr, with an ETA.
+    **train
+        :func:`tmdafm_core.training.cross_validate` keywords (``arch``, ``weights`` — the base weights, ``epochs``,
+        ``folds``, ``lr``, ``batch_size``, ``dropout``, ``image_size``, ``device``, ``seed``, ...), e.g. from
+        :func:`profile_options`.
+
+    Returns
+    -------
+    DataFrame
+        The table written to ``results.csv``: columns ``RESULT_COLUMNS``; ``volume`` is ``"full"`` or a number
+        (as text), ``new_class_train_images`` the mean over folds of the new class's training images, ``run`` the
+        run directory relative to ``out_dir``; f1 is macro-F1; means and sample std over folds.
+    """
+    for reserved in ("task", "labels", "presplit", "fold_weights", "train_limits", "images", "dask_address"):
+        if reserved in train:
+            raise ValueError(f"sequential_study sets {reserved!r} itself; do not pass it")
+    order = parse_order(order, data["material"].dropna())
+    volumes = parse_volumes(volumes)
+    tasks = _tasks(task)
+    modes = tuple(modes)
+    if not modes or any(m not in MODES for m in modes):
+        raise ValueError(f"modes must be a non-empty subset of {', '.join(MODES)}, got {modes}")
+    out_dir = Path(out_dir)
+    options = {"seed": 0, "folds": 5, **train}
+    folds = options["folds"]
+
+    study = data[data["material"].isin(order)].reset_index(drop=True)
+    split = _shared_split(study, options)
+    # MtL: the element outputs of the whole study at every stage, so they carry over whole.
+    elements = LabelSpace.from_materials(order).elements
+    stages, report = plan_stages(out_dir, order, volumes, tasks, modes)
+    _write_json(out_dir / STUDY_NAME, {"order": list(order), "volumes": list(volumes), "tasks": list(tasks),
+                                       "modes": list(modes), "train": options, "n_images": len(split)})
+
+    done = sum(_finished_folds(stage.run_dir, folds) for stage in stages)
+    stored, image_size = (None, None)
+    bar = _progress_bar(len(stages) * folds, done, "sequential study", progress)
+    try:
+        for stage in stages:
+            bar.set_postfix_str(f"{stage.task} {stage.mode} {stage.n_classes} classes, volume {stage.volume}")
+            before = _finished_folds(stage.run_dir, folds)
+            if before < folds and stored is None:
+                stored, image_size = _load_images(split, options, progress)
+            _train_stage(stage, split, stored, image_size, elements, options, progress)
+            bar.update(folds - before)
+            _write_results(out_dir, report, split, options)
+    finally:
+        bar.close()
+    return _write_results(out_dir, report, split, options)
+
+
+def _stage_rows(split: pd.DataFrame, classes) -> np.ndarray:
+    return np.flatnonzero(split["material"].isin(classes).to_numpy())
+
+
+def _train_stage(stage: Stage, split, stored, image_size, elements, options, progress) -> dict:
+    rows = _stage_rows(split, stage.classes)
+    frame = split.iloc[rows].reset_index(drop=True)
+    frame.attrs = dict(split.attrs)
+    labels = LabelSpace(LabelSpace.from_materials(stage.classes).classes, elements)
+    fold_weights = None
+    if stage.start is not None:
+        fold_weights = {k: str(checkpoint_path(stage.start, k)) for k in range(options["folds"])}
+    train_limits = None if stage.volume == FULL else {stage.new_class: int(stage.volume)}
+    run_options = {**options, "image_size": image_size} if image_size else options
+    return cross_validate(frame, stage.run_dir, task=stage.task, labels=labels, presplit=True,
+                          fold_weights=fold_weights, train_limits=train_limits,
+                          images=None if stored is None else stored[rows], save_optimizer=False,
+                          progress=progress, **run_options)
+
+
+def _new_class_train_images(split: pd.DataFrame, stage: Stage, options: dict) -> float:
+    frame = split.iloc[_stage_rows(split, stage.classes)].reset_index(drop=True)
+    limits = None if stage.volume == FULL else {stage.new_class: int(stage.volume)}
+    counts = []
+    for fold in range(options["folds"]):
+        train = fold_training_positions(frame, fold, train_limits=limits, seed=options.get("seed", 0))
+        counts.append(int((frame["material"].to_numpy()[train] == stage.new_class).sum()))
+    return float(np.mean(counts))
+
+
+def _write_results(out_dir: Path, report, split, options) -> pd.DataFrame:
+    rows = []
+    for stage, mode in report:
+        path = stage.run_dir / METRICS_NAME
+        if not path.is_file():
+            continue
+        metrics = json.loads(path.read_text())
+        rows += _metric_rows(metrics, n_classes=stage.n_classes, mode=mode, task=stage.task,
+                             volume=str(stage.volume), new_class=stage.new_class,
+                             new_class_train_images=_new_class_train_images(split, stage, options),
+                             run=stage.run_dir.relative_to(out_dir).as_posix())
+    table = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out_dir / RESULTS_NAME, index=False)
+    return table
+
+
+def results_table(results: pd.DataFrame, *, split: str = "test", metric: str = "f1") -> pd.DataFrame:
+    """The study at a glance: rows task x class count x volume, one ``mean ± std`` column per mode (in %)."""
+    part = results[results["split"] == split]
+    cell = part.assign(value=[f"{100 * m:5.1f} ± {100 * s:4.1f}" if not math.isnan(m) else "n/a"
+                              for m, s in zip(part[f"{metric}_mean"], part[f"{metric}_std"], strict=True)])
+    volume_order = {v: i for i, v in enumerate(dict.fromkeys(results["volume"]))}
+    table = cell.pivot_table(index=["task", "n_classes", "volume"], columns="mode", values="value", aggfunc="first")
+    table = table.reset_index()
+    table = table.sort_values(["task", "n_classes", "volume"], key=lambda c: c.map(volume_order)
+                              if c.name == "volume" else c, kind="stable")
+    table.columns.name = None
+    return table.reset_index(drop=True)
+
+
+# --- architecture comparison (Tables 3 and 4) -------------------------------------------------------------------
+
+def imagenet_top1(arch: str, weights: str) -> float:
+    """ImageNet-1K top-1 accuracy (%) of torchvision weights from their metadata (offline); NaN for others."""
+    from torchvision.models import get_model_weights
+
+    from .models import _WEIGHT_ENUM_NAMES  # the one place that names torchvision's enum members
+
+    if weights not in _WEIGHT_ENUM_NAMES:
+        return float("nan")
+    member = get_model_weights(arch).__members__.get(_WEIGHT_ENUM_NAMES[weights])
+    return float(member.meta["_metrics"]["ImageNet-1K"]["acc@1"]) if member is not None else float("nan")
+
+
+def _weights_label(weights: str) -> str:
+    return weights if weights in WEIGHT_CHOICES else Path(weights).stem
+
+
+def _wide_scores(metrics: dict) -> dict:
+    row = {}
+    for metric, name in (("accuracy", "accuracy"), ("f1_macro", "f1")):
+        for split in PARTITIONS:
+            row[f"{name}_{split}_mean"] = metrics[metric][split]["mean"]
+            row[f"{name}_{split}_std"] = metrics[metric][split]["std"]
+    if metrics["task"] == "mtl":
+        values = [fold["element_accuracy"]["test"] for fold in metrics["per_fold"]]
+        row["element_accuracy_test_mean"] = float(np.mean(values))
+    return row
+
+
+def compare_architectures(data: pd.DataFrame, out_dir, *, archs=ARCHITECTURES, weights=("imagenet-v1", "imagenet-v2"),
+                          task: str = "both", progress: bool = False, **train) -> pd.DataFrame:
+    """Cross-validate every architecture x weight version on one shared split (paper Tables 3 and 4).
+
+    Parameters
+    ----------
+    data : DataFrame
+        Tidy labelled image manifest.
+    out_dir : str or Path
+        Runs go to ``out_dir/<task>/<arch>_<weights>``; the table to ``out_dir/architectures.csv``.
+    archs : sequence of str
+    weights : sequence of str
+        ``imagenet-v1``, ``imagenet-v2``, ``none`` or checkpoint paths. Combinations torchvision does not have
+        (V2 for ResNet18/34) are left out when other combinations remain.
+    task : {"mtc", "mtl", "both"}
+        ``both`` trains MtC and MtL on the same folds (Table 4).
+    progress : bool
+    **train
+        Other ``cross_validate`` keywords (``epochs``, ``folds``, ``image_size``, ...).
+
+    Returns
+    -------
+    DataFrame
+        One row per arch x weights x task: ``imagenet_top1`` (%, NaN without ImageNet weights), accuracy and
+        macro-F1 mean/std per partition, ``element_accuracy_test_mean`` (MtL), ``run``.
+    """
+    from .models import check_arch, imagenet_weights
+
+    archs = [check_arch(a) for a in archs]
+    weights = list(weights)
+    if not archs or not weights:
+        raise ValueError("give at least one architecture and one weights version")
+    combos, skipped = [], []
+    for arch in archs:
+        for version in weights:
+            if version == "imagenet-v2":
+                try:
+                    imagenet_weights(arch, version)
+                except ValueError as exc:
+                    skipped.append(str(exc))
+                    continue
+            combos.append((arch, version))
+    if not combos:
+        raise ValueError(skipped[0])
+    tasks = _tasks(task)
+    options = {"seed": 0, "folds": 5, **train}
+    out_dir = Path(out_dir)
+    split = _shared_split(data, options)
+    runs = [(t, arch, version, out_dir / t / f"{arch}_{_weights_label(version)}")
+            for t in tasks for arch, version in combos]
+    stored, image_size = None, None
+    rows = []
+    bar = _progress_bar(len(runs) * options["folds"], sum(_finished_folds(r[3], options["folds"]) for r in runs),
+                        "architectures", progress)
+    try:
+        for t, arch, version, run_dir in runs:
+            bar.set_postfix_str(f"{t} {arch} {version}")
+            before = _finished_folds(run_dir, options["folds"])
+            if before < options["folds"] and stored is None:
+                stored, image_size = _load_images(split, options, progress)
+            run_options = {**options, "arch": arch, "weights": version}
+            if image_size:
+                run_options["image_size"] = image_size
+            metrics = cross_validate(split, run_dir, task=t, presplit=True, images=stored, save_optimizer=False,
+                                     progress=progress, **run_options)
+            bar.update(options["folds"] - before)
+            rows.append({"arch": arch, "weights": version, "imagenet_top1": imagenet_top1(arch, version), "task": t,
+                         **_wide_scores(metrics), "run": run_dir.relative_to(out_dir).as_posix()})
+    finally:
+        bar.close()
+    table = pd.DataFrame(rows)
+    table.attrs["skipped"] = skipped
+    table.to_csv(out_dir / ARCHITECTURES_NAME, index=False)
+    return table
+
+
+def task_comparison(table: pd.DataFrame, *, split: str = "test") -> pd.DataFrame:
+    """MtC versus MtL per architecture and weights (paper Table 4), from :func:`compare_architectures`'s table."""
+    columns = [f"accuracy_{split}_mean", f"f1_{split}_mean"]
+    wide = table.pivot_table(index=["arch", "weights"], columns="task", values=columns, aggfunc="first", sort=False)
+    wide.columns = [f"{task}_{name.rsplit('_', 1)[0]}" for name, task in wide.columns]
+    return wide.reset_index()
+
+
+# --- ablation (Table 2) -----------------------------------------------------------------------------------------
+
+def ablation_study(data: pd.DataFrame, out_dir, *, arch: str = "resnet18", weights: str = "imagenet-v1",
+                   task: str = "mtc", progress: bool = False, **train) -> pd.DataFrame:
+    """Fine-tuning vs the feature-extraction MLP vs training from scratch, on one shared split (paper Table 2).
+
+    ``fine-tune`` trains the whole network from ``weights``; ``feature-extraction`` trains the paper's MLP head on
+    the pooled features of the frozen ``weights`` backbone (:func:`tmdafm_core.training.extract`); ``scratch``
+    trains the whole network from random weights.
+
+    Parameters
+    ----------
+    data : DataFrame
+        Tidy labelled image manifest.
+    out_dir : str or Path
+        Runs in ``out_dir/<mode>``; backbone features cached in ``out_dir/feature-extraction/backbone.parquet``;
+        the table in ``out_dir/ablation.csv``.
+    arch : str
+    weights : str
+        Pretrained starting weights (``imagenet-v1``, ``imagenet-v2`` or a path); not ``none``, which would make
+        fine-tuning the same as scratch.
+    task : {"mtc", "mtl"}
+    progress : bool
+    **train
+        Other ``cross_validate`` keywords.
+
+    Returns
+    -------
+    DataFrame
+        Tidy: ``mode``, ``task``, ``split``, f1/accuracy mean and std, ``run``.
+    """
+    if str(weights) == "none":
+        raise ValueError("ablation compares pretrained weights with scratch training; --weights none leaves nothing "
+                         "to compare (use imagenet-v1, imagenet-v2 or a weights file)")
+    if task not in TASKS:
+        raise ValueError(f"task must be mtc or mtl, got {task!r}")
+    options = {"seed": 0, "folds": 5, **train}
+    out_dir = Path(out_dir)
+    split = _shared_split(data, options)
+    folds = options["folds"]
+    bar = _progress_bar(len(ABLATION_MODES) * folds,
+                        sum(_finished_folds(out_dir / m, folds) for m in ABLATION_MODES), "ablation", progress)
+    stored, image_size = None, None
+    rows = []
+    try:
+        for mode in ABLATION_MODES:
+            run_dir = out_dir / mode
+            bar.set_postfix_str(mode)
+            before = _finished_folds(run_dir, folds)
+            if mode == "feature-extraction":
+                table = _backbone_features(split, run_dir, arch, weights, options, progress)
+                mlp_options = {k: v for k, v in options.items() if k not in ("arch", "weights", "image_size")}
+                metrics = cross_validate(table, run_dir, task=task, presplit=True, progress=progress, **mlp_options)
+            else:
+                if before < folds and stored is None:
+                    stored, image_size = _load_images(split, options, progress)
+                run_options = {**options, "arch": arch, "weights": weights if mode == "fine-tune" else "none"}
+                if image_size:
+                    run_options["image_size"] = image_size
+                metrics = cross_validate(split, run_dir, task=task, presplit=True, images=stored, save_optimizer=False,
+                                         progress=progress, **run_options)
+            bar.update(folds - before)
+            rows += _metric_rows(metrics, mode=mode, task=task, run=mode)
+    finally:
+        bar.close()
+    result = pd.DataFrame(rows)
+    result.to_csv(out_dir / ABLATION_NAME, index=False)
+    return result
+
+
+def _backbone_features(split: pd.DataFrame, run_dir: Path, arch, weights, options, progress) -> FeatureTable:
+    """Frozen-backbone features of every image, cached beside the MLP run and reused while the settings match."""
+    image_size = int(options.get("image_size") or default_image_size(split))
+    cache, key_path = run_dir / "backbone.parquet", run_dir / "backbone.json"
+    key = {"arch": arch, "weights": str(weights), "image_size": image_size, "images": split["image"].tolist()}
+    if cache.is_file() and key_path.is_file() and json.loads(key_path.read_text()) == key:
+        table = pd.read_parquet(cache)
+    else:
+        table = extract(split, arch=arch, weights=weights, image_size=image_size, device=options.get("device", "cpu"),
+                        progress=progress)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        table.to_parquet(cache, index=False)
+        _write_json(key_path, key)
+    names = [c for c in table.columns if c.startswith("f") and c[1:].isdigit()]
+    frame = split[["image", "sample_id", "material", "split", "fold"]].reset_index(drop=True)
+    return FeatureTable(frame, table[names].to_numpy(np.float32), names)
