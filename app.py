@@ -26,8 +26,23 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8050
 
 
+def background_jobs_fork() -> bool:
+    """Whether background callbacks run in forked children, which inherit this app and its pages.
+
+    Python 3.14 defaults to forkserver on Linux (spawn elsewhere): a fresh child cannot import a page module without
+    an app, so on Linux fork is asked for explicitly; where it is not the default, :func:`serve` prepares an empty
+    store in the terminal before serving instead.
+    """
+    import multiprocess
+
+    if sys.platform.startswith("linux") and multiprocess.get_start_method(allow_none=True) is None:
+        multiprocess.set_start_method("fork")
+    return multiprocess.get_start_method() == "fork"
+
+
 def _background_manager() -> DiskcacheManager:
     # Job results and progress of background callbacks: private to this server process, removed when it exits.
+    # Hence one server process (threads are fine): `gunicorn -w 1 --threads 8 app:server`.
     folder = tempfile.mkdtemp(prefix="tmdafm-dash-jobs-")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return DiskcacheManager(diskcache.Cache(folder))
@@ -47,6 +62,7 @@ def _header() -> html.Header:
 
 def create_app(cache_dir=None) -> Dash:
     """The Dash app over the store at ``cache_dir`` (default: ``$TMDAFM_CACHE`` or ``./cache``)."""
+    background_jobs_fork()
     app = Dash(
         __name__,
         use_pages=True,
@@ -85,13 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def serve(cache_dir, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, debug: bool = False) -> None:
     """Serve the app over the store at ``cache_dir`` until interrupted."""
-    from tmdafm_core.pipeline import store_ready
+    from tmdafm_core.pipeline import complete_store, store_ready
 
     configure(app, cache_dir)
     cache = app.server.config["TMDAFM_CACHE"]
     if not store_ready(cache):
-        print(f"store {cache} holds no prepared data set yet: the synthetic demo is prepared when you open the "
-              "page (progress is shown there)", file=sys.stderr, flush=True)
+        if background_jobs_fork():
+            print(f"store {cache} is not ready yet: it is prepared when you open the page (progress shown there)",
+                  file=sys.stderr, flush=True)
+        else:
+            print(f"preparing the store {cache} before serving", file=sys.stderr, flush=True)
+            complete_store(cache, profile=app.server.config["TMDAFM_PROFILE"], progress=True)
     print(f"tmdafm app on http://{host}:{port}/  (store: {cache}; Ctrl+C stops it)", file=sys.stderr, flush=True)
     app.run(host=host, port=port, debug=debug)
 

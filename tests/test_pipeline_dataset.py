@@ -194,3 +194,15 @@ def test_store_contents_sees_later_artifacts(demo_store, tmp_path):
     (cache / "latent" / "pca.parquet").write_bytes(b"")
     present = {a.key for a in pipeline.store_contents(cache) if a.present}
     assert present == {"dataset", "thumbnails", "descriptors", "mtc", "latent"}
+
+
+def test_corrupt_manifest_is_never_served_and_is_rebuilt_from_the_recorded_profile(demo_store, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(demo_store, cache)
+    (cache / "dataset" / "manifest.parquet").write_bytes(b"PAR1 truncated")
+    assert not pipeline.store_ready(cache)
+    with pytest.raises(FileNotFoundError, match="no prepared data set"):
+        pipeline.load_manifest(cache)
+    pipeline.complete_store(cache, profile="demo")  # the store says it was built with TINY: rebuilt as TINY
+    assert len(pipeline.load_manifest(cache)) == 40
+    assert pipeline.store_ready(cache)

@@ -169,8 +169,15 @@ def _data_root(settings: dict, cache_dir: Path) -> Path:
 
 
 def _prepared_record(cache_dir: Path) -> dict | None:
+    """The prepared.json of a data set whose manifest is there and readable, else None (to be rebuilt)."""
+    import pyarrow.parquet
+
     record = _read_json(cache_dir / DATASET_DIR / PREPARED_NAME)
-    if record is None or not (cache_dir / DATASET_DIR / MANIFEST_NAME).is_file():
+    if record is None or not {"settings", "fingerprint", "root"} <= set(record):
+        return None
+    try:  # the footer is enough to tell a whole file from a truncated or foreign one
+        pyarrow.parquet.read_metadata(cache_dir / DATASET_DIR / MANIFEST_NAME)
+    except (OSError, pyarrow.ArrowException):
         return None
     return record
 
@@ -237,8 +244,10 @@ def prepare_dataset(cache_dir, data=None, *, profile="demo", progress=None) -> p
         if record is not None and record.get("settings") == settings:
             root = _data_root(settings, cache_dir)
             if root.exists() and _fingerprint(root, exclude=cache_dir.resolve()) == record.get("fingerprint"):
-                _report(progress, "data set ready (from the store)", 1, 1)
-                return load_manifest(cache_dir)
+                with contextlib.suppress(ValueError):  # an unreadable manifest is rebuilt below
+                    manifest = load_manifest(cache_dir)
+                    _report(progress, "data set ready (from the store)", 1, 1)
+                    return manifest
         (dataset_dir / PREPARED_NAME).unlink(missing_ok=True)  # from here on the store holds no valid data set
         root = _data_root(settings, cache_dir)
         if data is None:
@@ -281,7 +290,11 @@ def load_manifest(cache_dir) -> pd.DataFrame:
     if record is None:
         raise FileNotFoundError(f"{cache_dir / DATASET_DIR / MANIFEST_NAME}: no prepared data set; run the app or "
                                 f"`tmdafm precompute --out {shlex.quote(str(cache_dir))}`")
-    manifest = pd.read_parquet(cache_dir / DATASET_DIR / MANIFEST_NAME)
+    try:
+        manifest = pd.read_parquet(cache_dir / DATASET_DIR / MANIFEST_NAME)
+    except (OSError, ValueError) as exc:  # pyarrow's errors derive from these
+        raise ValueError(f"{cache_dir / DATASET_DIR / MANIFEST_NAME}: unreadable ({exc}); prepare the data set "
+                         "again (the app or `tmdafm precompute` rebuilds it)") from None
     root = cache_dir / record["root"] if record.get("root_in_store") else Path(record["root"])
     # Relative image paths make the store relocatable: a moved cache still finds its synthetic images.
     manifest["path"] = [str(root / image) for image in manifest["image"]]
@@ -388,10 +401,20 @@ def store_ready(cache_dir) -> bool:
 
 
 def complete_store(cache_dir, *, profile="demo", progress=None) -> None:
-    """Build what the app needs and can make without being told about data: the synthetic demo data set when the
-    store holds no data set (a store prepared from DATA is kept as it is), then the thumbnails."""
+    """Build what the app needs and can make by itself, then the thumbnails.
+
+    A store that was prepared before is brought up to date with the source and profile it was built from (a data
+    set from DATA stays that data set); a store with no (or an unreadable) data set gets the synthetic demo of
+    ``profile``.
+    """
     cache_dir = Path(cache_dir)
-    if _prepared_record(cache_dir) is None:
+    record = _read_json(cache_dir / DATASET_DIR / PREPARED_NAME) or {}
+    source = record.get("settings", {}).get("source", {})
+    if "profile" in record and source.get("kind") == "data" and Path(source["path"]).exists():
+        prepare_dataset(cache_dir, source["path"], profile=Profile(**record["profile"]), progress=progress)
+    elif "profile" in record and source.get("kind") == "synthetic":
+        prepare_dataset(cache_dir, profile=Profile(**record["profile"]), progress=progress)
+    else:
         prepare_dataset(cache_dir, profile=profile, progress=progress)
     prepare_thumbnails(cache_dir, progress=progress)
 
