@@ -179,6 +179,7 @@ def test_unknown_architecture_fails_before_training(stripes, tmp_path):
     ({"dropout": 1.5}, "dropout must be in"),
     ({"image_size": 8}, "image_size must be in"),
     ({"device": "tpu"}, "device must be 'cpu' or 'cuda'"),
+    ({"precision": "fp16"}, "precision must be one of"),
 ])
 def test_bad_settings_are_one_line_errors(change, message):
     with pytest.raises(ValueError, match=message) as error:
@@ -238,6 +239,12 @@ def test_feature_mlp_learns_a_separable_table(tmp_path):
     assert config["mode"] == "features" and config["arch"] is None
     run = load_run(tmp_path / "mlp")
     assert embed(run, _feature_table().features).shape == (24, 100)
+
+
+def test_bf16_autocast_on_the_cpu_trains_an_image_run(stripes, tmp_path):
+    metrics = cross_validate(stripes, tmp_path / "bf16", folds=2, precision="bf16", **TINY)
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["precision"] == "bf16"
+    assert np.isfinite(metrics["f1_macro"]["val"]["mean"])
 
 
 def test_grid_search_writes_a_ranked_table(tmp_path):

@@ -102,6 +102,9 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-fraction", type=float, default=0.1,
                    help="held-out share of samples when the data marks no test set (default: 0.1)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast) (default: cpu)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="auto: bf16 autocast on GPUs, float32 on CPUs; bf16: also on CPUs (faster where the CPU has "
+                        "AVX512-BF16/AMX) (default: auto)")
     p.add_argument("--seed", type=int, default=0, help="seed of split, initialisation, sampling, flips (default: 0)")
     p.add_argument("--dask", metavar="ADDR", help="run the folds as tasks on this Dask scheduler")
 
@@ -109,7 +112,8 @@ def _training_options(p: argparse.ArgumentParser) -> None:
 def _fit(data, args, **model_options) -> int:
     from tmdafm_core.training import format_metrics, grid_search
 
-    options = dict(task=args.task, folds=args.folds, epochs=args.epochs, device=args.device, seed=args.seed,
+    options = dict(task=args.task, folds=args.folds, epochs=args.epochs, device=args.device,
+                   precision=args.precision, seed=args.seed,
                    select=args.select, weighted_sampler=args.weighted_sampler, test_fraction=args.test_fraction,
                    dask_address=args.dask, progress=True, **model_options)
     if len(args.lr) * len(args.dropout) * len(args.batch_size) > 1:
@@ -471,10 +475,10 @@ def _run_ablation(args) -> int:
 # --- app --------------------------------------------------------------------------------------------------------
 
 def _add_app(sub) -> None:
-    import os
+    from tmdafm_core.store import default_cache_dir
 
     p = sub.add_parser("app", help="serve the browser app over a store (same as `python app.py`)")
-    p.add_argument("--cache", type=Path, default=Path(os.environ.get("TMDAFM_CACHE", "cache")),
+    p.add_argument("--cache", type=Path, default=default_cache_dir(),
                    help="artifact store (default: $TMDAFM_CACHE or ./cache; the demo fills an empty one)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8050, help="port (default: 8050)")
