@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import os
 import shutil
 import sys
 import tempfile
@@ -21,7 +20,8 @@ import dash
 import diskcache
 from dash import Dash, DiskcacheManager, dcc, html
 
-DEFAULT_CACHE = "cache"
+from tmdafm_core.store import default_cache_dir
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8050
 
@@ -79,7 +79,7 @@ def create_app(cache_dir=None) -> Dash:
 
 def configure(app: Dash, cache_dir=None, *, profile="demo") -> None:
     """Point ``app`` at a store and a precompute profile (what an empty store is filled with)."""
-    cache_dir = cache_dir if cache_dir is not None else os.environ.get("TMDAFM_CACHE", DEFAULT_CACHE)
+    cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
     app.server.config["TMDAFM_CACHE"] = str(Path(cache_dir).resolve())
     app.server.config["TMDAFM_PROFILE"] = profile
 
@@ -90,7 +90,7 @@ server = app.server
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="app.py", description="Serve the tmdafm app in the browser.")
-    parser.add_argument("--cache", type=Path, default=Path(os.environ.get("TMDAFM_CACHE", DEFAULT_CACHE)),
+    parser.add_argument("--cache", type=Path, default=default_cache_dir(),
                         help="artifact store (default: $TMDAFM_CACHE or ./cache; the demo fills an empty one)")
     parser.add_argument("--host", default=DEFAULT_HOST,
                         help=f"address to listen on (default: {DEFAULT_HOST}, this machine only)")
