@@ -24,6 +24,7 @@ from tmdafm_core.store import default_cache_dir
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8050
+SELECTION_STORE = "selection"  # id of the shared selection (tmdafm_core.selection documents its data)
 
 
 def background_jobs_fork() -> bool:
@@ -72,8 +73,13 @@ def create_app(cache_dir=None) -> Dash:
         suppress_callback_exceptions=True,
     )
     configure(app, cache_dir)
-    app.layout = lambda: html.Div(className="page", children=[_header(), html.Main(dash.page_container,
-                                                                                 className="content")])
+    app.layout = lambda: html.Div(className="page", children=[
+        _header(),
+        # The one selection shared by every page (lasso in /latent, a confusion-matrix cell, a percentile gallery):
+        # {"images": [image, ...], "source": "where it came from"}; kept for the browser tab's session.
+        dcc.Store(id=SELECTION_STORE, storage_type="session"),
+        html.Main(dash.page_container, className="content"),
+    ])
     return app
 
 
