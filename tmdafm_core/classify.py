@@ -1,0 +1,432 @@
+"""Classify uploaded AFM images with the store's trained models (the app's drag-and-drop; no Dash here).
+
+Uploads are untrusted bytes. They are decoded from memory, never written to disk (so never under the uploaded
+name) and never unpickled; the type is taken from the content's magic bytes, not from the name; size, count and
+pixel limits are checked before any pixel is decoded. Each file gets its own result, and a bad file gets a
+one-line message while the others still classify.
+
+For each image :meth:`Classifier.classify` returns the MtC material and class probabilities, the MtL element
+probabilities (when the store has an MtL run), the class activation map as an overlay, the 14 physical
+descriptors with their percentile in the data set, the image's place in the saved latent projection (PCA and
+UMAP transform, no refit) and its nearest neighbours in the full latent space.
+
+torch is imported only when a model is loaded.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import shlex
+import threading
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .data.images import _tiff_pixel_size_nm, normalize_height, to_height_gray
+from .features import MIN_SIZE_PX
+from .selection import percentile_of, read_features
+
+#: At most this many files per upload; more are reported, not classified.
+MAX_FILES = 20
+#: Largest accepted file (bytes).
+MAX_FILE_BYTES = 32 * 2**20
+#: Image sides outside MIN_SIDE_PX..MAX_SIDE_PX px are refused (descriptors need 32 px; 8192 px bounds memory).
+MIN_SIDE_PX = MIN_SIZE_PX
+MAX_SIDE_PX = 8192
+#: Largest side of the images sent back to the browser (image and CAM overlay).
+DISPLAY_PX = 384
+N_NEIGHBOURS = 6
+_MAGIC = ((b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpeg"), (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"),
+          (b"II+\x00", "tiff"), (b"MM\x00+", "tiff"))
+
+
+# --- bytes in ---------------------------------------------------------------------------------------------------
+
+def sniff_type(data: bytes) -> str | None:
+    """``"tiff"``, ``"png"`` or ``"jpeg"`` from a file's first bytes, or None for anything else."""
+    for magic, kind in _MAGIC:
+        if data[:len(magic)] == magic:
+            return kind
+    return None
+
+
+def display_name(name) -> str:
+    """The uploaded name as a label only: its last path part, printable characters, at most 80 of them."""
+    text = str(name or "upload").replace("\\", "/").rsplit("/", 1)[-1]
+    text = "".join(ch for ch in text if ch.isprintable())[:80]
+    return text or "upload"
+
+
+def decode_upload(contents: str, *, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a ``dcc.Upload`` item (``data:<type>;base64,<data>``); the size is checked before decoding."""
+    if not isinstance(contents, str) or "," not in contents or ";base64" not in contents.split(",", 1)[0]:
+        raise ValueError("not a base64 data URL as the browser sends uploads; upload the file again")
+    payload = contents.split(",", 1)[1]
+    if len(payload) * 3 // 4 > max_bytes + 3:
+        raise ValueError(f"file is larger than {max_bytes / 2**20:.0f} MiB; crop or downsample it first")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("upload is not valid base64; upload the file again") from None
+
+
+def _check_shape(height: int, width: int) -> None:
+    if max(height, width) > MAX_SIDE_PX:
+        raise ValueError(f"image is {width} × {height} px; at most {MAX_SIDE_PX} px per side are accepted "
+                         f"(crop or downsample it)")
+    if min(height, width) < MIN_SIDE_PX:
+        raise ValueError(f"image is {width} × {height} px; at least {MIN_SIDE_PX} px per side are needed")
+
+
+def decode_image(data: bytes, *, max_bytes: int = MAX_FILE_BYTES) -> tuple[np.ndarray, float | None]:
+    """Decode image bytes in memory into a height map scaled to 0..1.
+
+    Parameters
+    ----------
+    data : bytes
+        A TIFF (8/16/32-bit integer or float), PNG or JPEG file's content; RGB(A) becomes grayscale by luma.
+    max_bytes : int
+        Largest accepted size.
+
+    Returns
+    -------
+    image : ndarray of float32, shape (H, W), in 0..1
+    pixel_size_nm : float or None
+        From TIFF resolution tags when present.
+
+    Raises
+    ------
+    ValueError
+        Empty, too large, of another type (judged by content), corrupt, or with sides outside
+        ``MIN_SIDE_PX..MAX_SIDE_PX`` (checked from the header, before decoding the pixels).
+    """
+    if not data:
+        raise ValueError("file is empty")
+    if len(data) > max_bytes:
+        raise ValueError(f"file is larger than {max_bytes / 2**20:.0f} MiB; crop or downsample it first")
+    kind = sniff_type(data)
+    if kind is None:
+        raise ValueError("not a TIFF, PNG or JPEG image (judged by its content, not its name)")
+    pixel_nm = None
+    try:
+        if kind == "tiff":
+            import tifffile
+
+            with tifffile.TiffFile(io.BytesIO(data)) as tif:
+                page = tif.pages[0]
+                shape = page.shape
+                plane = shape if len(shape) == 2 else (shape[:2] if shape[-1] in (3, 4) else shape[1:])
+                _check_shape(*plane[:2])
+                raw = page.asarray()
+                pixel_nm = _tiff_pixel_size_nm(page)
+        else:
+            from PIL import Image
+
+            with Image.open(io.BytesIO(data)) as im:
+                _check_shape(im.size[1], im.size[0])  # header only: a decompression bomb is refused here
+                im.load()
+                if im.mode in ("P", "LA", "PA", "1", "CMYK", "YCbCr", "HSV"):
+                    im = im.convert("RGBA" if "A" in im.mode else "RGB")
+                raw = np.asarray(im)
+    except ValueError as exc:
+        if "px" in str(exc):
+            raise
+        raise ValueError(f"corrupt or unreadable {kind.upper()} ({exc})") from None
+    except Exception as exc:  # decoders raise many types; the user needs one message
+        raise ValueError(f"corrupt or unreadable {kind.upper()} ({type(exc).__name__}: {exc})") from None
+    gray = to_height_gray(raw, source="upload")
+    _check_shape(*gray.shape)
+    return normalize_height(gray, source="upload"), pixel_nm
+
+
+# --- pictures out -----------------------------------------------------------------------------------------------
+
+def png_uri(rgb: np.ndarray, *, max_side: int = DISPLAY_PX) -> str:
+    """``data:image/png;base64,...`` of a uint8 RGB (H, W, 3) array, downsized to ``max_side`` px at most."""
+    from PIL import Image
+
+    picture = Image.fromarray(np.asarray(rgb, dtype=np.uint8))
+    scale = max_side / max(picture.size)
+    if scale < 1:
+        picture = picture.resize((max(1, round(picture.width * scale)), max(1, round(picture.height * scale))),
+                                 Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def afm_rgb(image: np.ndarray) -> np.ndarray:
+    """A 0..1 height map in the AFM gold colour scale (the thumbnails' scale), uint8 RGB."""
+    from .data.synthetic import _afm_colours
+
+    return _afm_colours(np.asarray(image, dtype=np.float64))
+
+
+def cam_rgb(image: np.ndarray, heat: np.ndarray, *, alpha: float = 0.5) -> np.ndarray:
+    """The class activation map blended over the grayscale image (inferno-like heat colours)."""
+    from .cam import overlay
+
+    return overlay(image, heat, alpha=alpha)
+
+
+# --- models -----------------------------------------------------------------------------------------------------
+
+@dataclass
+class _Loaded:
+    run: object
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _run_files_stamp(run_dir: Path) -> tuple:
+    files = sorted(run_dir.glob("*.pt")) + [run_dir / "metrics.json"]
+    return tuple((f.name, f.stat().st_mtime_ns) for f in files if f.is_file())
+
+
+_LOAD_LOCK = threading.Lock()
+
+
+@lru_cache(maxsize=8)
+def _load_run(run_dir: str, stamp: tuple) -> _Loaded:
+    from .training import load_run
+
+    return _Loaded(load_run(run_dir))
+
+
+def loaded_run(run_dir) -> _Loaded:
+    """The best fold of a run, loaded once per checkpoint version and shared between threads (with its lock)."""
+    run_dir = Path(run_dir)
+    with _LOAD_LOCK:
+        return _load_run(str(run_dir.resolve()), _run_files_stamp(run_dir))
+
+
+def missing_for_classify(cache_dir) -> list[tuple[str, str]]:
+    """``[(what is missing, command that builds it)]`` for classification; empty when it can run."""
+    cache_dir = Path(cache_dir)
+    command = f"tmdafm precompute --out {shlex.quote(str(cache_dir))}"
+    missing = []
+    if not (cache_dir / "runs" / "mtc" / "metrics.json").is_file():
+        missing.append(("trained MtC model (runs/mtc)", command))
+    if not (cache_dir / "latent" / "mtc" / "projection.npz").is_file():
+        missing.append(("saved latent projection (latent/mtc/projection.npz)", command))
+    return missing
+
+
+class Classifier:
+    """Everything classification needs from one store, loaded once and safe to share between threads.
+
+    Parameters
+    ----------
+    cache_dir : str or Path
+        Artifact store with ``runs/mtc`` (required), ``runs/mtl`` (optional), ``latent/mtc`` (projection.csv and
+        projection.npz) and ``features.csv`` (optional: percentiles).
+    """
+
+    def __init__(self, cache_dir):
+        from .latent import Projection
+
+        self.cache_dir = Path(cache_dir)
+        missing = missing_for_classify(self.cache_dir)
+        if missing:
+            raise FileNotFoundError(f"{self.cache_dir}: {missing[0][0]} is missing; build it with `{missing[0][1]}`")
+        runs = self.cache_dir / "runs"
+        self.mtc = loaded_run(runs / "mtc")
+        self.mtl = loaded_run(runs / "mtl") if (runs / "mtl" / "metrics.json").is_file() else None
+        latent_dir = self.cache_dir / "latent" / "mtc"
+        self.projection = Projection.load(latent_dir / "projection.npz")
+        self.projection_lock = threading.Lock()
+        table = pd.read_csv(latent_dir / "projection.csv", dtype={"image": str})
+        self.images = table["image"].to_numpy()
+        self.points = table
+        if self.projection.train_embeddings is not None and len(self.projection.train_embeddings) == len(table):
+            self.neighbour_space, self.neighbour_note = self.projection.train_embeddings.astype(np.float32), \
+                "full latent space"
+        else:
+            pcs = [c for c in table.columns if c.startswith("PC")]
+            self.neighbour_space, self.neighbour_note = table[pcs].to_numpy(np.float32), \
+                f"first {len(pcs)} principal components (the saved projection keeps no embeddings)"
+        # Rebuild the UMAP and compile its transform now, not in the first user's request (seconds, once).
+        self.place(self.neighbour_space[0] if self.neighbour_space.shape[1] == self.projection.n_dims
+                   else self.projection.mean)
+        features = read_features(self.cache_dir)
+        self.descriptor_values = {} if features is None else {
+            name: np.sort(features[name].to_numpy(np.float64)[np.isfinite(features[name].to_numpy(np.float64))])
+            for name in features.columns if name != "image"}
+
+    def _predict(self, loaded: _Loaded | None, image: np.ndarray, *, cam: bool):
+        from .training import predict
+
+        if loaded is None:
+            return None
+        with loaded.lock:  # one forward pass per model at a time: CPU-bound anyway, and CAMs stay per request
+            return predict(loaded.run, [image], cam=cam)
+
+    def place(self, embedding: np.ndarray) -> dict[str, float]:
+        """Coordinates of one embedding in the saved projection (PCs, and the 2-D UMAP when saved; no refit)."""
+        from .latent import pc_names, umap_names
+
+        scores = self.projection.transform(embedding)[0]
+        placed = dict(zip(pc_names(len(scores)), map(float, scores), strict=True))
+        if 2 in self.projection.umap_embeddings:
+            with self.projection_lock:  # the UMAP reducer is rebuilt lazily on first use; build it once
+                umap = self.projection.transform_umap(embedding[None, :], n_dims=2)[0]
+            placed.update(zip(umap_names(2), map(float, umap), strict=True))
+        return placed
+
+    def neighbours(self, embedding: np.ndarray, *, k: int = N_NEIGHBOURS) -> list[dict]:
+        """The ``k`` data-set images nearest to an embedding (Euclidean), closest first."""
+        query = embedding if self.neighbour_space.shape[1] == len(embedding) else \
+            self.projection.transform(embedding)[0, :self.neighbour_space.shape[1]]
+        distance = np.linalg.norm(self.neighbour_space - np.asarray(query, np.float32), axis=1)
+        order = np.argsort(distance, kind="stable")[:k]
+        return [{"image": str(self.images[i]), "distance": float(distance[i])} for i in order]
+
+    def classify_image(self, image: np.ndarray, pixel_size_nm: float | None = None, *, name: str = "image") -> dict:
+        """Classify one height map (0..1); see the module docstring for what the result holds."""
+        from .features import compute_all
+
+        pixel_nm = pixel_size_nm if pixel_size_nm is not None else 1000.0 / image.shape[1]
+        mtc = self._predict(self.mtc, image, cam=True)
+        mtl = self._predict(self.mtl, image, cam=False)
+        embedding = mtc.embeddings[0]
+        descriptors = compute_all(image, pixel_nm)
+        return {
+            "name": name, "ok": True, "message": "",
+            "material": mtc.materials[0],
+            "class_probabilities": dict(zip(mtc.classes, map(float, mtc.class_probabilities[0]), strict=True)),
+            "element_probabilities": None if mtl is None else
+            dict(zip(mtl.elements, map(float, mtl.element_probabilities[0]), strict=True)),
+            "mtl_material": None if mtl is None else mtl.materials[0],
+            "height": int(image.shape[0]), "width": int(image.shape[1]), "pixel_size_nm": float(pixel_nm),
+            "descriptors": {key: {"value": float(value),
+                                  "percentile": percentile_of(self.descriptor_values.get(key, np.empty(0)), value)}
+                            for key, value in descriptors.items()},
+            "coordinates": self.place(embedding),
+            "neighbours": self.neighbours(embedding),
+            "neighbour_space": self.neighbour_note,
+            "image_uri": png_uri(afm_rgb(image)),
+            "cam_uri": png_uri(cam_rgb(image, mtc.cams[0])),
+        }
+
+    def classify(self, uploads) -> list[dict]:
+        """Classify uploaded files; one result per file, in order.
+
+        Parameters
+        ----------
+        uploads : sequence of (name, content)
+            ``content`` is the file's bytes or a ``dcc.Upload`` data URL; ``name`` is only a label.
+
+        Returns
+        -------
+        list of dict
+            :meth:`classify_image` results; a refused file gives ``{"name", "ok": False, "message"}``.
+        """
+        results = []
+        for index, (name, content) in enumerate(uploads):
+            label = display_name(name)
+            if index >= MAX_FILES:
+                results.append(_refused(label, f"not classified: at most {MAX_FILES} files per upload"))
+                continue
+            try:
+                data = content if isinstance(content, bytes) else decode_upload(content)
+                image, pixel_nm = decode_image(data)
+            except ValueError as exc:
+                results.append(_refused(label, str(exc)))
+                continue
+            results.append(self.classify_image(image, pixel_nm, name=label))
+        return results
+
+
+def _refused(name: str, message: str) -> dict:
+    return {"name": name, "ok": False, "message": message}
+
+
+_CLASSIFIERS: dict = {}
+_CLASSIFIERS_LOCK = threading.Lock()
+
+
+def classifier_for(cache_dir) -> Classifier:
+    """The shared :class:`Classifier` of a store (rebuilt when its models or projection change)."""
+    cache_dir = Path(cache_dir).resolve()
+    stamp = tuple((p.name, p.stat().st_mtime_ns) for p in (cache_dir / "runs" / "mtc" / "metrics.json",
+                                                           cache_dir / "runs" / "mtl" / "metrics.json",
+                                                           cache_dir / "latent" / "mtc" / "projection.npz")
+                  if p.is_file())
+    with _CLASSIFIERS_LOCK:
+        key = (str(cache_dir), stamp)
+        if key not in _CLASSIFIERS:
+            _CLASSIFIERS.clear()
+            _CLASSIFIERS[key] = Classifier(cache_dir)
+        return _CLASSIFIERS[key]
+
+
+def classify_uploads(cache_dir, uploads) -> list[dict]:
+    """Classify ``[(name, bytes or data URL), ...]`` with the store's models (see :meth:`Classifier.classify`)."""
+    return classifier_for(cache_dir).classify(uploads)
+
+
+def results_table(results) -> pd.DataFrame:
+    """One row per file: name, status, material, probabilities, descriptors, coordinates, nearest neighbours."""
+    rows = []
+    for result in results:
+        row = {"file": result["name"], "status": "classified" if result["ok"] else result["message"]}
+        if result["ok"]:
+            row["material"] = result["material"]
+            row.update({f"p_{k}": v for k, v in result["class_probabilities"].items()})
+            if result["element_probabilities"]:
+                row.update({f"p_{k}": v for k, v in result["element_probabilities"].items()})
+            row.update({k: v["value"] for k, v in result["descriptors"].items()})
+            row.update({f"{k}_percentile": v["percentile"] for k, v in result["descriptors"].items()})
+            row.update(result["coordinates"])
+            row["nearest_images"] = ";".join(n["image"] for n in result["neighbours"])
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    ordered = [c for c in ("file", "status", "material") if c in table] + \
+        [c for c in table.columns if c not in ("file", "status", "material")]
+    return table[ordered] if len(table) else pd.DataFrame(columns=["file", "status"])
+
+
+# --- images of the store (the latent view's pinned image) -------------------------------------------------------
+
+@lru_cache(maxsize=256)
+def _store_image_view(cache_dir: str, image: str, stamp: tuple) -> dict:
+    from .data import load_image
+    from .pipeline import load_manifest
+
+    manifest = load_manifest(cache_dir)
+    rows = manifest.index[manifest["image"] == image]
+    if not len(rows):
+        raise ValueError(f"{image}: not an image of the store {cache_dir}")
+    row = manifest.loc[rows[0]]
+    height, pixel_nm = load_image(row["path"])
+    view = {"image": image, "material": None if pd.isna(row["material"]) else str(row["material"]),
+            "split": None if pd.isna(row["split"]) else str(row["split"]), "width": int(height.shape[1]),
+            "height": int(height.shape[0]), "pixel_size_nm": float(pixel_nm),
+            "uri": png_uri(afm_rgb(height), max_side=512), "cam_uri": None, "predicted": None}
+    run_dir = Path(cache_dir) / "runs" / "mtc"
+    if (run_dir / "metrics.json").is_file():
+        loaded = loaded_run(run_dir)
+        from .training import predict
+
+        with loaded.lock:
+            prediction = predict(loaded.run, [height], cam=True)
+        view["cam_uri"] = png_uri(cam_rgb(height, prediction.cams[0]), max_side=512)
+        view["predicted"] = prediction.materials[0]
+    return view
+
+
+def store_image_view(cache_dir, image: str) -> dict:
+    """A store image at full size (up to 512 px) with its MtC class activation map overlay (cached).
+
+    Returns ``{"image", "material", "split", "predicted", "width", "height", "pixel_size_nm", "uri", "cam_uri"}``;
+    ``cam_uri`` and ``predicted`` are None when the store has no MtC run.
+    """
+    cache_dir = Path(cache_dir).resolve()
+    run_dir = cache_dir / "runs" / "mtc"
+    stamp = _run_files_stamp(run_dir) if run_dir.is_dir() else ()
+    return _store_image_view(str(cache_dir), str(image), stamp)
+
