@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 
 import numpy as np
@@ -164,8 +165,9 @@ def test_split_table_adds_up(demo_store):
 def test_dataset_overview_and_store_contents(demo_store, tmp_path):
     empty = pipeline.dataset_overview(tmp_path / "nothing")
     assert not empty["prepared"]
-    assert [a.present for a in empty["artifacts"]] == [False] * 7
-    assert all(a.command.startswith("tmdafm ") for a in empty["artifacts"])
+    assert [a.key for a in empty["artifacts"]] == list(pipeline.STEPS)
+    assert [a.present for a in empty["artifacts"]] == [False] * len(pipeline.STEPS)
+    assert all(a.command.startswith("tmdafm precompute ") for a in empty["artifacts"])
 
     overview = pipeline.dataset_overview(demo_store)
     assert overview["prepared"] and overview["synthetic"]
@@ -175,25 +177,29 @@ def test_dataset_overview_and_store_contents(demo_store, tmp_path):
     assert overview["image_sizes"] == [(32, 32, 40)]
     assert overview["pixel_size_nm"] == pytest.approx((1000 / 32,) * 3)
     assert overview["scan_size_nm"] == pytest.approx(1000)
-    present = {a.key: a.present for a in overview["artifacts"]}
-    assert present == {"dataset": True, "thumbnails": True, "descriptors": False, "mtc": False, "mtl": False,
-                       "latent": False, "sequential": False}
+    present = {a.key for a in overview["artifacts"] if a.present}
+    assert present == {"dataset", "thumbnails"}
     commands = {a.key: a.command for a in overview["artifacts"]}
-    assert str(demo_store / "dataset" / "images") in commands["descriptors"]
-    assert "--weights none" in commands["mtc"] and "--task mtl" in commands["mtl"]
-    assert commands["sequential"].startswith("tmdafm sequential") and "--weights none" in commands["sequential"]
+    # A custom profile is spelled out as the named profile plus the settings that differ.
+    assert "--profile tiny" in commands["mtc"] and "--n 40" in commands["mtc"] and "--folds 3" in commands["mtc"]
+    assert commands["mtc"].endswith("--steps mtc")
 
 
-def test_store_contents_sees_later_artifacts(demo_store, tmp_path):
+def test_store_contents_commands_run(demo_store, tmp_path, capsys):
+    """The command shown for a missing artifact is a real command that builds it (here: the atlas)."""
+    from tmdafm_core.cli import main
+
     cache = tmp_path / "cache"
     shutil.copytree(demo_store, cache)
-    (cache / "features.csv").write_text("image\n")
-    (cache / "runs" / "mtc").mkdir(parents=True)
-    (cache / "runs" / "mtc" / "metrics.json").write_text("{}")
-    (cache / "latent").mkdir()
-    (cache / "latent" / "pca.parquet").write_bytes(b"")
-    present = {a.key for a in pipeline.store_contents(cache) if a.present}
-    assert present == {"dataset", "thumbnails", "descriptors", "mtc", "latent"}
+    (cache / "thumbnails" / "atlas.json").unlink()
+    (cache / "store.json").unlink()
+    command = {a.key: a.command for a in pipeline.store_contents(cache)}["thumbnails"]
+    assert main(shlex.split(command)[1:]) == 0
+    assert "thumbnails" in capsys.readouterr().out
+    atlas = json.loads((cache / "thumbnails" / "atlas.json").read_text())
+    assert sorted(atlas) == sorted(pipeline.load_manifest(cache)["image"])
+    assert all(uri.startswith("data:image/png;base64,") for uri in atlas.values())
+    assert {a.key for a in pipeline.store_contents(cache) if a.present} == {"dataset", "thumbnails"}
 
 
 def test_corrupt_manifest_is_never_served_and_is_rebuilt_from_the_recorded_profile(demo_store, tmp_path):

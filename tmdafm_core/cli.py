@@ -472,6 +472,69 @@ def _run_ablation(args) -> int:
     return 0
 
 
+# --- precompute -------------------------------------------------------------------------------------------------
+
+def _profile_value(field):
+    """argparse type of one Profile field (tuples as comma lists)."""
+    def parse(text: str):
+        if field.name in ("order", "volumes", "umap_dims"):
+            parts = [part.strip() for part in text.split(",") if part.strip()]
+            if field.name == "order":
+                return tuple(parts)
+            return tuple(part if part == "full" else int(part) for part in parts)
+        kind = str(field.type)
+        if "float" in kind:
+            return float(text)
+        if "int" in kind:
+            return int(text)
+        return text
+    return parse
+
+
+def _add_precompute(sub) -> None:
+    from dataclasses import fields
+
+    from tmdafm_core.pipeline import _PROFILE_FLAGS, PROFILES, STEPS, Profile
+    from tmdafm_core.store import default_cache_dir
+
+    p = sub.add_parser("precompute", help="build everything the app shows into a store (resumable; no DATA: the "
+                                          "synthetic demo set)",
+                       description="Steps: " + " -> ".join(STEPS) + ". Finished steps are skipped while their "
+                                   "inputs and settings are unchanged and their files are whole.")
+    p.add_argument("data", type=Path, nargs="?", metavar="DATA",
+                   help="labelled data set (TMD-AFM folder, class folders, manifest CSV); default: synthetic demo")
+    p.add_argument("--out", type=Path, default=default_cache_dir(), metavar="CACHE",
+                   help="the store (default: $TMDAFM_CACHE or ./cache)")
+    p.add_argument("--profile", choices=tuple(PROFILES), default="demo",
+                   help="demo: ResNet18 from scratch on a 2-core CPU (about 10 min for 1026 images); paper: the "
+                        "study's settings (ImageNet weights in the torchvision cache, 60 epochs, 5 folds) for a GPU; "
+                        "tiny: 80 images, 1 epoch, under a minute (tests). Options below override it")
+    p.add_argument("--steps", type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
+                   help="comma list of steps to run (with the steps they read); default: all")
+    group = p.add_argument_group("profile overrides")
+    for field in fields(Profile):
+        if field.name == "name":
+            continue
+        flag = _PROFILE_FLAGS.get(field.name, "--" + field.name.replace("_", "-"))
+        group.add_argument(flag, dest=f"profile_{field.name}", type=_profile_value(field), metavar="X",
+                           help=f"{field.name} (profile default: {getattr(PROFILES['demo'], field.name)} in demo)")
+
+
+def _run_precompute(args) -> int:
+    import dataclasses
+
+    from tmdafm_core.pipeline import PROFILES, format_summary, precompute
+
+    overrides = {key[len("profile_"):]: value for key, value in vars(args).items()
+                 if key.startswith("profile_") and value is not None}
+    profile = dataclasses.replace(PROFILES[args.profile], **overrides)
+    if args.data is not None and not args.data.exists():
+        raise FileNotFoundError(f"{args.data}: no such file or folder; give a data set folder or manifest CSV")
+    results = precompute(args.out, args.data, profile=profile, progress=True, steps=args.steps)
+    print(format_summary(results, args.out))
+    return 0
+
+
 # --- app --------------------------------------------------------------------------------------------------------
 
 def _add_app(sub) -> None:
@@ -517,6 +580,7 @@ _COMMANDS = {
     "features": (_add_features, _run_features),
     "latent": (_add_latent, _run_latent),
     "app": (_add_app, _run_app),
+    "precompute": (_add_precompute, _run_precompute),
     "sequential": (_add_sequential, _run_sequential),
     "compare-archs": (_add_compare_archs, _run_compare_archs),
     "ablation": (_add_ablation, _run_ablation),

@@ -459,6 +459,53 @@ def fit_projection(embeddings, *, n_components: int = 10, umap: bool = False, um
     return projection
 
 
+def procrustes_align(points, reference, *, shared=None, scale: bool = True) -> tuple[np.ndarray, float]:
+    """Rotate (or reflect), scale and shift points so that some of them best match reference positions.
+
+    Used to draw the latent spaces of consecutive sequential-training stages in one frame: each stage's PCA has
+    its own axes (signs, order, rotation), so the images both stages share are matched in the least-squares sense
+    (orthogonal Procrustes) and the whole stage is moved with that one similarity transform.
+
+    Parameters
+    ----------
+    points : ndarray, shape (n, d)
+        Coordinates to move (all points of the new stage).
+    reference : ndarray, shape (m, d)
+        Target coordinates of the shared points.
+    shared : array of int, shape (m,), optional
+        Positions in ``points`` of the rows matching ``reference`` row by row; default the first ``m`` rows.
+    scale : bool, optional
+        Also fit one isotropic scale factor (else rotation/reflection and shift only).
+
+    Returns
+    -------
+    aligned : ndarray of float64, shape (n, d)
+    residual : float
+        Root-mean-square distance between the aligned shared points and ``reference``.
+    """
+    from scipy.linalg import orthogonal_procrustes
+
+    points = np.asarray(points, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    if points.ndim != 2 or reference.ndim != 2 or points.shape[1] != reference.shape[1]:
+        raise ValueError(f"points {points.shape} and reference {reference.shape} must be 2-D with the same number "
+                         "of columns")
+    shared = np.arange(len(reference)) if shared is None else np.asarray(shared, dtype=np.int64)
+    if shared.shape != (len(reference),) or len(shared) and (shared.min() < 0 or shared.max() >= len(points)):
+        raise ValueError(f"shared must hold {len(reference)} row positions of points (0..{len(points) - 1})")
+    if len(shared) < 2:
+        raise ValueError(f"{len(shared)} shared points are too few to align; need at least 2")
+    source = points[shared]
+    source_mean, reference_mean = source.mean(axis=0), reference.mean(axis=0)
+    centred, target = source - source_mean, reference - reference_mean
+    rotation, singular_sum = orthogonal_procrustes(centred, target)
+    norm = float((centred ** 2).sum())
+    factor = singular_sum / norm if scale and norm > 0 else 1.0
+    aligned = (points - source_mean) @ rotation * factor + reference_mean
+    residual = float(np.sqrt(((aligned[shared] - reference) ** 2).sum(axis=1).mean()))
+    return aligned, residual
+
+
 # --- statistics -------------------------------------------------------------------------------------------------
 
 def _spread_ok(centred: np.ndarray, reference: np.ndarray) -> np.ndarray:

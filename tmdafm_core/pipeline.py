@@ -17,18 +17,33 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import json
 import os
 import shlex
 import shutil
+import sys
 import threading
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .data import IMAGE_SUFFIXES, LabelSpace, load_image, read_dataset, split_dataset
+from .store import (
+    check_file,
+    check_files,
+    exclusive,
+    file_digest,
+    file_entries,
+    make_key,
+    open_store,
+    read_json,
+    read_record,
+    update_step,
+    write_atomic,
+    write_json,
+)
 
 DATASET_DIR = "dataset"
 MANIFEST_NAME = "manifest.parquet"
@@ -41,34 +56,96 @@ _FORMAT_VERSION = 1  # bump when the prepared manifest's meaning changes, so old
 
 @dataclass(frozen=True)
 class Profile:
-    """Settings of one precompute profile.
+    """Settings of one precompute profile: which data, how it is split, trained and analysed.
 
-    ``n`` and ``size`` say which synthetic data set is generated when no DATA is given (images, pixels per 1 µm
-    side); ``arch`` and ``weights`` are the models the training steps fit; the split settings apply to any data.
+    Training options come from the experiments profile named by ``training``
+    (:data:`tmdafm_core.experiments.PROFILES`, ``"demo"`` or ``"paper"``); every field below that is not None
+    overrides the option of the same meaning there. The split and the cross-validated runs use the same folds.
+
+    Attributes
+    ----------
+    name : str
+    n, size : int
+        Synthetic data set generated when no DATA is given: images, and pixels per 1 µm side.
+    seed : int
+        Seed of the synthetic images, the split, training, UMAP and bootstrap.
+    test_fraction : float
+        Share of samples held out for test when the data carries no test marks.
+    training : {"demo", "paper"}
+        Experiments profile with the training options.
+    n_folds, epochs, image_size, arch, weights, device : optional
+        Overrides of the training profile (``n_folds`` is its ``folds``).
+    order : tuple of str, optional
+        Class order of the sequential study; default every class of the data set, in MtC order.
+    volumes : tuple
+        Training-volume sweep of the sequential study (``"full"`` and image counts).
+    sequential_task : {"mtc", "mtl", "both"}
+    umap_dims : tuple of int
+        UMAP layouts of the latent spaces (2 and/or 3; empty: PCA only).
+    n_boot : int
+        Bootstrap resamples of the correlation intervals.
     """
 
     name: str
     n: int = 1026
     size: int = 128
     seed: int = 0
-    n_folds: int = 5
     test_fraction: float = 0.1
-    arch: str = "resnet18"
-    weights: str = "none"
-    device: str = "cpu"
+    training: str = "demo"
+    n_folds: int | None = None
+    epochs: int | None = None
+    image_size: int | None = None
+    arch: str | None = None
+    weights: str | None = None
+    device: str | None = None
+    order: tuple | None = None
+    volumes: tuple = ("full", 64, 32, 16, 8)
+    sequential_task: str = "both"
+    umap_dims: tuple = (2, 3)
+    n_boot: int = 1000
+
+    @classmethod
+    def from_dict(cls, document: dict) -> Profile:
+        """A profile from :func:`dataclasses.asdict` output (e.g. read back from JSON, lists for tuples)."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in document.items() if k in known}
+        for name in ("order", "volumes", "umap_dims"):
+            if isinstance(values.get(name), list):
+                values[name] = tuple(values[name])
+        return cls(**values)
+
+    @property
+    def train_options(self) -> dict:
+        """``cross_validate`` keywords: the experiments profile, these overrides, seed and test fraction."""
+        from .experiments import profile_options  # imports torch: only when training settings are needed
+
+        return profile_options(self.training, folds=self.n_folds, epochs=self.epochs, image_size=self.image_size,
+                               arch=self.arch, weights=self.weights, device=self.device, seed=self.seed,
+                               test_fraction=self.test_fraction)
+
+    @property
+    def folds(self) -> int:
+        """Cross-validation folds of the split and of every run."""
+        return int(self.n_folds) if self.n_folds is not None else int(self.train_options["folds"])
 
 
-#: ``demo`` runs on a 2-core laptop and trains from scratch (no download); ``paper`` is the study's setting, for a
-#: GPU and ImageNet weights in the torchvision cache.
+#: ``demo`` runs on a 2-core laptop and trains from scratch (no download; the experiments' demo training options);
+#: ``paper`` is the study's setting (the experiments' paper options: ImageNet weights from the torchvision cache,
+#: 60 epochs, 5 folds) and is meant for a GPU (``device="cuda"``); ``tiny`` builds a whole store in well under a
+#: minute, for tests and trying the app.
 PROFILES = {
     "demo": Profile("demo"),
-    "paper": Profile("paper", size=256, arch="resnet152", weights="imagenet-v2", device="cuda"),
+    "paper": Profile("paper", size=256, training="paper"),
+    "tiny": Profile("tiny", n=80, size=32, n_folds=2, epochs=1, image_size=32, order=("MoS2", "WS2", "WSe2"),
+                    volumes=("full", 8), umap_dims=(2,), n_boot=50),
 }
 
 
 def _resolve_profile(profile) -> Profile:
     if isinstance(profile, Profile):
         return profile
+    if isinstance(profile, dict):
+        return Profile.from_dict(profile)
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
     return PROFILES[profile]
@@ -76,43 +153,7 @@ def _resolve_profile(profile) -> Profile:
 
 # --- small store helpers ----------------------------------------------------------------------------------------
 
-def _write_atomic(path: Path, write) -> None:
-    """Write through ``write(tmp_path)`` then rename, so readers see the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    _write_atomic(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=1, sort_keys=True)))
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-@contextlib.contextmanager
-def _exclusive(cache_dir: Path, name: str):
-    """Hold an inter-process lock (released by the OS if the holder dies) so two writers never interleave."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: single-writer use only
-        yield
-        return
-    with open(cache_dir / f".{name}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+_write_atomic, _write_json, _read_json, _exclusive = write_atomic, write_json, read_json, exclusive
 
 
 def _fingerprint(root: Path, *, exclude: Path | None = None) -> str:
@@ -142,18 +183,18 @@ def _report(progress, step: str, done: int, total: int) -> None:
         progress(step, done, total)
 
 
-def _tqdm(items, progress, desc: str):
+def _tqdm(items, progress, desc: str, unit: str = "img"):
     if progress is True:
         from tqdm import tqdm
 
-        return tqdm(items, desc=desc, unit="img")
+        return tqdm(items, desc=desc, unit=unit, dynamic_ncols=True)
     return items
 
 
 # --- step 1: data set -------------------------------------------------------------------------------------------
 
 def _dataset_settings(profile: Profile, data, cache_dir: Path) -> dict:
-    settings = {"format": _FORMAT_VERSION, "n_folds": profile.n_folds, "test_fraction": profile.test_fraction,
+    settings = {"format": _FORMAT_VERSION, "n_folds": profile.folds, "test_fraction": profile.test_fraction,
                 "seed": profile.seed}
     if data is None:
         settings["source"] = {"kind": "synthetic", "n": profile.n, "size": profile.size, "seed": profile.seed}
@@ -260,7 +301,7 @@ def prepare_dataset(cache_dir, data=None, *, profile="demo", progress=None) -> p
         if not labelled.any():
             raise ValueError(f"{data}: no material labels; the store needs a labelled data set (TMD-AFM TIFF "
                              "folder, class folders or a manifest CSV with a material column)")
-        manifest = split_dataset(manifest[labelled].reset_index(drop=True), n_folds=profile.n_folds,
+        manifest = split_dataset(manifest[labelled].reset_index(drop=True), n_folds=profile.folds,
                                  test_fraction=profile.test_fraction, seed=profile.seed)
         _report(progress, "reading the data set", 1, 1)
         manifest.attrs = {}  # parquet keeps attrs as JSON; the record below carries them instead
@@ -391,32 +432,529 @@ def example_thumbnails(cache_dir, *, per_material: int = 6) -> dict[str, list[di
     return examples
 
 
+# --- precompute: every step, recorded in store.json -------------------------------------------------------------
+
+ATLAS_NAME = "atlas.json"
+FEATURES_NAME = "features.csv"
+RUNS_DIR, LATENT_DIR, SEQUENTIAL_DIR = "runs", "latent", "sequential"
+PREDICTIONS_NAME, EMBEDDINGS_NAME = "predictions.csv", "embeddings.parquet"
+LATENT_COMPONENTS = 10
+#: Pipeline steps in the order they run, and the steps each one reads.
+STEPS = ("dataset", "thumbnails", "descriptors", "mtc", "mtl", "sequential", "latent-mtc", "latent-mtl",
+         "latent-sequential")
+DEPENDS = {"dataset": (), "thumbnails": ("dataset",), "descriptors": ("dataset",), "mtc": ("dataset",),
+           "mtl": ("dataset",), "sequential": ("dataset",), "latent-mtc": ("mtc", "descriptors"),
+           "latent-mtl": ("mtl", "descriptors"), "latent-sequential": ("sequential", "dataset")}
+_KEY_FILE = ".precompute.json"  # inside a run / study folder: what it was trained with, to resume or reuse it
+_LATENT_FORMAT = 1
+
+
+def write_atlas(cache_dir) -> Path:
+    """Write ``thumbnails/atlas.json``: ``{image: "data:image/png;base64,..."}`` for every image of the data set.
+
+    The browser fetches it once and shows hover thumbnails with no further server round trip. Needs the
+    thumbnails (:func:`prepare_thumbnails`); returns the atlas path.
+    """
+    cache_dir = Path(cache_dir)
+    atlas = {}
+    for image in load_manifest(cache_dir)["image"]:
+        uri = thumbnail_uri(cache_dir, image)
+        if uri is None:
+            raise FileNotFoundError(f"{cache_dir / THUMBNAILS_DIR / thumbnail_name(image)}: thumbnail of {image} "
+                                    "missing; make the thumbnails first (tmdafm precompute)")
+        atlas[image] = uri
+    return write_json(cache_dir / THUMBNAILS_DIR / ATLAS_NAME, atlas)
+
+
+@dataclass
+class StepResult:
+    """What one :func:`precompute` step did.
+
+    ``status`` is ``"computed"`` or ``"from cache"``; ``reason`` says why a step was computed (``"not in the
+    store"``, ``"settings changed"``, ``"input changed: <step>"``, ``"corrupt: <file>: <problem>"``,
+    ``"interrupted earlier"``); ``path`` is where the app finds the step's results.
+    """
+
+    step: str
+    status: str
+    reason: str
+    seconds: float
+    path: Path
+
+
+class _Context:
+    def __init__(self, cache: Path, data, profile: Profile, progress):
+        self.cache, self.data, self.profile, self.progress = cache, data, profile, progress
+        self.records = read_record(cache)
+        self._manifest = None
+
+    @property
+    def manifest(self) -> pd.DataFrame:
+        if self._manifest is None:
+            self._manifest = load_manifest(self.cache)
+        return self._manifest
+
+    @property
+    def train(self) -> dict:
+        """Training keywords (without ``threads``, which changes speed, not results; see :meth:`threads`)."""
+        return {k: v for k, v in self.profile.train_options.items() if k != "threads"}
+
+    def threads(self):
+        """Context: the profile's torch CPU threads while a step trains or embeds."""
+        from .experiments import torch_threads
+
+        return torch_threads(self.profile.train_options.get("threads"))
+
+    @property
+    def order(self) -> list:
+        if self.profile.order is not None:
+            return list(self.profile.order)
+        return list(LabelSpace.from_materials(self.manifest["material"]).classes)
+
+    @property
+    def bars(self) -> bool:
+        return self.progress is True
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _files_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.endswith(".tmp"))
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    """Put a finished folder in place of ``target`` (two renames; readers see the old folder, then the new one)."""
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(staging, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _staging(target: Path, compat: dict, *, reuse: bool) -> Path:
+    """The folder a resumable step trains in: an interrupted attempt with the same settings, the finished
+    ``target`` when ``reuse`` allows (its finished runs are kept), else a fresh one."""
+    staging = target.with_name(f".{target.name}.partial")
+    if staging.exists() and read_json(staging / _KEY_FILE) != compat:
+        shutil.rmtree(staging)
+    if not staging.exists() and reuse and target.is_dir() and read_json(target / _KEY_FILE) == compat:
+        os.replace(target, staging)
+    staging.mkdir(parents=True, exist_ok=True)
+    write_json(staging / _KEY_FILE, compat)
+    return staging
+
+
+# --- the steps: each returns the files it wrote (and optionally its output id) ---
+
+def _step_thumbnails(ctx: _Context):
+    folder = ctx.cache / THUMBNAILS_DIR
+    marker = read_json(folder / "thumbnails.json")
+    if marker and marker.get("complete") and not all((folder / thumbnail_name(image)).is_file()
+                                                     for image in ctx.manifest["image"]):
+        write_json(folder / "thumbnails.json", {**marker, "complete": False})  # remake the missing ones
+    folder = prepare_thumbnails(ctx.cache, progress=ctx.progress)
+    write_atlas(ctx.cache)
+    return _files_under(folder)
+
+
+def _step_descriptors(ctx: _Context):
+    from .features import FEATURE_COLUMNS, compute_table
+
+    with open_store(ctx.cache) as memo:
+        table = compute_table(ctx.manifest, cache=memo, progress=ctx.bars)
+    path = ctx.cache / FEATURES_NAME
+    write_atomic(path, lambda tmp: table[["image", *FEATURE_COLUMNS]].to_csv(tmp, index=False))
+    return [path]
+
+
+def _train_run(ctx: _Context, task: str):
+    from .training import cross_validate
+
+    target = ctx.cache / RUNS_DIR / task
+    compat = {"task": task, "train": ctx.train, "inputs": {"dataset": ctx.records["dataset"]["output"]}}
+    staging = _staging(target, compat, reuse=True)
+    cross_validate(ctx.manifest, staging, task=task, presplit=True, save_optimizer=False, progress=ctx.bars,
+                   **ctx.train)
+    _swap_in(staging, target)
+    return _files_under(target)
+
+
+def _step_sequential(ctx: _Context):
+    from .experiments import MODES, sequential_study
+
+    target = ctx.cache / SEQUENTIAL_DIR
+    # Runs trained with the same options on the same data are kept when only the order or volumes change.
+    compat = {"train": ctx.train, "inputs": {"dataset": ctx.records["dataset"]["output"]}}
+    options = dict(order=ctx.order, volumes=ctx.profile.volumes, task=ctx.profile.sequential_task, modes=MODES,
+                   progress=ctx.bars, **ctx.train)
+    staging = _staging(target, compat, reuse=True)
+    try:
+        sequential_study(ctx.manifest, staging, **options)
+    except ValueError as exc:
+        if "holds a run with other settings" not in str(exc):
+            raise
+        # A kept run was trained elsewhere (the store moved, so its recorded start paths differ): start over.
+        shutil.rmtree(staging)
+        staging = _staging(target, compat, reuse=False)
+        sequential_study(ctx.manifest, staging, **options)
+    _swap_in(staging, target)
+    return _files_under(target)
+
+
+def _latent_outputs(out: Path, written: dict) -> list[Path]:
+    """Move freshly written files from their staging folder into ``out`` one by one (each replace is atomic) and
+    remove files of an earlier analysis that this one did not write."""
+    out.mkdir(parents=True, exist_ok=True)
+    staging = written["staging"]
+    names = {p.name for p in staging.iterdir() if p.is_file()}
+    for name in sorted(names):
+        os.replace(staging / name, out / name)
+    for path in out.iterdir():
+        if path.is_file() and path.name not in names:
+            path.unlink()
+    shutil.rmtree(staging, ignore_errors=True)
+    return sorted(out / name for name in names)
+
+
+def _prediction_table(manifest: pd.DataFrame, predictions) -> pd.DataFrame:
+    table = manifest[["image", "sample_id", "material", "split", "fold"]].reset_index(drop=True).copy()
+    table["predicted"] = predictions.materials
+    table["correct"] = table["predicted"] == table["material"]
+    for i, name in enumerate(predictions.classes):
+        table[f"p_{name}"] = predictions.class_probabilities[:, i]
+    if predictions.element_probabilities is not None:
+        for i, name in enumerate(predictions.elements):
+            table[f"p_{name}"] = predictions.element_probabilities[:, i]
+    return table
+
+
+def _latent_run(ctx: _Context, task: str):
+    from .latent import analyse, fit_projection, read_descriptors, write_latent_outputs
+    from .training import load_run, predict
+
+    manifest = ctx.manifest
+    _report(ctx.progress, f"latent {task}: embedding {len(manifest)} images", 0, 3)
+    run = load_run(ctx.cache / RUNS_DIR / task, "best", device=ctx.train.get("device", "cpu"))
+    predictions = predict(run, list(manifest["path"]), batch_size=64)
+    embeddings = manifest[["image", "sample_id", "material"]].reset_index(drop=True).copy()
+    latent = pd.DataFrame(predictions.embeddings, columns=[f"latent{i + 1}" for i in range(
+        predictions.embeddings.shape[1])])
+    embeddings = pd.concat([embeddings, latent], axis=1)
+    _report(ctx.progress, f"latent {task}: PCA" + (" and UMAP" if ctx.profile.umap_dims else ""), 1, 3)
+    projection = fit_projection(latent.to_numpy(), n_components=LATENT_COMPONENTS, umap=bool(ctx.profile.umap_dims),
+                                umap_components=tuple(ctx.profile.umap_dims) or (2,), seed=ctx.profile.seed)
+    _report(ctx.progress, f"latent {task}: correlation tables", 2, 3)
+    tables = analyse(embeddings, read_descriptors(ctx.cache / FEATURES_NAME), projection=projection,
+                     seed=ctx.profile.seed, n_boot=ctx.profile.n_boot)
+    tables["projection"].insert(3, "split", manifest["split"].to_numpy())
+    out = ctx.cache / LATENT_DIR / task
+    staging = out.with_name(f".{task}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    write_latent_outputs(staging, tables, projection=projection)
+    _prediction_table(manifest, predictions).to_csv(staging / PREDICTIONS_NAME, index=False)
+    embeddings.to_parquet(staging / EMBEDDINGS_NAME, index=False)
+    _report(ctx.progress, f"latent {task}: written", 3, 3)
+    return _latent_outputs(out, {"staging": staging})
+
+
+def _sequential_stage_runs(cache: Path) -> list[tuple[str, str, int, Path]]:
+    """(task, mode, n classes, run folder) of every full-volume stage of the stored study, by class count."""
+    results = pd.read_csv(cache / SEQUENTIAL_DIR / "results.csv", dtype={"volume": str})
+    full = results[(results["volume"] == "full") & (results["split"] == "test")]
+    full = full.sort_values(["task", "mode", "n_classes"], kind="stable")
+    return [(row.task, row.mode, int(row.n_classes), cache / SEQUENTIAL_DIR / row.run) for row in full.itertuples()]
+
+
+def _step_latent_sequential(ctx: _Context):
+    from .latent import fit_projection, procrustes_align
+    from .training import embed, load_run
+
+    stages = _sequential_stage_runs(ctx.cache)
+    out_root = ctx.cache / LATENT_DIR / SEQUENTIAL_DIR
+    staging = out_root.with_name(f".{SEQUENTIAL_DIR}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    previous: dict[tuple, pd.DataFrame] = {}
+    for done, (task, mode, n_classes, run_dir) in enumerate(_tqdm(stages, ctx.progress, "stage projections",
+                                                                  "stage")):
+        _report(ctx.progress, "sequential latent projections", done, len(stages))
+        run = load_run(run_dir, "best", device=ctx.train.get("device", "cpu"))
+        frame = pd.read_csv(run_dir / "splits.csv", dtype={"image": str, "sample_id": str})
+        frame = frame.merge(ctx.manifest[["image", "path", "pixel_size_nm"]], on="image", how="left")
+        values = embed(run, frame)
+        scores = fit_projection(values, n_components=2, seed=ctx.profile.seed).transform(values)
+        before = previous.get((task, mode))
+        if before is not None:  # keep the classes seen so far where the previous stage drew them
+            position = pd.Series(np.arange(len(frame)), index=frame["image"].to_numpy())
+            shared = before[before["image"].isin(position.index)]
+            scores, _ = procrustes_align(scores, shared[["PC1", "PC2"]].to_numpy(),
+                                         shared=position.loc[shared["image"]].to_numpy())
+        table = pd.DataFrame({"image": frame["image"], "sample_id": frame["sample_id"], "label": frame["material"],
+                              "split": frame["split"], "fold": frame["fold"], "PC1": scores[:, 0],
+                              "PC2": scores[:, 1]})
+        folder = staging / task / mode / f"{n_classes}cls"
+        folder.mkdir(parents=True, exist_ok=True)
+        table.to_csv(folder / "projection.csv", index=False)
+        previous[(task, mode)] = table
+    _report(ctx.progress, "sequential latent projections", len(stages), len(stages))
+    if out_root.exists():
+        _swap_in(staging, out_root)
+    else:
+        os.replace(staging, out_root)
+    return _files_under(out_root)
+
+
+def _dataset_digest(manifest: pd.DataFrame) -> str:
+    """Content digest of a prepared data set: its tidy columns and every image file's bytes."""
+    columns = [c for c in ("image", "material", "sample_id", "split", "fold", "height", "width", "pixel_size_nm")
+               if c in manifest.columns]
+    rows = manifest[columns].astype(str).to_numpy().tolist()
+    return make_key("dataset", rows, [file_digest(path) for path in manifest["path"]])
+
+
+def _settings(ctx: _Context, step: str) -> dict:
+    profile = ctx.profile
+    if step == "thumbnails":
+        return {"px": THUMBNAIL_PX, "format": _FORMAT_VERSION}
+    if step == "descriptors":
+        from .features.table import FEATURE_CODE_VERSION
+
+        return {"code": FEATURE_CODE_VERSION, "paper_pixels": False}
+    if step in ("mtc", "mtl"):
+        return {"task": step, "train": ctx.train}
+    if step == "sequential":
+        return {"train": ctx.train, "order": ctx.order, "volumes": [str(v) for v in profile.volumes],
+                "task": profile.sequential_task}
+    if step in ("latent-mtc", "latent-mtl"):
+        return {"n_components": LATENT_COMPONENTS, "umap_dims": list(profile.umap_dims), "n_boot": profile.n_boot,
+                "seed": profile.seed, "device": ctx.train.get("device", "cpu"), "format": _LATENT_FORMAT}
+    if step == "latent-sequential":
+        return {"n_components": 2, "align": "procrustes", "seed": profile.seed, "format": _LATENT_FORMAT}
+    raise ValueError(f"unknown step {step!r}; steps are {', '.join(STEPS)}")
+
+
+_STEP_FUNCTIONS = {
+    "thumbnails": _step_thumbnails, "descriptors": _step_descriptors,
+    "mtc": lambda ctx: _train_run(ctx, "mtc"), "mtl": lambda ctx: _train_run(ctx, "mtl"),
+    "sequential": _step_sequential,
+    "latent-mtc": lambda ctx: _latent_run(ctx, "mtc"), "latent-mtl": lambda ctx: _latent_run(ctx, "mtl"),
+    "latent-sequential": _step_latent_sequential,
+}
+_TORCH_STEPS = ("mtc", "mtl", "sequential", "latent-mtc", "latent-mtl", "latent-sequential")
+_STEP_PATHS = {"dataset": f"{DATASET_DIR}/{MANIFEST_NAME}", "thumbnails": f"{THUMBNAILS_DIR}/{ATLAS_NAME}",
+               "descriptors": FEATURES_NAME, "mtc": f"{RUNS_DIR}/mtc", "mtl": f"{RUNS_DIR}/mtl",
+               "sequential": f"{SEQUENTIAL_DIR}/results.csv", "latent-mtc": f"{LATENT_DIR}/mtc",
+               "latent-mtl": f"{LATENT_DIR}/mtl", "latent-sequential": f"{LATENT_DIR}/{SEQUENTIAL_DIR}"}
+
+
+def _drop_damaged(cache: Path, files: dict) -> None:
+    """Delete the recorded files that are no longer as written, so the resumable steps make them again."""
+    for name, (size, digest) in files.items():
+        path = cache / name
+        if not path.is_file():
+            continue
+        if (path.stat().st_size != size or (digest is not None and file_digest(path) != digest)
+                or (digest is None and check_file(path))):
+            path.unlink()
+
+
+def _stale(ctx: _Context, record: dict | None, key: str, inputs: dict) -> str | None:
+    """Why a step must be computed, or None when its record and files can be served."""
+    if record is None:
+        return "not in the store"
+    if record.get("status") != "done":
+        return "interrupted earlier" if record.get("key") == key else "not in the store"
+    if record.get("key") != key:
+        changed = [name for name, value in inputs.items() if record.get("inputs", {}).get(name) != value]
+        return f"input changed: {', '.join(changed)}" if changed else "settings changed"
+    problem = check_files(ctx.cache, record.get("files", {}))
+    return f"corrupt: {problem}" if problem else None
+
+
+def _finish(ctx: _Context, step: str, key: str, settings: dict, inputs: dict, files, started: float,
+            output: str | None = None) -> None:
+    entries = file_entries(ctx.cache, files)
+    for name in entries:  # never record a file that does not read back as its type
+        problem = check_file(ctx.cache / name)
+        if problem:
+            raise ValueError(f"{ctx.cache / name}: {problem} right after {step} wrote it")
+    record = {"status": "done", "key": key, "settings": settings, "inputs": inputs, "files": entries,
+              "output": output or make_key(step, key, entries, time.time_ns()),
+              "seconds": round(time.perf_counter() - started, 3), "finished_at": _now()}
+    ctx.records = update_step(ctx.cache, step, record)
+
+
+def _run_dataset_step(ctx: _Context) -> StepResult:
+    started = time.perf_counter()
+    before = read_json(ctx.cache / DATASET_DIR / PREPARED_NAME)
+    manifest = prepare_dataset(ctx.cache, ctx.data, profile=ctx.profile, progress=ctx.progress)
+    ctx._manifest = manifest
+    prepared = manifest.attrs["record"]
+    settings = prepared["settings"]
+    inputs = {"source": prepared["fingerprint"]}
+    key = make_key("dataset", settings, inputs)
+    record = ctx.records.get("dataset")
+    reason = _stale(ctx, record, key, inputs)
+    if reason is None and before == prepared:
+        return StepResult("dataset", "from cache", "", 0.0, ctx.cache / _STEP_PATHS["dataset"])
+    if reason is None:
+        reason = "rebuilt (the manifest was unreadable)"
+    files = [ctx.cache / DATASET_DIR / MANIFEST_NAME, ctx.cache / DATASET_DIR / PREPARED_NAME]
+    _finish(ctx, "dataset", key, settings, inputs, files, started, output=_dataset_digest(manifest))
+    return StepResult("dataset", "computed", reason, time.perf_counter() - started, ctx.cache / _STEP_PATHS["dataset"])
+
+
+def _run_step(ctx: _Context, step: str) -> StepResult:
+    if step == "dataset":
+        return _run_dataset_step(ctx)
+    started = time.perf_counter()
+    settings = _settings(ctx, step)
+    inputs = {name: ctx.records[name]["output"] for name in DEPENDS[step]}
+    key = make_key(step, settings, inputs)
+    reason = _stale(ctx, ctx.records.get(step), key, inputs)
+    path = ctx.cache / _STEP_PATHS[step]
+    if reason is None:
+        return StepResult(step, "from cache", "", 0.0, path)
+    if ctx.progress is True:
+        print(f"tmdafm precompute: {step}: computing ({reason})", file=sys.stderr, flush=True)
+    if reason.startswith("corrupt"):
+        _drop_damaged(ctx.cache, ctx.records[step].get("files", {}))
+    # Dependants see a running step as not done from here on; a crash leaves it so and the next run resumes it.
+    ctx.records = update_step(ctx.cache, step, {"status": "running", "key": key, "settings": settings,
+                                                "inputs": inputs, "started_at": _now()})
+    with ctx.threads() if step in _TORCH_STEPS else contextlib.nullcontext():
+        files = _STEP_FUNCTIONS[step](ctx)
+    _finish(ctx, step, key, settings, inputs, files, started)
+    return StepResult(step, "computed", reason, time.perf_counter() - started, path)
+
+
+def _with_dependencies(steps) -> list[str]:
+    wanted = set()
+
+    def add(step):
+        if step not in STEPS:
+            raise ValueError(f"unknown step {step!r}; steps are {', '.join(STEPS)}")
+        wanted.add(step)
+        for name in DEPENDS[step]:
+            add(name)
+
+    for step in steps:
+        add(step)
+    return [step for step in STEPS if step in wanted]
+
+
+def precompute(cache_dir, data=None, *, profile="demo", progress=None, steps=None) -> list[StepResult]:
+    """Build every artifact the app shows into the store, skipping what is already there and still valid.
+
+    Steps (:data:`STEPS`): read or generate the data set and split it → thumbnails and their atlas → physical
+    descriptors → MtC and MtL cross-validated runs → sequential study → for each run its embeddings, PCA/UMAP,
+    analysis tables and predictions → per-stage projections of the sequential study, aligned stage to stage.
+
+    Each step is recorded in ``CACHE/store.json`` with a key over its settings and the outputs of the steps it
+    reads. A step is skipped when its record is done, its key is unchanged and its files are whole (sizes, content
+    digests, and that each reads as its type); otherwise it is computed again, and so is every step that reads it.
+    Training steps resume an interrupted attempt (finished folds and stages are kept). One precompute runs per
+    store at a time (a lock); readers may read while it runs: every file is replaced atomically and training
+    happens in a separate folder that is swapped in when complete.
+
+    Parameters
+    ----------
+    cache_dir : str or Path
+        The store (created if missing).
+    data : str or Path, optional
+        Labelled data set (any source :func:`~tmdafm_core.data.read_dataset` reads); None: the profile's synthetic
+        demo set, generated into the store.
+    profile : str, dict or Profile
+        ``"demo"`` (2-core CPU, minutes), ``"paper"`` (for a GPU), ``"tiny"`` (seconds, tests) or a
+        :class:`Profile`.
+    progress : None, True or callable, optional
+        ``True``: a line per step and tqdm bars with ETAs on stderr; a callable receives ``(step, done, total)``.
+    steps : sequence of str, optional
+        Only these steps (and the steps they read); default all.
+
+    Returns
+    -------
+    list of StepResult
+        One per step run, in order (:func:`format_summary` prints them).
+    """
+    profile = _resolve_profile(profile)
+    cache_dir = Path(cache_dir)
+    if cache_dir.exists() and not cache_dir.is_dir():
+        raise ValueError(f"{cache_dir}: exists and is not a folder; give a folder for the store")
+    wanted = _with_dependencies(STEPS if steps is None else steps)
+    results = []
+    with exclusive(cache_dir, "precompute"):
+        ctx = _Context(cache_dir, data, profile, progress)
+        for number, step in enumerate(wanted, 1):
+            _report(progress, f"step {number}/{len(wanted)}: {step}", number - 1, len(wanted))
+            results.append(_run_step(ctx, step))
+            if progress is True:
+                result = results[-1]
+                print(f"tmdafm precompute: [{number}/{len(wanted)}] {step}: {result.status}"
+                      + (f" in {result.seconds:.1f} s" if result.status == "computed" else ""),
+                      file=sys.stderr, flush=True)
+        _report(progress, "precompute finished", len(wanted), len(wanted))
+    return results
+
+
+def format_summary(results: list[StepResult], cache_dir) -> str:
+    """The closing summary of :func:`precompute`: each step, computed or from cache (and why), and where it is."""
+    cache_dir = Path(cache_dir)
+    width = max(len(r.step) for r in results) if results else 4
+    lines = [f"{'step':{width}s}  {'status':10s}  {'seconds':>8s}  where (in {cache_dir})"]
+    for r in results:
+        where = r.path.relative_to(cache_dir).as_posix() if r.path.is_relative_to(cache_dir) else str(r.path)
+        note = f"  ({r.reason})" if r.status == "computed" and r.reason else ""
+        lines.append(f"{r.step:{width}s}  {r.status:10s}  {r.seconds:8.1f}  {where}{note}")
+    computed = sum(r.status == "computed" for r in results)
+    lines.append(f"{computed} step(s) computed, {len(results) - computed} from the cache; the app reads the store "
+                 f"with: tmdafm app --cache {shlex.quote(str(cache_dir))}")
+    return "\n".join(lines)
+
+
+def profile_arguments(profile) -> list[str]:
+    """``tmdafm precompute`` options that rebuild ``profile``: ``--profile NAME`` and each setting that differs."""
+    profile = _resolve_profile(profile)
+    base = PROFILES.get(profile.name) or PROFILES["paper" if profile.training == "paper" else "demo"]
+    arguments = ["--profile", base.name]
+    for field in fields(Profile):
+        value = getattr(profile, field.name)
+        if field.name == "name" or value == getattr(base, field.name) or value is None:
+            continue
+        text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+        arguments += [_PROFILE_FLAGS.get(field.name, "--" + field.name.replace("_", "-")), text]
+    return arguments
+
+
+_PROFILE_FLAGS = {"n_folds": "--folds"}
+
+
 # --- what the app can build by itself ---------------------------------------------------------------------------
 
 def store_ready(cache_dir) -> bool:
     """Whether the store holds a prepared data set and its thumbnails (what the overview page needs)."""
     cache_dir = Path(cache_dir)
-    thumbs = _read_json(cache_dir / THUMBNAILS_DIR / "thumbnails.json") or {}
+    thumbs = read_json(cache_dir / THUMBNAILS_DIR / "thumbnails.json") or {}
     return _prepared_record(cache_dir) is not None and bool(thumbs.get("complete"))
 
 
 def complete_store(cache_dir, *, profile="demo", progress=None) -> None:
-    """Build what the app needs and can make by itself, then the thumbnails.
+    """Build what the app needs and can make by itself quickly: the data set, the thumbnails and their atlas.
 
     A store that was prepared before is brought up to date with the source and profile it was built from (a data
     set from DATA stays that data set); a store with no (or an unreadable) data set gets the synthetic demo of
     ``profile``.
     """
     cache_dir = Path(cache_dir)
-    record = _read_json(cache_dir / DATASET_DIR / PREPARED_NAME) or {}
+    record = read_json(cache_dir / DATASET_DIR / PREPARED_NAME) or {}
     source = record.get("settings", {}).get("source", {})
+    data = None
     if "profile" in record and source.get("kind") == "data" and Path(source["path"]).exists():
-        prepare_dataset(cache_dir, source["path"], profile=Profile(**record["profile"]), progress=progress)
+        data, profile = source["path"], Profile.from_dict(record["profile"])
     elif "profile" in record and source.get("kind") == "synthetic":
-        prepare_dataset(cache_dir, profile=Profile(**record["profile"]), progress=progress)
-    else:
-        prepare_dataset(cache_dir, profile=profile, progress=progress)
-    prepare_thumbnails(cache_dir, progress=progress)
+        profile = Profile.from_dict(record["profile"])
+    precompute(cache_dir, data, profile=profile, progress=progress, steps=("thumbnails",))
 
 
 # --- what the store holds ---------------------------------------------------------------------------------------
@@ -432,49 +970,43 @@ class Artifact:
     command: str
 
 
-def _has_files(folder: Path) -> bool:
-    return folder.is_dir() and any(p.is_file() for p in folder.iterdir())
+_ARTIFACT_TITLES = {
+    "dataset": "data set (manifest with splits)", "thumbnails": "image thumbnails and hover atlas",
+    "descriptors": "physical descriptors", "mtc": "MtC run (material classes)", "mtl": "MtL run (element labels)",
+    "sequential": "sequential-training study", "latent-mtc": "MtC latent space (PCA/UMAP, tables, predictions)",
+    "latent-mtl": "MtL latent space (PCA/UMAP, tables, predictions)",
+    "latent-sequential": "sequential latent projections (aligned stage to stage)",
+}
 
 
 def store_contents(cache_dir) -> list[Artifact]:
-    """The artifacts the app shows, in pipeline order, each present or not with the command that builds it."""
+    """The artifacts the app shows, in pipeline order, each present or not with the command that builds it.
+
+    An artifact is present when ``store.json`` records its step as done (the data set and thumbnails also count
+    when their own markers say so, as the app prepares those itself).
+    """
     cache_dir = Path(cache_dir)
-    q = lambda p: shlex.quote(str(p))
-    record = _prepared_record(cache_dir)
-    profile = Profile(**record["profile"]) if record and "profile" in record else PROFILES["demo"]
-    if record is not None:
-        data = cache_dir / record["root"] if record.get("root_in_store") else Path(record["root"])
-        data_arg = q(data) if record["settings"]["source"]["kind"] == "synthetic" \
-            else q(record["settings"]["source"]["path"])
-    else:
-        data_arg = "DATA"
-    thumbs = _read_json(cache_dir / THUMBNAILS_DIR / "thumbnails.json") or {}
-    model = f"--arch {profile.arch} --weights {profile.weights} --device {profile.device}"
-    split = f"--folds {profile.n_folds} --test-fraction {profile.test_fraction} --seed {profile.seed}"
-    runs = cache_dir / "runs"
-    return [
-        Artifact("dataset", "data set (manifest with splits)", cache_dir / DATASET_DIR / MANIFEST_NAME,
-                 record is not None, f"tmdafm precompute --out {q(cache_dir)}"),
-        Artifact("thumbnails", "image thumbnails", cache_dir / THUMBNAILS_DIR, bool(thumbs.get("complete")),
-                 f"tmdafm precompute --out {q(cache_dir)}"),
-        Artifact("descriptors", "physical descriptors", cache_dir / "features.csv",
-                 (cache_dir / "features.csv").is_file(),
-                 f"tmdafm features {data_arg} --out {q(cache_dir / 'features.csv')}"),
-        Artifact("mtc", "MtC run (material classes)", runs / "mtc" / "metrics.json",
-                 (runs / "mtc" / "metrics.json").is_file(),
-                 f"tmdafm train {data_arg} --out {q(runs / 'mtc')} --task mtc {model} {split}"),
-        Artifact("mtl", "MtL run (element labels)", runs / "mtl" / "metrics.json",
-                 (runs / "mtl" / "metrics.json").is_file(),
-                 f"tmdafm train {data_arg} --out {q(runs / 'mtl')} --task mtl {model} {split}"),
-        Artifact("latent", "latent space (embeddings, PCA/UMAP, tables)", cache_dir / "latent",
-                 _has_files(cache_dir / "latent"),
-                 f"tmdafm latent {q(runs / 'mtc')} {data_arg} --out {q(cache_dir / 'latent')} "
-                 f"--features {q(cache_dir / 'features.csv')} --method umap"),
-        Artifact("sequential", "sequential-training study", cache_dir / "sequential" / "results.csv",
-                 (cache_dir / "sequential" / "results.csv").is_file(),
-                 f"tmdafm sequential {data_arg} --out {q(cache_dir / 'sequential')} --task both "
-                 + (f"--profile {profile.name}" if profile.name in ("demo", "paper") else model)),
-    ]
+    records = read_record(cache_dir)
+    prepared = _prepared_record(cache_dir)
+    data_arg = []
+    profile_args = ["--profile", "demo"]
+    if prepared is not None:
+        if prepared["settings"]["source"]["kind"] == "data":
+            data_arg = [prepared["settings"]["source"]["path"]]
+        if "profile" in prepared:
+            profile_args = profile_arguments(Profile.from_dict(prepared["profile"]))
+    thumbs = read_json(cache_dir / THUMBNAILS_DIR / "thumbnails.json") or {}
+    artifacts = []
+    for step in STEPS:
+        present = records.get(step, {}).get("status") == "done"
+        if step == "dataset":
+            present = prepared is not None
+        elif step == "thumbnails":
+            present = present or bool(thumbs.get("complete"))
+        command = shlex.join(["tmdafm", "precompute", *data_arg, "--out", str(cache_dir), *profile_args,
+                              "--steps", step])
+        artifacts.append(Artifact(step, _ARTIFACT_TITLES[step], cache_dir / _STEP_PATHS[step], present, command))
+    return artifacts
 
 
 # --- overview ---------------------------------------------------------------------------------------------------

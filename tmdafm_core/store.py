@@ -1,23 +1,41 @@
 """The artifact store under ``cache/``: computed results kept on disk, keyed by what they were computed from.
 
-For now it is a memo: :func:`open_store` opens a :class:`Store` (a ``diskcache`` database, safe to share between
-processes) under the cache folder, ``./cache`` by default or ``$TMDAFM_CACHE``. Keys are built with
-:func:`make_key` from everything a result depends on (input content hashes from :func:`file_digest`, parameters,
-code versions), so a changed input or parameter never returns a stale value.
+Two layers:
+
+* a memo, :class:`Store` (``diskcache`` under ``CACHE/diskcache``, safe to share between processes) for small
+  per-item results such as each image's descriptors. Keys come from :func:`make_key` over everything a result
+  depends on (content hashes from :func:`file_digest`, parameters, code versions), so a changed input or parameter
+  never returns a stale value;
+* the step record ``CACHE/store.json`` (:func:`read_record`, :func:`update_step`): for each pipeline step its status,
+  its key (a hash of its settings and of the outputs of the steps it reads), the settings themselves, the inputs,
+  every file it wrote with its size (and content digest for files up to :data:`DIGEST_LIMIT`), its run time and
+  when it finished. :func:`check_files` re-checks those files, so a truncated or altered file is found before it
+  is served.
+
+Every file is written atomically (:func:`write_atomic`: a temporary file in the same folder, then ``os.replace``),
+so a reader sees the old file or the new one, never half of one, and a crash leaves no half-written file behind
+under its real name. :func:`exclusive` is an inter-process lock (released by the OS when its holder dies).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 DEFAULT_CACHE_DIR = "cache"
 CACHE_ENV = "TMDAFM_CACHE"
-_MEMO_FOLDER = "memo"
+RECORD_NAME = "store.json"
+_MEMO_FOLDER = "diskcache"
+#: Files up to this size are checked by content digest; larger ones (checkpoints) by size and structure.
+DIGEST_LIMIT = 4 << 20
+_RECORD_FORMAT = 1
 
 
 def default_cache_dir() -> Path:
@@ -39,6 +57,151 @@ def make_key(namespace: str, *parts) -> str:
     return namespace + ":" + hashlib.blake2b(json.dumps(parts, sort_keys=True, default=repr).encode(),
                                              digest_size=20).hexdigest()
 
+
+# --- atomic files and locks -------------------------------------------------------------------------------------
+
+def write_atomic(path, write: Callable[[Path], Any]) -> Path:
+    """Write through ``write(tmp_path)`` then rename, so readers see the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_json(path, document) -> Path:
+    """Write a JSON document atomically."""
+    return write_atomic(path, lambda tmp: tmp.write_text(json.dumps(document, indent=1, sort_keys=True)))
+
+
+def read_json(path) -> dict | None:
+    """A JSON document, or None when the file is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def exclusive(cache_dir, name: str):
+    """Hold an inter-process lock (released by the OS if the holder dies) so two writers never interleave."""
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: single-writer use only
+        yield
+        return
+    with open(cache_dir / f".{name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# --- the step record --------------------------------------------------------------------------------------------
+
+def read_record(cache_dir) -> dict:
+    """The steps recorded in ``CACHE/store.json`` (``{step: record}``); empty when there is none or it is unreadable.
+
+    A step record has ``status`` ("running" or "done"), ``key``, ``settings``, ``inputs`` (the ``output`` of each
+    step it read), ``files`` (``{path relative to CACHE: [size, digest or None]}``), ``output`` (what dependent
+    steps key on), ``seconds`` and ``finished_at`` (ISO time).
+    """
+    document = read_json(Path(cache_dir) / RECORD_NAME)
+    if not isinstance(document, dict) or not isinstance(document.get("steps"), dict):
+        return {}
+    return document["steps"]
+
+
+def update_step(cache_dir, step: str, record: dict | None) -> dict:
+    """Set (or with None remove) one step's record in ``store.json``, atomically and under a lock; return all."""
+    cache_dir = Path(cache_dir)
+    with exclusive(cache_dir, "record"):
+        steps = read_record(cache_dir)
+        if record is None:
+            steps.pop(step, None)
+        else:
+            steps[step] = record
+        write_json(cache_dir / RECORD_NAME, {"format": _RECORD_FORMAT, "steps": steps,
+                                             "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    return steps
+
+
+def step_done(cache_dir, step: str) -> bool:
+    """Whether ``store.json`` says ``step`` finished (its files are then in place; a running step is not done)."""
+    return read_record(cache_dir).get(step, {}).get("status") == "done"
+
+
+def file_entries(cache_dir, paths) -> dict[str, list]:
+    """``{path relative to cache_dir: [size, digest or None]}`` of files (digest only up to :data:`DIGEST_LIMIT`)."""
+    cache_dir = Path(cache_dir).resolve()
+    entries = {}
+    for path in paths:
+        path = Path(path).resolve()
+        size = path.stat().st_size
+        entries[path.relative_to(cache_dir).as_posix()] = [size, file_digest(path) if size <= DIGEST_LIMIT else None]
+    return entries
+
+
+def check_file(path) -> str | None:
+    """Why a stored file cannot be served (unparseable for its type), or None when it reads as its type."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".json":
+            json.loads(path.read_text())
+        elif suffix == ".csv":
+            import pandas as pd
+
+            pd.read_csv(path, nrows=5)
+            with open(path, "rb") as handle:  # every CSV written here ends its last row
+                handle.seek(-1, os.SEEK_END)
+                if handle.read(1) != b"\n":
+                    return "ends in the middle of a row"
+        elif suffix == ".parquet":
+            import pyarrow.parquet
+
+            pyarrow.parquet.read_metadata(path)
+        elif suffix in (".pt", ".npz"):  # torch.save and numpy.savez both write zip archives
+            with zipfile.ZipFile(path) as archive:
+                if not archive.namelist():
+                    return "empty archive"
+        elif suffix == ".png":
+            if path.read_bytes()[:8] != b"\x89PNG\r\n\x1a\n":
+                return "not a PNG"
+    except Exception as exc:  # each reader fails in its own way on a truncated or foreign file
+        return f"unreadable ({type(exc).__name__}: {str(exc)[:120]})"
+    return None
+
+
+def check_files(cache_dir, files: dict) -> str | None:
+    """The first problem with the files of a step record (missing, other size or content, unreadable), or None."""
+    cache_dir = Path(cache_dir)
+    for name, (size, digest) in files.items():
+        path = cache_dir / name
+        try:
+            actual = path.stat().st_size
+        except OSError:
+            return f"{name}: missing"
+        if actual != size:
+            return f"{name}: {actual} bytes, {size} were written"
+        if digest is not None:
+            if file_digest(path) != digest:
+                return f"{name}: content changed since it was written"
+        else:
+            problem = check_file(path)
+            if problem:
+                return f"{name}: {problem}"
+    return None
+
+
+# --- the memo ---------------------------------------------------------------------------------------------------
 
 class Store:
     """Computed results on disk under ``root``; use as a context manager or call :meth:`close`."""
