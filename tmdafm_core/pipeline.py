@@ -501,9 +501,12 @@ class _Context:
 
     def threads(self):
         """Context: the profile's torch CPU threads while a step trains or embeds."""
-        from .experiments import torch_threads
+        from . import experiments
 
-        return torch_threads(self.profile.train_options.get("threads"))
+        threads = self.profile.train_options.get("threads")
+        if threads is None or not hasattr(experiments, "torch_threads"):
+            return contextlib.nullcontext()
+        return experiments.torch_threads(threads)
 
     @property
     def order(self) -> list:
