@@ -50,13 +50,14 @@ from tmdafm_core.training import (
 
 BATCH = 32
 PAPER_IMAGES = 1026
+clock = time.perf_counter  # --clock cpu: time.process_time with one thread, robust against other work
 
 
 def engine_rate(manifest, labels, size: int, steps: int, precision: str = "fp32") -> tuple[float, float]:
     """(images/s of training steps, seconds to preload the manifest) for the engine."""
-    start = time.perf_counter()
+    start = clock()
     stored = load_data(manifest, image_size=size)
-    preload_s = time.perf_counter() - start
+    preload_s = clock() - start
     class_index = np.array([labels.class_index(m) for m in manifest["material"]])
     torch.manual_seed(0)
     model = build_model("resnet18", len(labels.classes)).to(memory_format=torch.channels_last)
@@ -71,9 +72,9 @@ def engine_rate(manifest, labels, size: int, steps: int, precision: str = "fp32"
                     **common)  # warm-up: allocator, kernels
     n = steps * BATCH
     order = np.resize(order, n)
-    start = time.perf_counter()
+    start = clock()
     train_one_epoch(model, optimizer, nn.CrossEntropyLoss(), batches, targets, class_index, order, **common)
-    return n / (time.perf_counter() - start), preload_s
+    return n / (clock() - start), preload_s
 
 
 def straightforward_rate(manifest, labels, size: int, steps: int) -> float:
@@ -114,12 +115,12 @@ def straightforward_rate(manifest, labels, size: int, steps: int) -> float:
     start = None
     for step, (x, y) in enumerate(loader):
         if step == 1:  # the first batch is the warm-up, as for the engine
-            start = time.perf_counter()
+            start = clock()
         loss = criterion(model(x), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return n / (time.perf_counter() - start)
+    return n / (clock() - start)
 
 
 def prediction_latency(manifest, labels, tmp: Path, repeats: int) -> tuple[float, float]:
@@ -138,9 +139,9 @@ def prediction_latency(manifest, labels, tmp: Path, repeats: int) -> tuple[float
     predict(run, [path], cam=True)  # warm-up
     times = []
     for _ in range(repeats * 5):
-        start = time.perf_counter()
+        start = clock()
         predict(run, [path], cam=True)
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return min(times), statistics.median(times)
 
 
@@ -149,7 +150,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed training steps of 32 images per measurement")
     parser.add_argument("--repeats", type=int, default=3, help="repeats per measurement (best is reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall: elapsed time; cpu: this process's CPU time with one torch thread, which other "
+                             "processes on the machine do not inflate (figures are then per core)")
     args = parser.parse_args()
+    global clock
+    if args.clock == "cpu":
+        clock = time.process_time
+        args.threads = 1
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -157,9 +165,8 @@ def main() -> None:
         write_synthetic_dataset(tmp / "data", n=96, size=256, seed=0)
         manifest = read_dataset(tmp / "data")
         labels = LabelSpace.from_materials(manifest["material"])
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, ResNet18, batch {BATCH}, "
-              f"{args.steps} timed steps; best of {args.repeats} interleaved repeats (other work on the machine "
-              "only slows a repeat down)")
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock, ResNet18, "
+              f"batch {BATCH}, {args.steps} timed steps; best of {args.repeats} interleaved repeats")
         print(f"{'size':>5} {'straightforward':>16} {'engine fp32':>12} {'ratio':>6} {'engine bf16':>12} {'ratio':>6} "
               f"{'preload s/1026':>15}   (training images/s)")
         for size in (128, 224):
