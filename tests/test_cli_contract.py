@@ -1,0 +1,39 @@
+"""The `tmdafm` command contract (DESIGN.md): every subcommand has --help, and bad input is one line + exit 2."""
+
+import pytest
+
+from tmdafm_core.cli import _COMMANDS, main
+
+CONTRACT = ("synth", "info", "features", "extract", "train", "train-features", "sequential", "latent", "predict",
+            "precompute", "app")
+
+
+def test_every_contract_command_exists():
+    missing = [name for name in CONTRACT if name not in _COMMANDS]
+    assert not missing, f"commands of the DESIGN.md contract not registered: {missing}"
+
+
+@pytest.mark.parametrize("command", sorted(_COMMANDS))
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: tmdafm " + command in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [
+    ["info", "{missing}"],
+    ["features", "{missing}", "--out", "{tmp}/f.csv"],
+    ["train", "{missing}", "--out", "{tmp}/run", "--weights", "none"],
+    ["extract", "{missing}", "--out", "{tmp}/t.parquet", "--weights", "none"],
+    ["train-features", "{missing}.csv", "--out", "{tmp}/run"],
+    ["sequential", "{missing}", "--out", "{tmp}/seq"],
+    ["latent", "{missing}.csv", "--out", "{tmp}/lat"],
+    ["predict", "{missing}", "{missing}.tif"],
+])
+def test_missing_input_is_one_line_exit_2(argv, tmp_path, capsys):
+    argv = [a.format(missing=tmp_path / "does-not-exist", tmp=tmp_path) for a in argv]
+    assert main(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith(f"tmdafm {argv[0]}: error:"), err
+    assert "does-not-exist" in err[0]
