@@ -1,0 +1,197 @@
+"""Performance (``/performance``): scores per partition, MtC and MtL test confusion matrices (paper Figure 3) whose
+cells list their test images, training curves, and the architecture comparison when the store has one."""
+
+from __future__ import annotations
+
+import dash
+import pandas as pd
+from dash import Input, Output, State, ctx, dash_table, dcc, html
+
+from pages import _export, _ui
+from tmdafm_core import figures, results, selection
+
+dash.register_page(__name__, path="/performance", name="Performance", title="Performance · tmdafm", order=30)
+
+for _task in results.TASKS:
+    _export.register(f"confusion-{_task}", f"tmdafm_confusion_{_task}")
+_export.register("scores-chart", "tmdafm_scores")
+_export.register("training-curves", "tmdafm_training_curves_mtc")
+
+
+# --- page data (plain functions) --------------------------------------------------------------------------------
+
+def scores_rows(metrics: pd.DataFrame) -> list[dict]:
+    """Score table rows: task, partition, accuracy and macro-F1 as ``mean ± std`` in percent."""
+    return [{"task": row.task, "partition": figures.SPLIT_NAMES.get(row.split, row.split),
+             "accuracy": f"{100 * row.accuracy_mean:.1f} ± {100 * row.accuracy_std:.1f}",
+             "f1": f"{100 * row.f1_mean:.1f} ± {100 * row.f1_std:.1f}", "folds": int(row.folds)}
+            for row in metrics.itertuples()]
+
+
+def cell_selection(cache, task: str, click) -> tuple[dict | None, pd.DataFrame | None, str]:
+    """What a click on a confusion cell selects: ``(selection document, images table, message)``."""
+    try:
+        point = click["points"][0]
+        true, predicted = point["y"], point["x"]
+    except (TypeError, KeyError, IndexError):
+        return None, None, "Click a cell of a confusion matrix to list its test images."
+    table = results.predictions(cache, task)
+    name = results.TASK_NAMES[task]
+    if table is None:
+        return None, None, (f"No per-image predictions for {name} (latent/{task}/predictions.csv) in the store; "
+                            f"build them with `{results.precompute_command(cache)}`.")
+    chosen = results.cell_images(table, true, predicted)
+    source = f"{name} confusion cell: true {true}, predicted {predicted} (test images)"
+    return selection.make_selection(chosen["image"], source), chosen, source
+
+
+def architecture_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The architecture table with percentages: arch, weights, task, ImageNet top-1, accuracy and F1 per split."""
+    out = table[["arch", "weights", "task"]].copy()
+    out["task"] = out["task"].map(results.TASK_NAMES).fillna(out["task"])
+    out["imagenet_top1"] = table["imagenet_top1"].map(lambda v: "–" if pd.isna(v) else f"{v:.1f}")
+    for split in ("val", "test"):
+        for metric in ("accuracy", "f1"):
+            mean, std = table.get(f"{metric}_{split}_mean"), table.get(f"{metric}_{split}_std")
+            if mean is not None:
+                out[f"{metric}_{split}"] = [f"{100 * m:.1f} ± {100 * s:.1f}" for m, s in zip(mean, std, strict=True)]
+    return out
+
+
+# --- layout -----------------------------------------------------------------------------------------------------
+
+def _scores(cache, metrics: pd.DataFrame):
+    folds = sorted(set(metrics["folds"]))
+    table = dash_table.DataTable(
+        id="scores-table", data=scores_rows(metrics),
+        columns=[{"name": "task", "id": "task"}, {"name": "partition", "id": "partition"},
+                 {"name": "accuracy (%)", "id": "accuracy"}, {"name": "macro-F1 (%)", "id": "f1"},
+                 {"name": "folds", "id": "folds"}],
+        style_cell_conditional=[{"if": {"column_id": c}, "textAlign": "left"} for c in ("task", "partition")],
+        **_ui.TABLE_STYLE)
+    graph = dcc.Graph(id="scores-chart", figure=figures.metrics_figure(metrics),
+                      config=_export.graph_config("tmdafm_scores"))
+    return _ui.card("Scores per partition", html.Div(className="grid two", children=[
+        html.Div([table, _ui.caption(
+            f"Mean ± sample standard deviation over the {', '.join(map(str, folds))} cross-validation fold models. "
+            "Validation is each fold's held-out part; test is the held-out test set, scored by every fold model.")]),
+        _export.figure_panel(graph, data=metrics)]), id="scores")
+
+
+def _confusion(cache, task: str):
+    matrix = results.confusion(cache, task)
+    name = results.TASK_NAMES[task]
+    if matrix is None:
+        # The hidden graph keeps the click callback's inputs in the layout.
+        return _ui.card(f"{name} confusion matrix", _ui.caption(f"No {name} run in the store."),
+                        dcc.Graph(id=f"confusion-{task}", style={"display": "none"}))
+    graph = dcc.Graph(id=f"confusion-{task}", figure=figures.confusion_figure(matrix),
+                      config=_export.graph_config(f"tmdafm_confusion_{task}",
+                                                  remove=("select2d", "lasso2d", "zoom2d", "pan2d", "autoScale2d")))
+    what = "material classes" if task == "mtc" else "element labels, decoded to the nearest material"
+    return _ui.card(f"{name} test confusion matrix ({what})", _export.figure_panel(
+        graph, data=matrix.reset_index().rename(columns={"true": "true \\ predicted"})), id=f"confusion-card-{task}")
+
+
+def _curves(cache, tasks):
+    history = results.history(cache, tasks[0])
+    options = [{"label": results.TASK_NAMES[t], "value": t} for t in tasks]
+    graph = dcc.Graph(id="training-curves", figure=figures.training_curves_figure(history),
+                      config=_export.graph_config(f"tmdafm_training_curves_{tasks[0]}"))
+    return _ui.card("Training curves", dcc.RadioItems(id="curves-task", options=options, value=tasks[0],
+                                                      inline=True, className="radio"),
+                    _export.figure_panel(graph, data=history),
+                    _ui.caption("Thin lines: each fold; thick lines: the mean over folds. Loss is the training "
+                                "criterion per image (cross-entropy for MtC, binary cross-entropy over elements for "
+                                "MtL); the kept model of each fold is its best validation epoch."), id="curves")
+
+
+def _architectures(cache):
+    table = results.architectures(cache)
+    if table is None:
+        return _ui.card("Architecture comparison", _ui.caption([
+            "Not in the store. Compare ResNet18–152 with ImageNet V1/V2 weights (paper Tables 3 and 4) with ",
+            html.Code(f"tmdafm compare-archs DATA --out {cache / 'architectures'}"),
+            " (a GPU is advised)."]), id="architectures")
+    rows = architecture_rows(table)
+    names = {"arch": "architecture", "weights": "weights", "task": "task", "imagenet_top1": "ImageNet top-1 (%)",
+             "accuracy_val": "val accuracy (%)", "f1_val": "val macro-F1 (%)", "accuracy_test": "test accuracy (%)",
+             "f1_test": "test macro-F1 (%)"}
+    return _ui.card("Architecture comparison", dash_table.DataTable(
+        id="architecture-table", data=rows.to_dict("records"), sort_action="native",
+        columns=[{"name": names.get(c, c), "id": c} for c in rows.columns], **_ui.TABLE_STYLE),
+        _ui.caption("Mean ± std over folds, all runs on one shared split."), id="architectures")
+
+
+def performance_body(cache) -> list:
+    metrics = results.metrics_table(cache)
+    tasks = [t for t in results.TASKS if results.run_metrics(cache, t) is not None]
+    missing = results.missing(cache, [t for t in results.TASKS if t not in tasks])
+    if metrics.empty:
+        return [_ui.missing_card("No trained models in the store yet", missing, card_id="performance-missing",
+                                 what="This page shows the cross-validated MtC and MtL runs. Build them with the "
+                                      f"commands below, or everything at once with "
+                                      f"`{results.precompute_command(cache)}`.")]
+    sections = []
+    if missing:
+        sections.append(_ui.missing_card("Partly built", missing, card_id="performance-missing",
+                                         what="Some runs are not in the store yet:"))
+    sections += [
+        _scores(cache, metrics),
+        html.Div(className="grid two", children=[_confusion(cache, t) for t in results.TASKS]),
+        _ui.caption("Percent of all test images, averaged over the fold models (the paper's Figure 3); the "
+                    "diagonal sums to the test accuracy. Click a cell to list its test images as classified by "
+                    "the model of the latent view (the best fold)."),
+        _ui.card("Test images in the chosen cell", _export.selection_tools(),
+                 html.Div(id="cell-gallery", children=_ui.caption(
+                     "Click a cell of a confusion matrix to list its test images.")), id="cell-images"),
+        _curves(cache, tasks),
+        _architectures(cache),
+    ]
+    return sections
+
+
+def layout(**_query):
+    cache = _ui.cache_dir()
+    try:
+        body = performance_body(cache)
+    except ValueError as exc:
+        body = [_ui.error_card("A run in the store could not be read", str(exc), results.precompute_command(cache))]
+    return html.Div(id="performance-body", children=body)
+
+
+# --- callbacks --------------------------------------------------------------------------------------------------
+
+def show_cell(cache, task: str, click) -> tuple:
+    """Gallery children and selection for a confusion-matrix click (plain function behind the callback)."""
+    chosen, table, message = cell_selection(cache, task, click)
+    if chosen is None:
+        return _ui.caption(message), dash.no_update
+    items = selection.gallery(cache, chosen["images"], points=table, limit=96)
+    captions = [[item["material"] or "", f"→ {item['predicted']}"] for item in items]
+    more = len(chosen["images"]) - len(items)
+    return [html.P(f"{message}: {len(chosen['images'])} image(s)" + (f", first {len(items)} shown" if more > 0
+                                                                      else ""), className="cell-title"),
+            _ui.thumbnails(items, captions=captions, empty="No test image falls in this cell for the best-fold "
+                                                            "model (the matrix averages all fold models).")], chosen
+
+
+@dash.callback(Output("cell-gallery", "children"), Output("selection", "data", allow_duplicate=True),
+               Input("confusion-mtc", "clickData"), Input("confusion-mtl", "clickData"),
+               prevent_initial_call=True)
+def _on_cell(click_mtc, click_mtl):
+    task = "mtl" if ctx.triggered_id == "confusion-mtl" else "mtc"
+    return show_cell(_ui.cache_dir(), task, click_mtl if task == "mtl" else click_mtc)
+
+
+@dash.callback(Output("training-curves", "figure"), Output("training-curves", "config"),
+               Output(_export.data_store_id("training-curves"), "data"),
+               Input("curves-task", "value"), State("training-curves", "config"), prevent_initial_call=True)
+def _on_curves_task(task, config):
+    history = results.history(_ui.cache_dir(), task)
+    if history is None:
+        return dash.no_update, dash.no_update, dash.no_update
+    config = dict(config or {})
+    config["toImageButtonOptions"] = {**config.get("toImageButtonOptions", {}),
+                                      "filename": f"tmdafm_training_curves_{task}"}
+    return figures.training_curves_figure(history), config, _export.table_data(history)

@@ -1,0 +1,168 @@
+"""Sequential training (``/sequential``): F1 against the training volume of the newly added class, ImageNet against
+Sequential starting weights, MtC and MtL, for each class count (paper Figure 4), and the latent space of each stage
+(paper Figure 5) when the store has the per-stage projections."""
+
+from __future__ import annotations
+
+import dash
+import pandas as pd
+from dash import Input, Output, State, dash_table, dcc, html
+
+from pages import _export, _ui
+from tmdafm_core import figures, results, selection
+
+dash.register_page(__name__, path="/sequential", name="Sequential training", title="Sequential training · tmdafm",
+                   order=40)
+
+_export.register("sequential-f1", "tmdafm_sequential_f1_test")
+_export.register("stage-panels", "tmdafm_stages_mtc_sequential")
+
+
+# --- page data (plain functions) --------------------------------------------------------------------------------
+
+def sequential_rows(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
+    """One row per task x class count x volume: the new class, its training images, F1 ``mean ± std`` (%) per
+    mode and Sequential minus ImageNet (percentage points)."""
+    part = table[table["split"].astype(str) == split]
+    order = {v: i for i, v in enumerate(results.volume_order(part["volume"]))}
+    rows = []
+    for (task, n, volume), group in part.groupby(["task", "n_classes", "volume"], sort=False):
+        by_mode = group.set_index("mode")
+        row = {"task": results.TASK_NAMES.get(task, task), "n_classes": int(n), "volume": str(volume),
+               "new_class": by_mode["new_class"].iloc[0] if "new_class" in by_mode else "",
+               "new_class_train_images": round(float(by_mode["new_class_train_images"].iloc[0]), 1)
+               if "new_class_train_images" in by_mode else None}
+        for mode in ("imagenet", "sequential"):
+            row[mode] = (f"{100 * by_mode.loc[mode, 'f1_mean']:.1f} ± {100 * by_mode.loc[mode, 'f1_std']:.1f}"
+                         if mode in by_mode.index else "–")
+        if {"imagenet", "sequential"} <= set(by_mode.index):
+            row["gain"] = round(100 * (by_mode.loc["sequential", "f1_mean"] - by_mode.loc["imagenet", "f1_mean"]), 1)
+        rows.append(row)
+    out = pd.DataFrame(rows, columns=["task", "n_classes", "volume", "new_class", "new_class_train_images",
+                                      "imagenet", "sequential", "gain"])
+    return out.sort_values(["task", "n_classes", "volume"], key=lambda c: c.map(order) if c.name == "volume" else c,
+                           kind="stable").reset_index(drop=True)
+
+
+def stage_panels(cache, task: str, mode: str):
+    """Per-stage latent panels of one task and mode, or None when the store has no stage projections."""
+    models = selection.stage_models(cache, task, mode)
+    if not models:
+        return None, None
+    stages = []
+    for model in models:
+        points = selection.load_points(cache, model.key)
+        stages.append((f"{model.n_classes} classes", points))
+    coords = stages[0][1].attrs["coords"]
+    x, y = coords["pca"][:2] if len(coords.get("pca", [])) >= 2 else coords.get("umap2", [None, None])
+    figure = figures.stage_panels_figure(stages, x=x, y=y)
+    data = pd.concat([p[["image", "material", x, y]].assign(stage=t) for t, p in stages], ignore_index=True)
+    return figure, data
+
+
+# --- layout -----------------------------------------------------------------------------------------------------
+
+def _study_facts(cache, table: pd.DataFrame):
+    classes = results.sequential_order(cache, table)
+    return _ui.caption(
+        f"Classes added in this order: {' → '.join(classes)}. ImageNet: every "
+        "stage starts from the base weights; Sequential: each stage starts from the fold model of the stage with "
+        "one class fewer, trained at full volume. Volume: training images kept of the newly added class (the "
+        "others stay whole). Error bars: standard deviation over folds.")
+
+
+def _figure4(cache, table: pd.DataFrame):
+    splits = [s for s in ("test", "val", "train") if s in set(table["split"])]
+    graph = dcc.Graph(id="sequential-f1", figure=figures.sequential_figure(table, split=splits[0]),
+                      config=_export.graph_config(f"tmdafm_sequential_f1_{splits[0]}"))
+    rows = sequential_rows(table, splits[0])
+    names = {"task": "task", "n_classes": "classes", "volume": "volume", "new_class": "new class",
+             "new_class_train_images": "its training images", "imagenet": "ImageNet F1 (%)",
+             "sequential": "Sequential F1 (%)", "gain": "Sequential − ImageNet (pp)"}
+    return [
+        _ui.card("F1 against training volume (Figure 4)", html.Div(className="controls", children=[html.Label([
+            "partition ", dcc.RadioItems(id="sequential-split", value=splits[0], inline=True, className="radio",
+                                         options=[{"label": figures.SPLIT_NAMES[s], "value": s} for s in splits])],
+            className="control")]), _export.figure_panel(graph, data=table), _study_facts(cache, table),
+            id="figure4"),
+        _ui.card("The study in numbers", dash_table.DataTable(
+            id="sequential-table", data=rows.to_dict("records"), sort_action="native",
+            columns=[{"name": names[c], "id": c} for c in rows.columns], **_ui.TABLE_STYLE,
+            style_cell_conditional=[{"if": {"column_id": c}, "textAlign": "left"} for c in ("task", "new_class")],
+            style_data_conditional=[{"if": {"filter_query": "{gain} > 0", "column_id": "gain"}, "color": "#1b7f5a"},
+                                    {"if": {"filter_query": "{gain} < 0", "column_id": "gain"}, "color": "#b4232c"}],
+            ),
+            _ui.caption("Macro-F1 mean ± std over folds in the chosen partition."), id="sequential-numbers"),
+    ]
+
+
+def _stages(cache):
+    tasks = [t for t in results.TASKS if any(selection.stage_models(cache, t, m) for m in selection.SEQUENTIAL_MODES)]
+    if not tasks:
+        return _ui.card("Latent space of each stage (Figure 5)", _ui.caption([
+            "The per-stage projections (latent/sequential/<task>/<mode>/<n>cls/projection.csv) are not in the "
+            "store. Build them with ", html.Code(results.precompute_command(cache)), "."]), id="stages")
+    modes = [m for m in selection.SEQUENTIAL_MODES if selection.stage_models(cache, tasks[0], m)]
+    figure, data = stage_panels(cache, tasks[0], modes[0])
+    graph = dcc.Graph(id="stage-panels", figure=figure,
+                      config=_export.graph_config(f"tmdafm_stages_{tasks[0]}_{modes[0]}"))
+    return _ui.card("Latent space of each stage (Figure 5)", html.Div(className="controls", children=[
+        html.Label(["task ", dcc.RadioItems(id="stage-task", value=tasks[0], inline=True, className="radio",
+                                            options=[{"label": results.TASK_NAMES[t], "value": t} for t in tasks])],
+                   className="control"),
+        html.Label(["mode ", dcc.RadioItems(id="stage-mode", value=modes[0], inline=True, className="radio",
+                                            options=[{"label": selection.MODE_TITLES[m], "value": m}
+                                                     for m in selection.SEQUENTIAL_MODES])], className="control"),
+    ]), _export.figure_panel(graph, data=data), _ui.caption(
+        "Each stage's images in its own latent projection, aligned stage to stage so a class keeps its place as "
+        "classes are added. The /latent page shows any stage in full."), id="stages")
+
+
+def sequential_body(cache) -> list:
+    table = results.sequential_results(cache)
+    if table is None or table.empty:
+        return [_ui.missing_card("The sequential study is not in the store yet",
+                                 results.missing(cache, ["sequential"]) or
+                                 [("sequential/results.csv", results.precompute_command(cache))],
+                                 card_id="sequential-missing",
+                                 what="This page shows the sequential-training study (classes added one at a time, "
+                                      "ImageNet against Sequential starting weights, a training-volume sweep). "
+                                      f"Build it with the command below, or everything with "
+                                      f"`{results.precompute_command(cache)}`.")]
+    return [*_figure4(cache, table), _stages(cache)]
+
+
+def layout(**_query):
+    cache = _ui.cache_dir()
+    try:
+        body = sequential_body(cache)
+    except ValueError as exc:
+        body = [_ui.error_card("The sequential study could not be read", str(exc),
+                               results.precompute_command(cache))]
+    return html.Div(id="sequential-body", children=body)
+
+
+# --- callbacks --------------------------------------------------------------------------------------------------
+
+@dash.callback(Output("sequential-f1", "figure"), Output("sequential-f1", "config"),
+               Output("sequential-table", "data"), Input("sequential-split", "value"),
+               State("sequential-f1", "config"), prevent_initial_call=True)
+def _on_split(split, config):
+    table = results.sequential_results(_ui.cache_dir())
+    config = {**(config or {}), "toImageButtonOptions": {**(config or {}).get("toImageButtonOptions", {}),
+                                                         "filename": f"tmdafm_sequential_f1_{split}"}}
+    return (figures.sequential_figure(table, split=split), config,
+            sequential_rows(table, split).to_dict("records"))
+
+
+@dash.callback(Output("stage-panels", "figure"), Output("stage-panels", "config"),
+               Output(_export.data_store_id("stage-panels"), "data"),
+               Input("stage-task", "value"), Input("stage-mode", "value"), State("stage-panels", "config"),
+               prevent_initial_call=True)
+def _on_stage(task, mode, config):
+    figure, data = stage_panels(_ui.cache_dir(), task, mode)
+    if figure is None:
+        return dash.no_update, dash.no_update, dash.no_update
+    config = {**(config or {}), "toImageButtonOptions": {**(config or {}).get("toImageButtonOptions", {}),
+                                                         "filename": f"tmdafm_stages_{task}_{mode}"}}
+    return figure, config, _export.table_data(data)

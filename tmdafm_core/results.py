@@ -1,0 +1,272 @@
+"""The store's results as the analysis pages show them (no Dash here): models' scores, confusion matrices, training
+curves, the latent-space tables of the physical descriptors, and the sequential study.
+
+Every reader returns None (or an empty table) when its artifact is absent, so a page can say what is missing;
+:func:`missing` names the artifacts and the ``tmdafm`` command that builds each one. Files that exist but cannot be
+read raise ValueError naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .features import FEATURE_COLUMNS, get_descriptor
+from .pipeline import store_contents
+
+TASKS = ("mtc", "mtl")
+TASK_NAMES = {"mtc": "MtC", "mtl": "MtL"}
+SPLITS = ("train", "val", "test")
+LATENT_DIR = "latent"
+#: Where the architecture comparison (``tmdafm compare-archs --out CACHE/architectures``) puts its table.
+ARCHITECTURES_PATH = Path("architectures") / "architectures.csv"
+
+
+def _read_csv(path: Path, **kwargs) -> pd.DataFrame | None:
+    if not path.is_file():
+        return None
+    try:
+        return pd.read_csv(path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: unreadable ({exc}); build it again with `tmdafm precompute`") from None
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: unreadable ({exc}); build it again with `tmdafm precompute`") from None
+
+
+def missing(cache_dir, keys) -> list[tuple[str, str]]:
+    """``[(what, command that builds it)]`` for the store artifacts ``keys`` (``pipeline.store_contents`` keys).
+
+    Call it for what a page could not read: an artifact is listed whatever its record says, so a half-written
+    one is named too. Keys the store does not know fall back to ``tmdafm precompute``.
+    """
+    contents = {a.key: a for a in store_contents(cache_dir)}
+    found = []
+    for key in keys:
+        artifact = contents.get(key)
+        found.append((f"{artifact.title} ({artifact.path})", artifact.command) if artifact is not None
+                     else (key, precompute_command(cache_dir)))
+    return found
+
+
+def precompute_command(cache_dir) -> str:
+    """The command that fills the whole store."""
+    return f"tmdafm precompute --out {shlex.quote(str(cache_dir))}"
+
+
+# --- runs (/performance) ----------------------------------------------------------------------------------------
+
+def run_metrics(cache_dir, task: str) -> dict | None:
+    """The ``metrics.json`` of the store's run of ``task`` ("mtc" or "mtl"), or None when it is not there."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    return _read_json(Path(cache_dir) / "runs" / task / "metrics.json")
+
+
+def metrics_table(cache_dir) -> pd.DataFrame:
+    """Scores of the store's runs: one row per task x partition.
+
+    Columns ``task`` (MtC/MtL), ``split``, ``accuracy_mean``, ``accuracy_std``, ``f1_mean``, ``f1_std`` (fractions
+    0..1, mean and sample std over the folds) and ``folds``. Empty when no run is in the store.
+    """
+    rows = []
+    for task in TASKS:
+        metrics = run_metrics(cache_dir, task)
+        if metrics is None:
+            continue
+        for split in SPLITS:
+            rows.append({"task": TASK_NAMES[task], "split": split,
+                         "accuracy_mean": metrics["accuracy"][split]["mean"],
+                         "accuracy_std": metrics["accuracy"][split]["std"],
+                         "f1_mean": metrics["f1_macro"][split]["mean"], "f1_std": metrics["f1_macro"][split]["std"],
+                         "folds": metrics["folds"]})
+    return pd.DataFrame(rows, columns=["task", "split", "accuracy_mean", "accuracy_std", "f1_mean", "f1_std",
+                                       "folds"])
+
+
+def confusion(cache_dir, task: str) -> pd.DataFrame | None:
+    """The run's test confusion matrix in percent of all test images (rows true, columns predicted), or None.
+
+    Index and columns are the classes in MtC order; the values are the means over the fold models.
+    """
+    metrics = run_metrics(cache_dir, task)
+    if metrics is None:
+        return None
+    matrix = np.asarray(metrics["confusion_test_percent"], dtype=float)
+    classes = list(metrics["classes"])
+    if matrix.shape != (len(classes), len(classes)):
+        raise ValueError(f"runs/{task}/metrics.json: confusion_test_percent is {matrix.shape}, expected "
+                         f"{len(classes)} x {len(classes)} (one row and column per class)")
+    return pd.DataFrame(matrix, index=pd.Index(classes, name="true"), columns=pd.Index(classes, name="predicted"))
+
+
+def history(cache_dir, task: str) -> pd.DataFrame | None:
+    """The run's training curves (``history.csv``: fold, epoch, split, loss, accuracy, f1_macro), or None."""
+    return _read_csv(Path(cache_dir) / "runs" / task / "history.csv")
+
+
+def predictions(cache_dir, task: str) -> pd.DataFrame | None:
+    """Per-image predictions of the run's latent model (``latent/<task>/predictions.csv``), or None.
+
+    Columns ``image``, ``material``, ``split``, ``predicted``, ``correct`` and the probabilities.
+    """
+    table = _read_csv(Path(cache_dir) / LATENT_DIR / task / "predictions.csv", dtype={"image": str})
+    if table is not None and not {"image", "material", "predicted"} <= set(table.columns):
+        raise ValueError(f"{Path(cache_dir) / LATENT_DIR / task / 'predictions.csv'}: needs image, material and "
+                         "predicted columns; build it again with `tmdafm precompute`")
+    return table
+
+
+def cell_images(table: pd.DataFrame, true: str, predicted: str, *, split: str | None = "test") -> pd.DataFrame:
+    """Rows of a predictions table whose true material is ``true`` and predicted one ``predicted`` (one split)."""
+    chosen = (table["material"].astype(str) == str(true)) & (table["predicted"].astype(str) == str(predicted))
+    if split is not None and "split" in table.columns:
+        chosen &= table["split"].astype(str) == split
+    return table[chosen].reset_index(drop=True)
+
+
+def architectures(cache_dir) -> pd.DataFrame | None:
+    """The architecture comparison table (``experiments.compare_architectures``), or None when not run."""
+    return _read_csv(Path(cache_dir) / ARCHITECTURES_PATH)
+
+
+# --- latent-space tables (/physical) ----------------------------------------------------------------------------
+
+def latent_tables(cache_dir, task: str = "mtc") -> dict | None:
+    """The descriptor analyses of ``latent/<task>``: ``table5``, ``correlation``, ``cosine_descriptors_pcs``,
+    ``cosine_regression_directions``, ``explained_variance`` (DataFrames), ``projection`` (PC scores per image)
+    and ``galleries`` (dict); None when the folder holds no projection. Tables the analysis did not write (no
+    descriptors were given) are absent from the dict."""
+    folder = Path(cache_dir) / LATENT_DIR / task
+    projection = _read_csv(folder / "projection.csv", dtype={"image": str, "sample_id": str})
+    if projection is None:
+        return None
+    tables = {"projection": projection}
+    for name in ("table5", "correlation", "cosine_descriptors_pcs", "cosine_regression_directions",
+                 "explained_variance"):
+        table = _read_csv(folder / f"{name}.csv", keep_default_na=False, na_values=[""])
+        if table is not None:
+            tables[name] = table
+    galleries = _read_json(folder / "galleries.json")
+    if galleries is not None:
+        tables["galleries"] = galleries
+    return tables
+
+
+def descriptor_unit(name: str) -> str:
+    """Unit of a descriptor column as the store computes it ("" when dimensionless or unknown)."""
+    if name not in FEATURE_COLUMNS:
+        return ""
+    unit = get_descriptor(name).unit
+    return "" if unit == "1" else unit
+
+
+def table5_display(table5: pd.DataFrame) -> pd.DataFrame:
+    """Paper Table 5 with its uncertainty, ready to show: rounded R values, 95 % intervals as text, p and q.
+
+    Columns: descriptor, unit, min R, its PC, its CI, p; max R, its PC, its CI, p; regression R (in-sample and
+    cross-validated), n images, status. q-values (Benjamini-Hochberg) come from the correlation table when given.
+    """
+    def interval(low, high):
+        return [f"[{a:+.2f}, {b:+.2f}]" for a, b in zip(low, high, strict=True)]
+
+    return pd.DataFrame({
+        "descriptor": table5["descriptor"],
+        "unit": [descriptor_unit(d) or "–" for d in table5["descriptor"]],
+        "min_r": table5["min_r"].round(3), "min_pc": table5["min_pc"],
+        "min_r_ci": interval(table5["min_r_ci_low"], table5["min_r_ci_high"]), "min_r_p": table5["min_r_p"],
+        "max_r": table5["max_r"].round(3), "max_pc": table5["max_pc"],
+        "max_r_ci": interval(table5["max_r_ci_low"], table5["max_r_ci_high"]), "max_r_p": table5["max_r_p"],
+        "regression_r": table5["regression_r"].round(3), "regression_r_cv": table5["regression_r_cv"].round(3),
+        "n_images": table5["n_images"], "status": table5["status"],
+    })
+
+
+def with_q_values(display: pd.DataFrame, table5: pd.DataFrame, correlation: pd.DataFrame | None) -> pd.DataFrame:
+    """Add ``min_r_q`` / ``max_r_q``: the Benjamini-Hochberg q-values of the pairs Table 5 reports."""
+    if correlation is None or "q_value" not in correlation.columns:
+        return display
+    q = correlation.set_index(["descriptor", "pc"])["q_value"]
+    out = display.copy()
+    for side in ("min", "max"):
+        keys = list(zip(table5["descriptor"], table5[f"{side}_pc"], strict=True))
+        out.insert(out.columns.get_loc(f"{side}_r_p") + 1, f"{side}_r_q",
+                   [float(q.get(key, np.nan)) for key in keys])
+    return out
+
+
+def pc_descriptor_points(tables: dict, features: pd.DataFrame | None, descriptor: str) -> pd.DataFrame:
+    """The PC scores of every image with its material and the raw value of ``descriptor`` (paper Figure 7 data)."""
+    projection = tables["projection"]
+    pcs = [c for c in projection.columns if c.startswith("PC") and c[2:].isdigit()]
+    keep = ["image"] + [c for c in ("sample_id", "label") if c in projection.columns] + pcs
+    points = projection[keep].rename(columns={"label": "material"})
+    if features is None or descriptor not in features.columns:
+        raise ValueError(f"descriptor {descriptor!r} is not in the store's features.csv; build it with "
+                         "`tmdafm precompute` (features step)")
+    return points.merge(features[["image", descriptor]], on="image", how="left")
+
+
+def percentile_gallery(galleries: dict, descriptor: str) -> dict:
+    """One descriptor's percentile galleries: ``{"status", "low": {...}, "high": {...}}`` (paper Figure 8)."""
+    if descriptor not in galleries:
+        raise ValueError(f"no gallery for descriptor {descriptor!r}; choose one of {', '.join(galleries)}")
+    return galleries[descriptor]
+
+
+# --- sequential study (/sequential) -----------------------------------------------------------------------------
+
+def sequential_results(cache_dir) -> pd.DataFrame | None:
+    """``sequential/results.csv`` (one row per task x mode x class count x volume x split), or None."""
+    table = _read_csv(Path(cache_dir) / "sequential" / "results.csv", dtype={"volume": str})
+    if table is None:
+        return None
+    needed = {"n_classes", "mode", "task", "volume", "split", "f1_mean", "f1_std"}
+    if not needed <= set(table.columns):
+        raise ValueError(f"{Path(cache_dir) / 'sequential' / 'results.csv'}: lacks column(s) "
+                         f"{sorted(needed - set(table.columns))}; build it again with `tmdafm sequential`")
+    return table
+
+
+def sequential_order(cache_dir, results: pd.DataFrame | None = None) -> list[str]:
+    """The order in which the study added its classes (``study.json``; else the first class is unknown)."""
+    study = _read_json(Path(cache_dir) / "sequential" / "study.json")
+    if study and study.get("order"):
+        return [str(c) for c in study["order"]]
+    if results is None or results.empty:
+        return []
+    return list(results.sort_values("n_classes").drop_duplicates("n_classes")["new_class"].astype(str))
+
+
+def volume_order(volumes) -> list[str]:
+    """Training volumes from smallest to ``full`` (numbers ascending, then ``full``)."""
+    volumes = list(dict.fromkeys(str(v) for v in volumes))
+    numbers = sorted((v for v in volumes if v.isdigit()), key=int)
+    return numbers + [v for v in volumes if not v.isdigit()]
+
+
+def percentile_images(features: pd.DataFrame, descriptor: str, side: str, threshold: float, *,
+                      images=None) -> list[str]:
+    """Every image at or below (``side="low"``) or at or above (``"high"``) ``threshold`` of ``descriptor``, in
+    the descriptor's units, most extreme first; ``images`` limits it to those ids (the projected images)."""
+    if side not in ("low", "high"):
+        raise ValueError(f"side must be 'low' or 'high', got {side!r}")
+    if descriptor not in features.columns:
+        raise ValueError(f"descriptor {descriptor!r} is not in the feature table")
+    table = features[["image", descriptor]].dropna()
+    if images is not None:
+        table = table[table["image"].astype(str).isin({str(i) for i in images})]
+    values = table[descriptor].to_numpy(dtype=float)
+    chosen = table[values <= threshold] if side == "low" else table[values >= threshold]
+    chosen = chosen.sort_values(descriptor, ascending=side == "low", kind="stable")
+    return chosen["image"].astype(str).tolist()
