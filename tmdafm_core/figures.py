@@ -302,3 +302,247 @@ def placed_images_figure(points: pd.DataFrame, placed: pd.DataFrame, *, x: str, 
                                   hovertemplate="%{text}<extra>uploaded</extra>"))
     figure.update_layout(dragmode="zoom")
     return figure
+
+
+# --- model performance, physical descriptors, sequential study (pages /performance, /physical, /sequential) --------
+
+#: Diverging, colour-blind-safe scale for signed values in -1..1 (correlations, cosines): blue negative, red positive.
+DIVERGING_SCALE = "RdBu_r"
+#: Sequential scale for percentages (confusion matrices): light to dark blue, readable in grey print.
+PERCENT_SCALE = "Blues"
+TASK_COLOURS = {"MtC": OKABE_ITO[0], "MtL": OKABE_ITO[4]}
+MODE_STYLES = {"imagenet": dict(name="ImageNet", color=OKABE_ITO[0], dash="solid", symbol="circle"),
+               "sequential": dict(name="Sequential", color=OKABE_ITO[4], dash="dash", symbol="square")}
+SPLIT_COLOURS = {"train": OKABE_ITO[0], "val": OKABE_ITO[1], "test": OKABE_ITO[4]}
+SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}
+
+
+def readable(name: str) -> str:
+    """``grain_density`` -> ``grain density``."""
+    return str(name).replace("_", " ")
+
+
+def _legend_above_subplots(figure: go.Figure) -> go.Figure:
+    """Room for the legend above the subplot titles (they sit where base_layout puts the legend)."""
+    top = (figure.layout.margin.t or 40) + 30
+    figure.update_layout(margin=dict(t=top), legend=dict(y=1.0, yref="container", yanchor="top", x=0.0))
+    return figure
+
+
+def metrics_figure(metrics: pd.DataFrame, *, title: str | None = None, height: int = 340) -> go.Figure:
+    """Accuracy and macro-F1 (%, mean ± std over folds) per partition, MtC beside MtL.
+
+    ``metrics`` is :func:`tmdafm_core.results.metrics_table` (task, split, accuracy_mean/std, f1_mean/std).
+    """
+    from plotly.subplots import make_subplots
+
+    if metrics.empty:
+        raise ValueError("no run metrics to draw; build the runs with `tmdafm precompute`")
+    figure = make_subplots(rows=1, cols=2, subplot_titles=["accuracy", "macro-F1"], shared_yaxes=True,
+                           horizontal_spacing=0.06)
+    splits = [s for s in SPLIT_NAMES if s in set(metrics["split"])]
+    for col, metric in enumerate(("accuracy", "f1"), start=1):
+        for task, part in metrics.groupby("task", sort=False):
+            part = part.set_index("split").loc[splits]
+            figure.add_trace(go.Bar(
+                x=[SPLIT_NAMES[s] for s in splits], y=100 * part[f"{metric}_mean"], name=task, legendgroup=task,
+                showlegend=col == 1, marker_color=TASK_COLOURS.get(task, OKABE_ITO[2]),
+                error_y=dict(type="data", array=100 * part[f"{metric}_std"], thickness=1.2, width=4),
+                hovertemplate=f"{task} · %{{x}}: %{{y:.1f}} ± %{{error_y.array:.1f}} %<extra></extra>"),
+                row=1, col=col)
+    figure.update_yaxes(title_text="score (%, mean ± std over folds)", range=[0, 105], col=1)
+    figure.update_yaxes(range=[0, 105], col=2)
+    figure.update_xaxes(title_text="partition")
+    figure.update_layout(barmode="group", bargap=0.3)
+    return _legend_above_subplots(base_layout(figure, title=title, height=height))
+
+
+def confusion_figure(matrix: pd.DataFrame, *, title: str | None = None, height: int = 420) -> go.Figure:
+    """Test confusion matrix in percent of all test images (paper Figure 3): rows true, columns predicted.
+
+    Each cell carries ``customdata`` = [true, predicted] so a click can name the images behind it.
+    """
+    values = matrix.to_numpy(dtype=float)
+    true = [str(c) for c in matrix.index]
+    predicted = [str(c) for c in matrix.columns]
+    top = max(float(np.nanmax(values)) if values.size else 0.0, 1e-9)
+    text = [[f"{v:.1f}" for v in row] for row in values]
+    custom = np.array([[[t, p] for p in predicted] for t in true], dtype=object)
+    figure = go.Figure(go.Heatmap(
+        z=values, x=predicted, y=true, colorscale=PERCENT_SCALE, zmin=0, zmax=top, text=text,
+        texttemplate="%{text}", textfont=dict(size=13), customdata=custom, xgap=1, ygap=1,
+        colorbar=dict(title=dict(text="% of test images", side="right"), thickness=12),
+        hovertemplate="true %{y} → predicted %{x}: %{z:.1f} % of test images<extra>click to list the images</extra>"))
+    figure.update_xaxes(title_text="predicted material", side="bottom", tickangle=0)
+    figure.update_yaxes(title_text="true material", autorange="reversed")
+    base_layout(figure, title=title, height=height)
+    figure.update_layout(margin=dict(l=80, r=20, t=50 if title else 20, b=60))
+    return figure
+
+
+def training_curves_figure(history: pd.DataFrame, *, title: str | None = None, height: int = 340) -> go.Figure:
+    """Loss and macro-F1 per epoch, train against validation: the fold mean (thick) over each fold (thin).
+
+    ``history`` is a run's ``history.csv`` (fold, epoch, split, loss, f1_macro).
+    """
+    from plotly.subplots import make_subplots
+
+    needed = {"fold", "epoch", "split", "loss", "f1_macro"}
+    if not needed <= set(history.columns):
+        raise ValueError(f"history lacks column(s) {sorted(needed - set(history.columns))}; expected a run's "
+                         "history.csv")
+    figure = make_subplots(rows=1, cols=2, subplot_titles=["loss", "macro-F1"], horizontal_spacing=0.09)
+    for col, (metric, scale) in enumerate((("loss", 1.0), ("f1_macro", 100.0)), start=1):
+        for split in (s for s in ("train", "val") if s in set(history["split"])):
+            part = history[history["split"] == split]
+            colour = SPLIT_COLOURS[split]
+            for fold, rows in part.groupby("fold"):
+                figure.add_trace(go.Scatter(
+                    x=rows["epoch"], y=scale * rows[metric], mode="lines", line=dict(color=colour, width=1),
+                    opacity=0.35, name=f"{SPLIT_NAMES[split]} fold {fold}", legendgroup=split, showlegend=False,
+                    hovertemplate=f"{SPLIT_NAMES[split]} fold {fold} · epoch %{{x}}: %{{y:.3g}}<extra></extra>"),
+                    row=1, col=col)
+            mean = part.groupby("epoch")[metric].mean()
+            figure.add_trace(go.Scatter(
+                x=mean.index, y=scale * mean.to_numpy(), mode="lines+markers", name=f"{SPLIT_NAMES[split]} (mean)",
+                legendgroup=split, showlegend=col == 1, marker=dict(size=5, symbol="circle" if split == "train"
+                                                                     else "diamond"),
+                line=dict(color=colour, width=2.5, dash="solid" if split == "train" else "dash"),
+                hovertemplate=f"{SPLIT_NAMES[split]} mean · epoch %{{x}}: %{{y:.3g}}<extra></extra>"), row=1, col=col)
+    epochs = history["epoch"].to_numpy()
+    figure.update_xaxes(title_text="epoch", tickformat="d", dtick=1 if epochs.max() - epochs.min() <= 12 else None,
+                        range=[epochs.min() - 0.3, epochs.max() + 0.3])
+    figure.update_yaxes(title_text="loss (per image)", rangemode="tozero", col=1)
+    figure.update_yaxes(title_text="macro-F1 (%)", range=[0, 102], col=2)
+    return _legend_above_subplots(base_layout(figure, title=title, height=height))
+
+
+def correlation_heatmap(correlation: pd.DataFrame, *, title: str | None = None, height: int = 520) -> go.Figure:
+    """Pearson R of each descriptor (rows) with each principal component (columns), zero at white.
+
+    ``correlation`` is the long table of ``latent.analyse`` (descriptor, pc, r, ci_low, ci_high, p_value,
+    q_value). Cells with q < 0.05 (Benjamini-Hochberg) are marked with an asterisk.
+    """
+    descriptors = list(dict.fromkeys(correlation["descriptor"]))
+    pcs = list(dict.fromkeys(correlation["pc"]))
+    wide = {key: correlation.pivot(index="descriptor", columns="pc", values=key).loc[descriptors, pcs]
+            for key in ("r", "ci_low", "ci_high", "p_value", "q_value") if key in correlation.columns}
+    r = wide["r"].to_numpy(dtype=float)
+    q = wide["q_value"].to_numpy(dtype=float) if "q_value" in wide else np.ones_like(r)
+    text = [[f"{v:+.2f}" + ("*" if qq < 0.05 else "") for v, qq in zip(row, qrow, strict=True)]
+            for row, qrow in zip(r, q, strict=True)]
+    extra = np.dstack([wide[k].to_numpy(dtype=float) if k in wide else np.full_like(r, np.nan)
+                       for k in ("ci_low", "ci_high", "p_value", "q_value")])
+    figure = go.Figure(go.Heatmap(
+        z=r, x=pcs, y=[readable(d) for d in descriptors], zmin=-1, zmax=1, zmid=0, colorscale=DIVERGING_SCALE,
+        text=text, texttemplate="%{text}", textfont=dict(size=11), customdata=extra, xgap=1, ygap=1,
+        colorbar=dict(title=dict(text="Pearson R", side="right"), thickness=12),
+        hovertemplate="%{y} × %{x}: R = %{z:.3f}<br>95 % CI [%{customdata[0]:.2f}, %{customdata[1]:.2f}]"
+                      "<br>p = %{customdata[2]:.2g}, q = %{customdata[3]:.2g}<extra></extra>"))
+    figure.update_xaxes(title_text="principal component of the latent features", side="bottom")
+    figure.update_yaxes(title_text=None, autorange="reversed")
+    base_layout(figure, title=title, height=height)
+    figure.update_layout(margin=dict(l=130, r=20, t=50 if title else 20, b=60))
+    return figure
+
+
+def cosine_heatmap(table: pd.DataFrame, *, x_title: str, title: str | None = None, height: int = 520) -> go.Figure:
+    """Cosine similarity heatmap of a wide table (``descriptor`` + one column per PC or per descriptor)."""
+    descriptors = [str(d) for d in table["descriptor"]]
+    columns = [c for c in table.columns if c != "descriptor"]
+    values = table[columns].to_numpy(dtype=float)
+    figure = go.Figure(go.Heatmap(
+        z=values, x=[readable(c) for c in columns], y=[readable(d) for d in descriptors], zmin=-1, zmax=1, zmid=0,
+        colorscale=DIVERGING_SCALE, text=[[f"{v:+.2f}" for v in row] for row in values], texttemplate="%{text}",
+        textfont=dict(size=10), xgap=1, ygap=1,
+        colorbar=dict(title=dict(text="cosine similarity", side="right"), thickness=12),
+        hovertemplate="%{y} · %{x}: cosine %{z:.3f}<extra></extra>"))
+    figure.update_xaxes(title_text=x_title, side="bottom", tickangle=-40 if len(columns) > 10 else 0)
+    figure.update_yaxes(title_text=None, autorange="reversed")
+    base_layout(figure, title=title, height=height)
+    figure.update_layout(margin=dict(l=130, r=20, t=50 if title else 20, b=90 if len(columns) > 10 else 60))
+    return figure
+
+
+def descriptor_scatter_figure(points: pd.DataFrame, *, x: str, y: str, descriptor: str, label: str,
+                              explained: dict | None = None, title: str | None = None,
+                              height: int = 460) -> go.Figure:
+    """Two principal components of every image coloured by one physical descriptor (paper Figure 7).
+
+    ``points`` holds ``image``, ``material``, the PC columns and the descriptor's raw values; ``label`` names the
+    descriptor with its unit (the colour bar's title). Images without a value are grey. ``customdata`` is the image
+    id, for clicks.
+    """
+    values = points[descriptor].to_numpy(dtype=float)
+    has = np.isfinite(values)
+    figure = go.Figure()
+    if (~has).any():
+        rest = points[~has]
+        figure.add_trace(go.Scattergl(x=rest[x], y=rest[y], mode="markers", name="no value",
+                                      marker=dict(size=6, color=MISSING_COLOUR), customdata=rest["image"],
+                                      hovertemplate="%{customdata}: no value<extra></extra>"))
+    shown = points[has]
+    materials = shown["material"].astype(str) if "material" in shown else pd.Series("", index=shown.index)
+    figure.add_trace(go.Scattergl(
+        x=shown[x], y=shown[y], mode="markers", name=label, showlegend=False, customdata=shown["image"],
+        text=materials,
+        marker=dict(size=7, color=values[has], colorscale=CONTINUOUS_SCALE, line=dict(width=0.4, color="white"),
+                    colorbar=dict(title=dict(text=label, side="right"), thickness=12)),
+        hovertemplate=f"%{{customdata}} (%{{text}})<br>{readable(descriptor)} = %{{marker.color:.4g}}"
+                      "<extra></extra>"))
+    figure.update_xaxes(title_text=axis_title(x, explained), zeroline=False)
+    figure.update_yaxes(title_text=axis_title(y, explained), zeroline=False)
+    base_layout(figure, title=title, height=height)
+    figure.update_layout(showlegend=bool((~has).any()))
+    return figure
+
+
+def sequential_figure(results: pd.DataFrame, *, split: str = "test", n_classes=None, volumes=None,
+                      height: int | None = None) -> go.Figure:
+    """Macro-F1 (%, mean ± std over folds) against the new class's training volume, ImageNet against Sequential
+    starting weights, one panel per task (rows) and class count (columns): paper Figure 4.
+
+    ``results`` is ``sequential/results.csv``; ``volumes`` the x order (default: numbers ascending, then full).
+    """
+    from plotly.subplots import make_subplots
+
+    part = results[results["split"].astype(str) == split]
+    if part.empty:
+        raise ValueError(f"sequential results have no rows for split {split!r}")
+    tasks = [t for t in ("mtc", "mtl") if t in set(part["task"])] or sorted(set(part["task"]))
+    counts = sorted(set(int(n) for n in part["n_classes"]))
+    if n_classes is None:
+        n_classes = [n for n in counts if n >= 3] or counts  # at 2 classes both modes are the same run
+    volumes = volumes or sorted(set(part["volume"].astype(str)),
+                                key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else 0))
+    titles = [f"{t.upper().replace('MT', 'Mt')} · {n} classes" for t in tasks for n in n_classes]
+    figure = make_subplots(rows=len(tasks), cols=len(n_classes), subplot_titles=titles, shared_yaxes=True,
+                           shared_xaxes=True, vertical_spacing=0.14, horizontal_spacing=0.04)
+    for row, task in enumerate(tasks, start=1):
+        for col, n in enumerate(n_classes, start=1):
+            cell = part[(part["task"] == task) & (part["n_classes"].astype(int) == n)]
+            for mode, style in MODE_STYLES.items():
+                rows = cell[cell["mode"] == mode].set_index(cell[cell["mode"] == mode]["volume"].astype(str))
+                rows = rows.reindex([v for v in volumes if v in rows.index])
+                if rows.empty:
+                    continue
+                new = rows["new_class"].iloc[0] if "new_class" in rows else ""
+                images = rows["new_class_train_images"] if "new_class_train_images" in rows \
+                    else pd.Series(np.nan, index=rows.index)
+                figure.add_trace(go.Scatter(
+                    x=list(rows.index), y=100 * rows["f1_mean"],
+                    error_y=dict(type="data", array=100 * rows["f1_std"].fillna(0), thickness=1.2, width=4),
+                    mode="lines+markers", name=style["name"], legendgroup=mode,
+                    showlegend=row == 1 and col == 1,
+                    line=dict(color=style["color"], dash=style["dash"], width=2),
+                    marker=dict(symbol=style["symbol"], size=8, color=style["color"]),
+                    customdata=np.column_stack([images.to_numpy(dtype=float), [new] * len(rows)]),
+                    hovertemplate=(f"{style['name']} · volume %{{x}} (%{{customdata[0]:.0f}} training images of "
+                                   "%{customdata[1]})<br>macro-F1 %{y:.1f} ± %{error_y.array:.1f} %"
+                                   "<extra></extra>")), row=row, col=col)
+    figure.update_xaxes(type="category", categoryorder="array", categoryarray=list(volumes))
+    figure.update_xaxes(title_text="training images of the new class", row=len(tasks))
+    figure.update_yaxes(range=[0, 105])
+    for row in range(1, len(tasks) + 1):
+        figure.update_yaxes(title_text=f"{SPLIT_NAMES.get(split, split)} macro-F1 (%)", row=row, col=1)
+    return _legend_above_subplots(base_layout(figure, height=height or 300 * len(tasks) + 80))
