@@ -181,6 +181,15 @@ def axis_title(column: str, explained: dict | None = None) -> str:
     return f"UMAP {number} (arbitrary units)"
 
 
+def faded_marker(opacity, n_points: int, *, three_d: bool = False) -> dict:
+    """Marker size and opacity that fade filtered-out points: per-point opacity in 2-D; in 3-D (where plotly takes
+    one opacity per trace) faded points are drawn small instead."""
+    opacity = np.full(n_points, 0.85) if opacity is None else np.asarray(list(opacity), dtype=np.float64)
+    if three_d:
+        return {"size": np.where(opacity >= 0.5, 4.0, 1.0).tolist(), "opacity": 0.85}
+    return {"size": 7, "opacity": opacity.tolist()}
+
+
 def latent_scatter_figure(points: pd.DataFrame, *, x: str, y: str, z: str | None = None, colour: dict,
                           highlight=None, explained: dict | None = None, title: str | None = None,
                           opacity=None, height: int = 560) -> go.Figure:
@@ -211,8 +220,7 @@ def latent_scatter_figure(points: pd.DataFrame, *, x: str, y: str, z: str | None
     trace_type = go.Scatter3d if three_d else go.Scattergl
     coords = {axis: points[c].to_numpy(dtype=np.float64) for axis, c in zip("xyz", columns, strict=False)}
     marker = colour_marker(colour)
-    marker.update(size=4 if three_d else 7, opacity=0.85 if opacity is None else list(opacity),
-                  line=dict(width=0))
+    marker.update(line=dict(width=0), **faded_marker(opacity, len(points), three_d=three_d))
     figure = go.Figure()
     figure.add_trace(trace_type(**coords, mode="markers", name="images", showlegend=False, marker=marker,
                                 customdata=np.arange(len(points)), hoverinfo="none"))
