@@ -133,8 +133,13 @@ def test_output_rows_follow_names_not_positions(tmp_path):
 
 def test_mtl_outputs_stay_the_study_elements_and_carry_over_whole(synthetic, tmp_path):
     out = tmp_path / "mtl"
-    results = sequential_study(synthetic, out, order=("MoS2", "WS2", "WSe2"), volumes="full", task="mtl", **TINY)
-    assert set(results["task"]) == {"mtl"} and len(results) == 2 * 2 * 3
+    results = sequential_study(synthetic, out, order=("MoS2", "WS2", "WSe2"), volumes="full,1000", task="mtl",
+                               **TINY)
+    assert set(results["task"]) == {"mtl"} and len(results) == 2 * 2 * 2 * 3
+    # A cut that keeps every training image is the full-volume run, reported under both labels, trained once.
+    runs = results.drop_duplicates(["n_classes", "mode", "volume"]).set_index(["n_classes", "mode", "volume"])["run"]
+    assert runs[(3, "sequential", "1000")] == runs[(3, "sequential", "full")] == "mtl/sequential/3cls_full"
+    assert not any(out.glob("mtl/*/*cls_1000"))
     first = json.loads((stage_dir(out, "mtl", "imagenet", 2, "full") / "config.json").read_text())
     assert first["classes"] == ["MoS2", "WS2"] and first["elements"] == ["Mo", "W", "S", "Se"]
     start = stage_dir(out, "mtl", "imagenet", 2, "full") / "fold0.pt"
@@ -227,6 +232,23 @@ def test_profiles_and_explicit_overrides():
     assert profile_options(None, folds=3) == {"folds": 3}
     with pytest.raises(ValueError, match="unknown profile"):
         profile_options("fast")
+
+
+def test_threads_apply_while_the_experiment_runs_and_are_restored(synthetic, tmp_path, monkeypatch):
+    seen = []
+    real_fit = training.fit_fold
+
+    def recording_fit(data, config, fold, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real_fit(data, config, fold, **kwargs)
+
+    monkeypatch.setattr(training, "fit_fold", recording_fit)
+    torch.set_num_threads(2)
+    sequential_study(synthetic, tmp_path / "t", order=ORDER[:2], volumes="full", threads=1, **TINY)
+    assert seen == [1, 1] and torch.get_num_threads() == 2
+    torch.set_num_threads(1)
+    with pytest.raises(ValueError, match="threads must be a whole number >= 1"):
+        sequential_study(synthetic, tmp_path / "u", order=ORDER[:2], threads=0, **TINY)
 
 
 def test_cli_bad_order_and_volumes_are_one_line_errors(synthetic, tmp_path, capsys):

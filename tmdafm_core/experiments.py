@@ -39,6 +39,8 @@ Layout of ``out_dir``::
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -71,14 +73,16 @@ RESULT_COLUMNS = ("n_classes", "mode", "task", "volume", "split", "f1_mean", "f1
 ARCHITECTURES_NAME, ABLATION_NAME = "architectures.csv", "ablation.csv"
 ABLATION_MODES = ("fine-tune", "feature-extraction", "scratch")
 
-#: Training settings of the profiles. ``demo`` finishes the whole default sequential grid of a 1026-image set in
-#: about five minutes on 2 CPU cores (scratch training, so its numbers say little about transfer learning);
+#: Training settings of the profiles. ``demo`` aims at the whole default sequential grid of a 1026-image set in
+#: under five minutes on 2 CPU cores (scratch training at 32 px, so its numbers say little about transfer
+#: learning). It trains with one torch thread: on a CPU shared with other processes, two threads on two cores ran
+#: ResNet18 about 30x slower than one (threads wait for each other), and at 32 px one thread is as fast as two.
 #: ``paper`` is the paper's setting (native image size, 60 epochs, ImageNet V1 weights) and wants a GPU.
 PROFILES = {
-    "demo": {"arch": "resnet18", "weights": "none", "image_size": 48, "epochs": 3, "folds": 2, "lr": 1e-3,
-             "batch_size": 64, "dropout": 0.0, "device": "cpu"},
+    "demo": {"arch": "resnet18", "weights": "none", "image_size": 32, "epochs": 3, "folds": 2, "lr": 1e-3,
+             "batch_size": 64, "dropout": 0.0, "device": "cpu", "threads": 1},
     "paper": {"arch": "resnet18", "weights": "imagenet-v1", "image_size": None, "epochs": 60, "folds": 5,
-              "lr": 7.5e-5, "batch_size": 32, "dropout": 0.0, "device": "cuda"},
+              "lr": 7.5e-5, "batch_size": 32, "dropout": 0.0, "device": "cuda", "threads": None},
 }
 
 
@@ -90,13 +94,41 @@ def profile_options(profile: str | None = None, **explicit) -> dict:
     profile : {"demo", "paper"}, optional
         No profile: only the explicit keywords (the engine's defaults fill the rest).
     **explicit
-        ``cross_validate`` keywords; None means "not given".
+        ``cross_validate`` keywords, and ``threads`` (torch CPU threads while the experiment runs); None means
+        "not given".
     """
     if profile is not None and profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
     options = dict(PROFILES[profile]) if profile else {}
     options.update({k: v for k, v in explicit.items() if v is not None})
     return options
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """Run a block with ``threads`` torch CPU threads (None: leave torch's setting), restoring it afterwards."""
+    import torch
+
+    if threads is None:
+        yield
+        return
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ValueError(f"threads must be a whole number >= 1, got {threads!r}")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _with_threads(function):
+    """Give an experiment a ``threads=`` keyword (see :func:`torch_threads`)."""
+    @functools.wraps(function)
+    def run(*args, threads: int | None = None, **kwargs):
+        with torch_threads(threads):
+            return function(*args, **kwargs)
+    return run
 
 
 # --- shared helpers ---------------------------------------------------------------------------------------------
@@ -228,39 +260,46 @@ class Stage:
         return self.classes[-1]
 
 
-def plan_stages(out_dir, order, volumes, tasks, modes) -> tuple[list[Stage], list[tuple[Stage, str]]]:
+def plan_stages(out_dir, order, volumes, tasks, modes, *,
+                keeps_all=None) -> tuple[list[Stage], list[tuple[Stage, str]]]:
     """Runs to train, in an order that trains every starting point first, and the (run, mode) pairs to report.
 
     The 2-class ImageNet runs are trained whenever either mode is asked for (they start the Sequential chain);
-    Sequential at 2 classes reports those runs.
+    Sequential at 2 classes reports those runs. ``keeps_all(classes, volume)``, when given, says that a cut keeps
+    every training image of the new class in every fold: that volume is then the full-volume run (reported with
+    its own volume label, trained once).
     """
     out_dir = Path(out_dir)
     train, report = [], []
+
+    def stage(task, mode, n, volume, start):
+        classes = tuple(order[:n])
+        same = volume != FULL and keeps_all is not None and keeps_all(classes, volume)
+        run_dir = stage_dir(out_dir, task, mode, n, FULL if same else volume)
+        return Stage(task, mode, n, volume, classes, run_dir, start), same
+
     for task in tasks:
         for n in range(2, len(order) + 1):
-            classes = tuple(order[:n])
             for volume in volumes:
-                imagenet = Stage(task, "imagenet", n, volume, classes, stage_dir(out_dir, task, "imagenet", n, volume),
-                                 None)
-                if n == 2 or "imagenet" in modes:
+                imagenet, same = stage(task, "imagenet", n, volume, None)
+                if (n == 2 or "imagenet" in modes) and not same:
                     train.append(imagenet)
                 if "imagenet" in modes:
                     report.append((imagenet, "imagenet"))
-            if "sequential" not in modes:
+                if "sequential" in modes and n == 2:
+                    report.append((imagenet, "sequential"))
+            if "sequential" not in modes or n == 2:
                 continue
+            previous = stage_dir(out_dir, task, "imagenet" if n == 3 else "sequential", n - 1, FULL)
             for volume in volumes:
-                if n == 2:
-                    report.append((Stage(task, "imagenet", n, volume, classes,
-                                         stage_dir(out_dir, task, "imagenet", n, volume), None), "sequential"))
-                    continue
-                previous = "imagenet" if n == 3 else "sequential"
-                stage = Stage(task, "sequential", n, volume, classes, stage_dir(out_dir, task, "sequential", n, volume),
-                              stage_dir(out_dir, task, previous, n - 1, FULL))
-                train.append(stage)
-                report.append((stage, "sequential"))
+                sequential, same = stage(task, "sequential", n, volume, previous)
+                if not same:
+                    train.append(sequential)
+                report.append((sequential, "sequential"))
     return train, report
 
 
+@_with_threads
 def sequential_study(data: pd.DataFrame, out_dir, *, order=PAPER_MATERIALS, volumes=DEFAULT_VOLUMES,
                      task: str = "mtc", modes=MODES, progress: bool = False, **train) -> pd.DataFrame:
     """Add classes one at a time and compare ImageNet with Sequential starting weights over a volume sweep.
@@ -279,6 +318,8 @@ def sequential_study(data: pd.DataFrame, out_dir, *, order=PAPER_MATERIALS, volu
     modes : sequence of {"imagenet", "sequential"}
     progress : bool
         tqdm bar over stages x folds on stderr, with an ETA.
+    threads : int, optional
+        torch CPU threads while the study runs (the demo profile uses 1); default: torch's setting.
     **train
         :func:`tmdafm_core.training.cross_validate` keywords (``arch``, ``weights`` — the base weights, ``epochs``,
         ``folds``, ``lr``, ``batch_size``, ``dropout``, ``image_size``, ``device``, ``seed``, ...), e.g. from
@@ -308,7 +349,8 @@ def sequential_study(data: pd.DataFrame, out_dir, *, order=PAPER_MATERIALS, volu
     split = _shared_split(study, options)
     # MtL: the element outputs of the whole study at every stage, so they carry over whole.
     elements = LabelSpace.from_materials(order).elements
-    stages, report = plan_stages(out_dir, order, volumes, tasks, modes)
+    stages, report = plan_stages(out_dir, order, volumes, tasks, modes,
+                                 keeps_all=functools.partial(_cut_keeps_all, split, options))
     _write_json(out_dir / STUDY_NAME, {"order": list(order), "volumes": list(volumes), "tasks": list(tasks),
                                        "modes": list(modes), "train": options, "n_images": len(split)})
 
@@ -347,6 +389,12 @@ def _train_stage(stage: Stage, split, stored, image_size, elements, options, pro
                           fold_weights=fold_weights, train_limits=train_limits,
                           images=None if stored is None else stored[rows], save_optimizer=False,
                           progress=progress, **run_options)
+
+
+def _cut_keeps_all(split: pd.DataFrame, options: dict, classes, volume) -> bool:
+    """Whether cutting the new class to ``volume`` leaves every fold's training partition as it is."""
+    is_new = (split["material"] == classes[-1]).to_numpy()
+    return all(is_new[fold_training_positions(split, fold)].sum() <= int(volume) for fold in range(options["folds"]))
 
 
 def _new_class_train_images(split: pd.DataFrame, stage: Stage, options: dict) -> float:
@@ -420,6 +468,7 @@ def _wide_scores(metrics: dict) -> dict:
     return row
 
 
+@_with_threads
 def compare_architectures(data: pd.DataFrame, out_dir, *, archs=ARCHITECTURES, weights=("imagenet-v1", "imagenet-v2"),
                           task: str = "both", progress: bool = False, **train) -> pd.DataFrame:
     """Cross-validate every architecture x weight version on one shared split (paper Tables 3 and 4).
@@ -506,6 +555,7 @@ def task_comparison(table: pd.DataFrame, *, split: str = "test") -> pd.DataFrame
 
 # --- ablation (Table 2) -----------------------------------------------------------------------------------------
 
+@_with_threads
 def ablation_study(data: pd.DataFrame, out_dir, *, arch: str = "resnet18", weights: str = "imagenet-v1",
                    task: str = "mtc", progress: bool = False, **train) -> pd.DataFrame:
     """Fine-tuning vs the feature-extraction MLP vs training from scratch, on one shared split (paper Table 2).
