@@ -243,15 +243,18 @@ class Classifier:
         self.images = table["image"].to_numpy()
         self.points = table
         if self.projection.train_embeddings is not None and len(self.projection.train_embeddings) == len(table):
-            self.neighbour_space, self.neighbour_note = self.projection.train_embeddings.astype(np.float32), \
-                "full latent space"
-        else:
-            pcs = [c for c in table.columns if c.startswith("PC")]
-            self.neighbour_space, self.neighbour_note = table[pcs].to_numpy(np.float32), \
-                f"first {len(pcs)} principal components (the saved projection keeps no embeddings)"
+            self.neighbour_space = self.projection.train_embeddings.astype(np.float32)
+        else:  # a PCA-only projection keeps no embeddings: embed the data set once with the same model
+            from .pipeline import load_manifest
+            from .training import embed
+
+            manifest = load_manifest(self.cache_dir)
+            with self.mtc.lock:
+                self.neighbour_space = embed(self.mtc.run, manifest)
+            self.images = manifest["image"].to_numpy()
+        self.neighbour_note = "full latent space"
         # Rebuild the UMAP and compile its transform now, not in the first user's request (seconds, once).
-        self.place(self.neighbour_space[0] if self.neighbour_space.shape[1] == self.projection.n_dims
-                   else self.projection.mean)
+        self.place(self.neighbour_space[0])
         features = read_features(self.cache_dir)
         self.descriptor_values = {} if features is None else {
             name: np.sort(features[name].to_numpy(np.float64)[np.isfinite(features[name].to_numpy(np.float64))])
@@ -279,9 +282,7 @@ class Classifier:
 
     def neighbours(self, embedding: np.ndarray, *, k: int = N_NEIGHBOURS) -> list[dict]:
         """The ``k`` data-set images nearest to an embedding (Euclidean), closest first."""
-        query = embedding if self.neighbour_space.shape[1] == len(embedding) else \
-            self.projection.transform(embedding)[0, :self.neighbour_space.shape[1]]
-        distance = np.linalg.norm(self.neighbour_space - np.asarray(query, np.float32), axis=1)
+        distance = np.linalg.norm(self.neighbour_space - np.asarray(embedding, np.float32), axis=1)
         order = np.argsort(distance, kind="stable")[:k]
         return [{"image": str(self.images[i]), "distance": float(distance[i])} for i in order]
 
