@@ -857,9 +857,10 @@ def precompute(cache_dir, data=None, *, profile="demo", progress=None, steps=Non
     Each step is recorded in ``CACHE/store.json`` with a key over its settings and the outputs of the steps it
     reads. A step is skipped when its record is done, its key is unchanged and its files are whole (sizes, content
     digests, and that each reads as its type); otherwise it is computed again, and so is every step that reads it.
-    Training steps resume an interrupted attempt (finished folds and stages are kept). One precompute runs per
-    store at a time (a lock); readers may read while it runs: every file is replaced atomically and training
-    happens in a separate folder that is swapped in when complete.
+    Training steps resume an interrupted attempt (finished folds and stages are kept). Two writers never run the
+    same step at once (a lock per step; the second then finds the step done). Readers may read while a writer
+    runs: every file is replaced atomically and training happens in a separate folder that is swapped in when
+    complete.
 
     Parameters
     ----------
@@ -887,17 +888,20 @@ def precompute(cache_dir, data=None, *, profile="demo", progress=None, steps=Non
         raise ValueError(f"{cache_dir}: exists and is not a folder; give a folder for the store")
     wanted = _with_dependencies(STEPS if steps is None else steps)
     results = []
-    with exclusive(cache_dir, "precompute"):
-        ctx = _Context(cache_dir, data, profile, progress)
-        for number, step in enumerate(wanted, 1):
-            _report(progress, f"step {number}/{len(wanted)}: {step}", number - 1, len(wanted))
+    ctx = _Context(cache_dir, data, profile, progress)
+    for number, step in enumerate(wanted, 1):
+        _report(progress, f"step {number}/{len(wanted)}: {step}", number - 1, len(wanted))
+        # One writer per step (a lock per step, not per run: the app's own preparation of the data set and
+        # thumbnails goes ahead once another precompute has finished those steps).
+        with exclusive(cache_dir, f"step-{step}"):
+            ctx.records = read_record(cache_dir)
             results.append(_run_step(ctx, step))
-            if progress is True:
-                result = results[-1]
-                print(f"tmdafm precompute: [{number}/{len(wanted)}] {step}: {result.status}"
-                      + (f" in {result.seconds:.1f} s" if result.status == "computed" else ""),
-                      file=sys.stderr, flush=True)
-        _report(progress, "precompute finished", len(wanted), len(wanted))
+        if progress is True:
+            result = results[-1]
+            print(f"tmdafm precompute: [{number}/{len(wanted)}] {step}: {result.status}"
+                  + (f" in {result.seconds:.1f} s" if result.status == "computed" else ""),
+                  file=sys.stderr, flush=True)
+    _report(progress, "precompute finished", len(wanted), len(wanted))
     return results
 
 

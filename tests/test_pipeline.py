@@ -1,0 +1,258 @@
+"""tmdafm precompute end to end on the tiny profile: every artifact, warm rerun, resume, invalidation, corruption,
+a writer killed mid-step, and readers during a write."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tmdafm_core import pipeline, store
+from tmdafm_core.latent import procrustes_align
+
+# The tiny profile with the one-volume sweep (the 8-image cut adds runs, not code paths) and PCA only (UMAP's
+# first fit compiles for ~15 s; tests/test_latent.py covers it).
+PROFILE = dataclasses.replace(pipeline.PROFILES["tiny"], volumes=("full",), umap_dims=())
+
+
+def _statuses(results):
+    return {r.step: r.status for r in results}
+
+
+def _link_copy(source, target):
+    # Every store file is replaced (never rewritten in place), so hard links keep the copies independent.
+    shutil.copytree(source, target, copy_function=os.link)
+    return target
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A whole tiny store, built in two calls (stopped after the descriptors, then resumed)."""
+    cache = tmp_path_factory.mktemp("pipeline") / "cache"
+    first = pipeline.precompute(cache, profile=PROFILE, steps=["descriptors"])
+    reports = []
+    second = pipeline.precompute(cache, profile=PROFILE, progress=lambda *args: reports.append(args))
+    return cache, first, second, reports
+
+
+def test_precompute_resumes_after_stopping_between_steps(built):
+    _, first, second, _ = built
+    assert [r.step for r in first] == ["dataset", "descriptors"]
+    assert all(r.status == "computed" and r.reason == "not in the store" for r in first)
+    statuses = _statuses(second)
+    assert list(statuses) == list(pipeline.STEPS)
+    assert statuses["dataset"] == statuses["descriptors"] == "from cache"
+    assert [s for s, v in statuses.items() if v == "computed"] == [s for s in pipeline.STEPS
+                                                                    if s not in ("dataset", "descriptors")]
+
+
+def test_store_holds_every_artifact_in_the_agreed_layout(built):
+    cache, _, _, reports = built
+    manifest = pipeline.load_manifest(cache)
+    assert len(manifest) == 80
+    record = store.read_record(cache)
+    assert all(record[step]["status"] == "done" for step in pipeline.STEPS)
+    assert record["mtc"]["settings"]["train"]["epochs"] == 1
+    assert record["latent-mtc"]["inputs"] == {"mtc": record["mtc"]["output"],
+                                              "descriptors": record["descriptors"]["output"]}
+    assert all(a.present for a in pipeline.store_contents(cache))
+
+    atlas = json.loads((cache / "thumbnails" / "atlas.json").read_text())
+    assert sorted(atlas) == sorted(manifest["image"])
+    features = pd.read_csv(cache / "features.csv")
+    assert list(features.columns[:2]) == ["image", "rms_roughness"] and len(features.columns) == 15
+    for task in ("mtc", "mtl"):
+        assert json.loads((cache / "runs" / task / "metrics.json").read_text())["task"] == task
+        latent = cache / "latent" / task
+        projection = pd.read_csv(latent / "projection.csv")
+        assert {"PC1", "PC10", "split"} <= set(projection.columns) and "UMAP1" not in projection.columns
+        assert len(projection) == 80
+        assert (latent / "table5.csv").is_file() and (latent / "projection.npz").is_file()
+        predictions = pd.read_csv(latent / "predictions.csv")
+        assert list(predictions.columns[:7]) == ["image", "sample_id", "material", "split", "fold", "predicted",
+                                                 "correct"]
+        classes = [c for c in predictions.columns if c in ("p_MoS2", "p_WS2", "p_WSe2", "p_MoSe2", "p_Mo-WSe2")]
+        assert len(classes) == 5 and np.allclose(predictions[classes].sum(axis=1), 1, atol=1e-4)
+        assert ("p_Se" in predictions.columns) == (task == "mtl")
+        assert (predictions["correct"] == (predictions["predicted"] == predictions["material"])).all()
+    results = pd.read_csv(cache / "sequential" / "results.csv")
+    assert set(results["task"]) == {"mtc", "mtl"} and set(results["n_classes"]) == {2, 3}
+    for task in ("mtc", "mtl"):
+        for mode in ("imagenet", "sequential"):
+            stages = [pd.read_csv(cache / "latent" / "sequential" / task / mode / f"{n}cls" / "projection.csv")
+                      for n in (2, 3)]
+            assert set(stages[0]["label"]) == {"MoS2", "WS2"} and set(stages[1]["label"]) == {"MoS2", "WS2", "WSe2"}
+            assert {"PC1", "PC2", "split"} <= set(stages[1].columns)
+    assert not list(cache.glob(".*.partial")) and not list((cache / "runs").glob(".*"))
+    steps_reported = {step for step, _, _ in reports}
+    assert "step 4/9: mtc" in steps_reported and "precompute finished" in steps_reported
+
+
+def test_warm_rerun_serves_everything_from_the_store(built):
+    cache = built[0]
+    start = time.perf_counter()
+    results = pipeline.precompute(cache, profile=PROFILE)
+    assert set(_statuses(results).values()) == {"from cache"}
+    assert time.perf_counter() - start < 10
+    summary = pipeline.format_summary(results, cache)
+    assert "0 step(s) computed, 9 from the cache" in summary and f"tmdafm app --cache {cache}" in summary
+
+
+def test_changed_setting_recomputes_only_what_depends_on_it(built, tmp_path):
+    cache = _link_copy(built[0], tmp_path / "cache")
+    results = pipeline.precompute(cache, profile=dataclasses.replace(PROFILE, n_boot=20))
+    computed = {r.step: r.reason for r in results if r.status == "computed"}
+    assert computed == {"latent-mtc": "settings changed", "latent-mtl": "settings changed"}
+    assert store.read_record(cache)["latent-mtc"]["settings"]["n_boot"] == 20
+    assert store.read_record(built[0])["latent-mtc"]["settings"]["n_boot"] == PROFILE.n_boot  # the original is intact
+
+
+def test_corrupt_entries_are_reported_and_recomputed_never_served(built, tmp_path):
+    cache = _link_copy(built[0], tmp_path / "cache")
+    features = (cache / "features.csv").read_bytes()
+    (cache / "features.csv").unlink()
+    (cache / "features.csv").write_bytes(features[: len(features) // 2])
+    checkpoint = cache / "runs" / "mtc" / "fold1.pt"
+    checkpoint.unlink()
+    checkpoint.write_bytes(b"PK\x03\x04 not a checkpoint")
+    kept = (cache / "runs" / "mtc" / "fold0.pt").stat().st_ino
+    results = pipeline.precompute(cache, profile=PROFILE)
+    computed = {r.step: r.reason for r in results if r.status == "computed"}
+    assert computed["descriptors"].startswith("corrupt: features.csv")
+    assert computed["mtc"].startswith("corrupt: runs/mtc/fold1.pt")
+    assert computed["latent-mtc"] == "input changed: mtc, descriptors"
+    assert computed["latent-mtl"] == "input changed: descriptors"
+    assert set(computed) == {"descriptors", "mtc", "latent-mtc", "latent-mtl"}
+    assert pd.read_csv(cache / "features.csv").shape == (80, 15)
+    assert (cache / "runs" / "mtc" / "fold0.pt").stat().st_ino == kept  # only the damaged fold was retrained
+    assert store.check_files(cache, store.read_record(cache)["mtc"]["files"]) is None
+
+
+_KILLED_WRITER = """
+import sys, dataclasses
+from tmdafm_core import pipeline
+pipeline.precompute(sys.argv[1], profile=dataclasses.replace(pipeline.PROFILES["tiny"], volumes=("full",),
+                                                            umap_dims=()), steps=["mtc"])
+"""
+
+
+def test_writer_killed_mid_step_leaves_a_consistent_store_that_resumes(built, tmp_path):
+    cache = _link_copy(built[0], tmp_path / "cache")
+    store.update_step(cache, "mtc", None)  # as if mtc had never been trained
+    shutil.rmtree(cache / "runs" / "mtc")
+    writer = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(cache)], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (cache / "runs" / ".mtc.partial" / "splits.csv").is_file():
+        time.sleep(0.05)
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.wait()
+    record = store.read_record(cache)
+    assert record["mtc"]["status"] == "running"  # never reported done
+    assert not (cache / "runs" / "mtc").exists()  # nothing half-trained where readers look
+    assert not {a.key for a in pipeline.store_contents(cache) if a.present} & {"mtc"}
+    results = pipeline.precompute(cache, profile=PROFILE, steps=["latent-mtc"])
+    computed = {r.step: r.reason for r in results if r.status == "computed"}
+    assert computed == {"mtc": "interrupted earlier", "latent-mtc": "input changed: mtc"}
+    assert store.step_done(cache, "mtc") and (cache / "runs" / "mtc" / "metrics.json").is_file()
+
+
+def test_readers_during_a_recompute_only_see_whole_files(built, tmp_path):
+    cache = _link_copy(built[0], tmp_path / "cache")
+    stop, problems, reads = threading.Event(), [], [0]
+
+    def read():
+        while not stop.is_set():
+            try:
+                table = pd.read_csv(cache / "latent" / "mtc" / "table5.csv")
+                projection = pd.read_csv(cache / "latent" / "mtc" / "projection.csv")
+                assert len(table) == 14 and len(projection) == 80
+                store.read_record(cache)["latent-mtc"]
+                reads[0] += 1
+            except Exception as exc:
+                problems.append(repr(exc))
+
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    for reader in readers:
+        reader.start()
+    try:
+        pipeline.precompute(cache, profile=dataclasses.replace(PROFILE, n_boot=21), steps=["latent-mtc"])
+    finally:
+        stop.set()
+        for reader in readers:
+            reader.join()
+    assert problems == [] and reads[0] > 0
+
+
+def test_bad_requests(tmp_path):
+    with pytest.raises(ValueError, match="unknown step 'umap'"):
+        pipeline.precompute(tmp_path / "c", profile=PROFILE, steps=["umap"])
+    with pytest.raises(ValueError, match="unknown profile 'fast'"):
+        pipeline.precompute(tmp_path / "c", profile="fast")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="not a folder"):
+        pipeline.precompute(tmp_path / "file", profile=PROFILE)
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        pipeline.precompute(tmp_path / "c", tmp_path / "missing", profile=PROFILE)
+
+
+def test_cli_precompute_prints_the_summary(built, tmp_path, capsys):
+    from tmdafm_core.cli import main
+
+    cache = _link_copy(built[0], tmp_path / "cache")
+    assert main(["precompute", "--out", str(cache), *pipeline.profile_arguments(PROFILE),
+                 "--steps", "latent-sequential"]) == 0
+    out = capsys.readouterr().out
+    assert "latent-sequential  from cache" in out and "tmdafm app --cache" in out
+    assert main(["precompute", "--out", str(cache), "--steps", "nothing"]) == 2
+
+
+def test_profile_arguments_rebuild_the_profile():
+    from tmdafm_core.cli import build_parser
+
+    arguments = pipeline.profile_arguments(PROFILE)
+    assert arguments == ["--profile", "tiny", "--volumes", "full", "--umap-dims", ""]
+    args = build_parser().parse_args(["precompute", *arguments])
+    overrides = {k[len("profile_"):]: v for k, v in vars(args).items() if k.startswith("profile_") and v is not None}
+    assert dataclasses.replace(pipeline.PROFILES[args.profile], **overrides) == PROFILE
+
+
+def test_demo_profile_uses_the_experiments_training_options():
+    from tmdafm_core.experiments import PROFILES
+
+    options = pipeline.PROFILES["demo"].train_options
+    assert {k: options[k] for k in PROFILES["demo"]} == PROFILES["demo"]
+    assert pipeline.PROFILES["demo"].folds == PROFILES["demo"]["folds"]
+    assert pipeline.PROFILES["paper"].train_options["device"] == "cuda"
+
+
+def test_procrustes_align_recovers_a_similarity_transform():
+    rng = np.random.default_rng(0)
+    points = rng.normal(size=(30, 2))
+    angle = 0.7
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    reflected = points * [1, -1]  # a PCA axis may flip sign from one stage to the next
+    reference = 2.5 * reflected[:20] @ rotation + [3.0, -1.0]
+    aligned, residual = procrustes_align(points, reference, shared=np.arange(20))
+    assert residual < 1e-9
+    assert np.allclose(aligned, 2.5 * reflected @ rotation + [3.0, -1.0])
+    unscaled, _ = procrustes_align(points, reference, scale=False)
+    assert np.allclose(np.linalg.norm(unscaled[0] - unscaled[1]), np.linalg.norm(points[0] - points[1]))
+
+
+def test_procrustes_align_validates_its_input():
+    with pytest.raises(ValueError, match="same number of columns"):
+        procrustes_align(np.zeros((5, 2)), np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="row positions"):
+        procrustes_align(np.zeros((5, 2)), np.zeros((3, 2)), shared=[0, 1, 7])
+    with pytest.raises(ValueError, match="too few"):
+        procrustes_align(np.zeros((5, 2)), np.zeros((1, 2)))
