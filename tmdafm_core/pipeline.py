@@ -821,6 +821,7 @@ def _run_step(ctx: _Context, step: str) -> StepResult:
         return StepResult(step, "from cache", "", 0.0, path)
     if ctx.progress is True:
         print(f"tmdafm precompute: {step}: computing ({reason})", file=sys.stderr, flush=True)
+    _report(ctx.progress, f"{step}: computing ({reason})", 0, 1)
     if reason.startswith("corrupt"):
         _drop_damaged(ctx.cache, ctx.records[step].get("files", {}))
     # Dependants see a running step as not done from here on; a crash leaves it so and the next run resumes it.
@@ -890,7 +891,6 @@ def precompute(cache_dir, data=None, *, profile="demo", progress=None, steps=Non
     results = []
     ctx = _Context(cache_dir, data, profile, progress)
     for number, step in enumerate(wanted, 1):
-        _report(progress, f"step {number}/{len(wanted)}: {step}", number - 1, len(wanted))
         # One writer per step (a lock per step, not per run: the app's own preparation of the data set and
         # thumbnails goes ahead once another precompute has finished those steps).
         with exclusive(cache_dir, f"step-{step}"):
@@ -901,7 +901,6 @@ def precompute(cache_dir, data=None, *, profile="demo", progress=None, steps=Non
             print(f"tmdafm precompute: [{number}/{len(wanted)}] {step}: {result.status}"
                   + (f" in {result.seconds:.1f} s" if result.status == "computed" else ""),
                   file=sys.stderr, flush=True)
-    _report(progress, "precompute finished", len(wanted), len(wanted))
     return results
 
 

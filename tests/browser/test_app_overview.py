@@ -52,7 +52,8 @@ def test_overview_of_a_prepared_store(dash_duo, tmdafm_app, tmp_path):
     store = {row.find_element("css selector", "th").text: row.text
              for row in dash_duo.find_elements("#store-table tbody tr")}
     assert "in store" in store["data set (manifest with splits)"]
-    assert "missing" in store["physical descriptors"] and "tmdafm features" in store["physical descriptors"]
+    descriptors = store["physical descriptors"]
+    assert "missing" in descriptors and "tmdafm precompute" in descriptors and "--steps descriptors" in descriptors
     dash_duo.wait_for_element("#split-chart .main-svg", timeout=10)
     assert dash_duo.get_logs() == []
 
