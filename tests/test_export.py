@@ -106,8 +106,20 @@ def test_safe_name():
         export.safe_name(" / ")
 
 
-def test_figure_table_lists_every_cell_and_point():
-    table = export.figure_table(_figure())
+@pytest.mark.parametrize("as_sent", [False, True])
+def test_figure_table_lists_every_cell_and_point(as_sent):
+    import json
+
+    import numpy as np
+    import plotly.io
+
+    figure = _figure()
+    if as_sent:  # the browser sends numpy data back as typed arrays (base64 with dtype and shape)
+        figure = go.Figure(go.Heatmap(z=np.array([[10.0, 5.0], [0.0, 85.0]]), x=["MoS2", "WS2"], y=["MoS2", "WS2"]))
+        figure.add_trace(go.Scatter(x=[1, 2], y=[3, 4], name="line", error_y=dict(array=np.array([0.1, 0.2]))))
+        figure = json.loads(plotly.io.to_json(figure))
+        assert "bdata" in figure["data"][0]["z"]
+    table = export.figure_table(figure)
     cells = table[table["trace"] == "trace 0"]
     assert len(cells) == 4 and cells.iloc[3][["x", "y", "z"]].tolist() == ["WS2", "WS2", 85.0]
     line = table[table["trace"] == "line"]

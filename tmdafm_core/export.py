@@ -136,6 +136,22 @@ def figure_html(figure, *, title: str | None = None) -> str:
         .replace("<head>", f"<head><title>{title or 'tmdafm figure'}</title>", 1)
 
 
+def _plain(value):
+    """A trace array as plotly.py holds it: lists, numpy arrays, or the typed-array dicts plotly.js and Dash send
+    (``{"dtype": "f8", "bdata": base64, "shape": "5, 5"}``) decoded to numpy."""
+    import base64
+
+    import numpy as np
+
+    if isinstance(value, dict) and "bdata" in value:
+        array = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]).newbyteorder("<"))
+        shape = value.get("shape")
+        if shape:
+            array = array.reshape([int(part) for part in str(shape).split(",")])
+        return array
+    return value
+
+
 def figure_table(figure) -> pd.DataFrame:
     """The data drawn in a figure, long: one row per point of every trace (trace, name, x, y, z, text, ...).
 
@@ -151,23 +167,23 @@ def figure_table(figure) -> pd.DataFrame:
         name = trace.name if getattr(trace, "name", None) is not None else f"trace {index}"
         columns = {}
         if trace.type == "heatmap" and trace.z is not None:
-            z = np.asarray(trace.z, dtype=object)
+            z = np.asarray(_plain(trace.z), dtype=object)
             rows, cols = z.shape
-            xs = list(trace.x) if trace.x is not None else list(range(cols))
-            ys = list(trace.y) if trace.y is not None else list(range(rows))
+            xs = list(_plain(trace.x)) if trace.x is not None else list(range(cols))
+            ys = list(_plain(trace.y)) if trace.y is not None else list(range(rows))
             columns = {"x": [xs[j] for i in range(rows) for j in range(cols)],
                        "y": [ys[i] for i in range(rows) for j in range(cols)], "z": z.ravel().tolist()}
         else:
             for key in ("x", "y", "z", "text", "customdata"):
-                value = getattr(trace, key, None)
+                value = _plain(getattr(trace, key, None))
                 if value is not None and not isinstance(value, str):
                     array = np.asarray(value, dtype=object)
                     columns[key] = [v if not isinstance(v, (list, tuple, np.ndarray)) else "; ".join(map(str, v))
                                     for v in (array if array.ndim == 1 else array.tolist())]
-            marker_colour = getattr(getattr(trace, "marker", None), "color", None)
+            marker_colour = _plain(getattr(getattr(trace, "marker", None), "color", None))
             if marker_colour is not None and not isinstance(marker_colour, str):
                 columns["colour_value"] = list(marker_colour)
-            error = getattr(getattr(trace, "error_y", None), "array", None)
+            error = _plain(getattr(getattr(trace, "error_y", None), "array", None))
             if error is not None:
                 columns["error_y"] = list(error)
         if not columns:
