@@ -13,6 +13,7 @@ from pathlib import Path
 
 import dash
 import numpy as np
+import pandas as pd
 from dash import ClientsideFunction, Input, Output, Patch, State, ctx, dcc, html, no_update
 
 from pages import _export
@@ -111,7 +112,7 @@ def highlight_rows(points, chosen) -> list[int]:
 
 def point_meta(points) -> dict:
     """Per-point labels for the clientside hover card (column arrays, sent once per model)."""
-    text = lambda column: [None if v is None or v != v else str(v) for v in points[column].astype(object)]
+    text = lambda column: [None if pd.isna(v) else str(v) for v in points[column].astype(object)]
     return {"image": points["image"].tolist(), "material": text("material"), "predicted": text("predicted"),
             "split": text("split"), "sample_id": text("sample_id")}
 

@@ -1,0 +1,80 @@
+"""/latent and /classify in a real (headless) browser: no console errors, a hover thumbnail with no server call,
+an uploaded TIFF classified while a bad file gets its message."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import tifffile
+
+from tests.test_classify import build_classify_store
+
+pytestmark = [pytest.mark.browser,
+              pytest.mark.filterwarnings("ignore:HTTPResponse.getheader:DeprecationWarning")]
+
+_SERVER_CALLS = ("return performance.getEntriesByType('resource')"
+                 ".filter(e => e.name.includes('_dash-update-component')).length")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return build_classify_store(tmp_path_factory.mktemp("browser-store"))
+
+
+@pytest.fixture
+def tmdafm_app():
+    import app as app_module
+
+    yield app_module
+    app_module.configure(app_module.app, None)
+
+
+def _severe(dash_duo):
+    return [entry for entry in dash_duo.get_logs() if entry.get("level") == "SEVERE"]
+
+
+@pytest.mark.xfail(reason="synthetic mouse events do not yet reach plotly's WebGL hover in headless chromium; "
+                          "the clientside hover callback itself is unverified in CI", strict=False)
+def test_latent_hover_shows_a_thumbnail_without_a_server_call(dash_duo, tmdafm_app, store):
+    tmdafm_app.configure(tmdafm_app.app, store)
+    dash_duo.start_server(tmdafm_app.app)
+    dash_duo.wait_for_page(url=f"{dash_duo.server_url}/latent")
+    dash_duo.wait_for_element("#latent-graph .main-svg", timeout=20)
+    time.sleep(1.0)  # let the page's initial callbacks finish
+    before = dash_duo.driver.execute_script(_SERVER_CALLS)
+    # A real mouse move (as the browser delivers it) over the place where point 3 is drawn.
+    dash_duo.driver.execute_script(
+        "const gd = document.querySelector('#latent-graph .js-plotly-plot');"
+        "gd.scrollIntoView({block: 'center'});"
+        "const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, box = gd.getBoundingClientRect();"
+        "const x = box.left + xa._offset + xa.l2p(gd._fullData[0].x[3]);"
+        "const y = box.top + ya._offset + ya.l2p(gd._fullData[0].y[3]);"
+        "gd.querySelector('.nsewdrag').dispatchEvent(new MouseEvent('mousemove', "
+        "{clientX: x, clientY: y, bubbles: true}));")
+    dash_duo.wait_for_contains_text("#hover-meta", "material:", timeout=5)
+    source = dash_duo.find_element("#hover-image").get_attribute("src")
+    assert source.startswith("data:image/png;base64,")
+    time.sleep(0.5)
+    assert dash_duo.driver.execute_script(_SERVER_CALLS) == before  # the hover card is filled client side
+    assert _severe(dash_duo) == []
+
+
+def test_classify_an_uploaded_tiff(dash_duo, tmdafm_app, store, tmp_path):
+    good = tmp_path / "sample_upload.tif"
+    tifffile.imwrite(good, (np.random.default_rng(0).random((64, 64)) * 65535).astype(np.uint16))
+    bad = tmp_path / "not_an_image.tif"
+    bad.write_bytes(b"plain text pretending to be a TIFF")
+    tmdafm_app.configure(tmdafm_app.app, store)
+    dash_duo.start_server(tmdafm_app.app)
+    dash_duo.wait_for_page(url=f"{dash_duo.server_url}/classify")
+    upload = dash_duo.wait_for_element("#classify-upload input[type=file]", timeout=10)
+    upload.send_keys(f"{good}\n{bad}")
+    dash_duo.wait_for_element(".predicted-material", timeout=60)
+    material = dash_duo.find_element(".predicted-material").text
+    assert material in ("MoS2", "WS2", "WSe2", "MoSe2", "Mo-WSe2")
+    assert "not a TIFF, PNG or JPEG" in dash_duo.find_element(".file-message").text
+    dash_duo.wait_for_element("#classify-scatter .main-svg", timeout=10)
+    assert "sample_upload.tif" in dash_duo.find_element("#results-table").text
+    assert _severe(dash_duo) == []
