@@ -1,15 +1,34 @@
-"""Precompute: the steps that fill the artifact store the app reads, each resumable and skipped when done.
+"""Precompute: the steps that fill the artifact store the app reads, each recorded, resumable and skipped when done.
 
-Store layout (``cache_dir``, default ``./cache``)::
+``tmdafm precompute [DATA] --out CACHE --profile demo|paper|tiny`` (:func:`precompute`) runs :data:`STEPS`:
 
-    dataset/manifest.parquet   the tidy manifest with ``split`` and ``fold`` (written last, atomically)
-    dataset/prepared.json      what the manifest was built from: profile settings, source and its fingerprint
-    dataset/images/            the synthetic demo images (only when no DATA was given)
-    thumbnails/                one small AFM-coloured PNG per image, for pages and hover previews
-    features.csv, runs/mtc/, runs/mtl/, latent/, sequential/   written by the later steps
+========================  ===============================================================================
+step                      writes (under CACHE)
+========================  ===============================================================================
+dataset                   dataset/manifest.parquet (tidy manifest + split + fold), dataset/prepared.json,
+                          dataset/images/ (the synthetic demo set, only when no DATA is given)
+thumbnails                thumbnails/<hash>.png (96 px, AFM colours), thumbnails.json, thumbnails/atlas.json
+                          (``{image: data URI}``: hover images with no server round trip)
+descriptors               features.csv (image + the 14 descriptors); per-image values memoised in diskcache/
+mtc, mtl                  runs/mtc/, runs/mtl/ (cross_validate run directories on the manifest's folds)
+sequential                sequential/results.csv, study.json, <task>/<mode>/<n>cls_<volume>/ runs
+latent-mtc, latent-mtl    latent/<task>/: projection.csv (PC1..PC10, UMAP), tables (table5, correlation,
+                          cosine_*), galleries.json, projection.npz, embeddings.parquet, predictions.csv
+latent-sequential         latent/sequential/<task>/<mode>/<n>cls/projection.csv: each full-volume stage's
+                          2-D PCA, Procrustes-aligned to the previous stage on the images they share
+========================  ===============================================================================
 
-Only the data-set and thumbnail steps live here so far; :func:`store_contents` lists the later artifacts and the
-``tmdafm`` command that builds each missing one.
+``CACHE/store.json`` records every step (:mod:`tmdafm_core.store`): status, a key over its settings and the outputs
+of the steps it reads, its files with sizes and digests, its run time. A rerun skips a step whose key is unchanged
+and whose files are whole, so changing data or a setting recomputes only the steps that depend on it, and a
+damaged file is reported and made again instead of being served. Training steps run in ``.<name>.partial``
+folders swapped in when complete, so an interrupted run (even ``kill -9``) resumes where it stopped and readers
+never see half a run. Pages read the store only (:func:`store_contents`, :func:`dataset_overview`, ...).
+
+Profiles (:data:`PROFILES`): ``demo`` for a 2-core CPU (the experiments' demo training: ResNet18 from scratch at
+32 px); ``paper`` is the study's setting (ImageNet weights from the torchvision cache, 60 epochs, 5 folds, native
+image size, the full volume sweep) and is meant for a GPU (``device="cuda"``; hours on a CPU); ``tiny`` builds a
+whole store in about a minute, for tests and trying the app.
 """
 
 from __future__ import annotations
@@ -75,6 +94,9 @@ class Profile:
         Experiments profile with the training options.
     n_folds, epochs, image_size, arch, weights, device : optional
         Overrides of the training profile (``n_folds`` is its ``folds``).
+    run_epochs : int, optional
+        Epochs of the MtC and MtL runs the app explores, when they should train longer than the sequential
+        study's many runs (default: ``epochs``).
     order : tuple of str, optional
         Class order of the sequential study; default every class of the data set, in MtC order.
     volumes : tuple
@@ -98,6 +120,7 @@ class Profile:
     arch: str | None = None
     weights: str | None = None
     device: str | None = None
+    run_epochs: int | None = None
     order: tuple | None = None
     volumes: tuple = ("full", 64, 32, 16, 8)
     sequential_task: str = "both"
@@ -134,7 +157,7 @@ class Profile:
 #: 60 epochs, 5 folds) and is meant for a GPU (``device="cuda"``); ``tiny`` builds a whole store in well under a
 #: minute, for tests and trying the app.
 PROFILES = {
-    "demo": Profile("demo"),
+    "demo": Profile("demo", run_epochs=10, volumes=("full", 16), sequential_task="mtc"),
     "paper": Profile("paper", size=256, training="paper"),
     "tiny": Profile("tiny", n=80, size=32, n_folds=2, epochs=1, image_size=32, order=("MoS2", "WS2", "WSe2"),
                     volumes=("full", 8), umap_dims=(2,), n_boot=50),
@@ -572,14 +595,20 @@ def _step_descriptors(ctx: _Context):
     return [path]
 
 
+def _run_options(ctx: _Context) -> dict:
+    """Training keywords of the MtC / MtL runs: the profile's, with ``run_epochs`` when set."""
+    epochs = ctx.profile.run_epochs
+    return {**ctx.train, "epochs": epochs} if epochs is not None else ctx.train
+
+
 def _train_run(ctx: _Context, task: str):
     from .training import cross_validate
 
     target = ctx.cache / RUNS_DIR / task
-    compat = {"task": task, "train": ctx.train, "inputs": {"dataset": ctx.records["dataset"]["output"]}}
+    compat = {"task": task, "train": _run_options(ctx), "inputs": {"dataset": ctx.records["dataset"]["output"]}}
     staging = _staging(target, compat, reuse=True)
     cross_validate(ctx.manifest, staging, task=task, presplit=True, save_optimizer=False, progress=ctx.bars,
-                   **ctx.train)
+                   **_run_options(ctx))
     _swap_in(staging, target)
     return _files_under(target)
 
@@ -725,7 +754,7 @@ def _settings(ctx: _Context, step: str) -> dict:
 
         return {"code": FEATURE_CODE_VERSION, "paper_pixels": False}
     if step in ("mtc", "mtl"):
-        return {"task": step, "train": ctx.train}
+        return {"task": step, "train": _run_options(ctx)}
     if step == "sequential":
         return {"train": ctx.train, "order": ctx.order, "volumes": [str(v) for v in profile.volumes],
                 "task": profile.sequential_task}
