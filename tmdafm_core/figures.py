@@ -330,7 +330,7 @@ def readable(name: str) -> str:
     return str(name).replace("_", " ")
 
 
-def _legend_above_subplots(figure: go.Figure) -> go.Figure:
+def legend_above_subplots(figure: go.Figure) -> go.Figure:
     """Room for the legend above the subplot titles (they sit where base_layout puts the legend)."""
     top = (figure.layout.margin.t or 40) + 30
     figure.update_layout(margin=dict(t=top), legend=dict(y=1.0, yref="container", yanchor="top", x=0.0))
@@ -362,7 +362,7 @@ def metrics_figure(metrics: pd.DataFrame, *, title: str | None = None, height: i
     figure.update_yaxes(range=[0, 105], col=2)
     figure.update_xaxes(title_text="partition")
     figure.update_layout(barmode="group", bargap=0.3)
-    return _legend_above_subplots(base_layout(figure, title=title, height=height))
+    return legend_above_subplots(base_layout(figure, title=title, height=height))
 
 
 def confusion_figure(matrix: pd.DataFrame, *, title: str | None = None, height: int = 420) -> go.Figure:
@@ -422,7 +422,7 @@ def training_curves_figure(history: pd.DataFrame, *, title: str | None = None, h
                         range=[epochs.min() - 0.3, epochs.max() + 0.3])
     figure.update_yaxes(title_text="loss (per image)", rangemode="tozero", col=1)
     figure.update_yaxes(title_text="macro-F1 (%)", range=[0, 102], col=2)
-    return _legend_above_subplots(base_layout(figure, title=title, height=height))
+    return legend_above_subplots(base_layout(figure, title=title, height=height))
 
 
 def correlation_heatmap(correlation: pd.DataFrame, *, title: str | None = None, height: int = 520) -> go.Figure:
@@ -553,4 +553,4 @@ def sequential_figure(results: pd.DataFrame, *, split: str = "test", n_classes=N
     figure.update_yaxes(range=[0, 105])
     for row in range(1, len(tasks) + 1):
         figure.update_yaxes(title_text=f"{SPLIT_NAMES.get(split, split)} macro-F1 (%)", row=row, col=1)
-    return _legend_above_subplots(base_layout(figure, height=height or 300 * len(tasks) + 80))
+    return legend_above_subplots(base_layout(figure, height=height or 300 * len(tasks) + 80))

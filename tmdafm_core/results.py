@@ -27,10 +27,13 @@ ARCHITECTURES_PATH = Path("architectures") / "architectures.csv"
 
 
 def _read_csv(path: Path, **kwargs) -> pd.DataFrame | None:
+    # A run or study folder is swapped in whole when complete: a file vanishing meanwhile is "not there yet".
     if not path.is_file():
         return None
     try:
         return pd.read_csv(path, **kwargs)
+    except FileNotFoundError:
+        return None
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: unreadable ({exc}); build it again with `tmdafm precompute`") from None
 
@@ -40,6 +43,8 @@ def _read_json(path: Path) -> dict | None:
         return None
     try:
         return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: unreadable ({exc}); build it again with `tmdafm precompute`") from None
 
