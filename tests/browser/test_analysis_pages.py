@@ -43,6 +43,20 @@ def _open(dash_duo, path: str, selector: str) -> None:
     dash_duo.wait_for_element(selector, timeout=15)
 
 
+def _wait_for_file(path: str, start: bytes, timeout: float = 10) -> bytes:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(path, "rb") as handle:
+                content = handle.read()
+            if content.lstrip().startswith(start):
+                return content
+        except OSError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"no file starting with {start!r} downloaded to {path}")
+
+
 def _severe(dash_duo) -> list:
     # Software WebGL in headless chromium logs GPU warnings; only errors count.
     return [entry for entry in dash_duo.get_logs() if "WebGL" not in entry.get("message", "")]
@@ -74,6 +88,9 @@ def test_analysis_pages_click_select_and_export(dash_duo, analysis_app):
     dash_duo.wait_for_contains_text("#cell-gallery", "true MoS2, predicted MoS2", timeout=10)
     assert len(dash_duo.find_elements("#cell-gallery img")) > 0
     dash_duo.wait_for_contains_text("#selection-summary", "MtC confusion cell", timeout=10)
+
+    dash_duo.find_element("#confusion-mtc-svg").click()  # drawn by plotly.js in the browser
+    _wait_for_file(f"{dash_duo.download_path}/tmdafm_confusion_mtc.svg", b"<svg")
 
     dash_duo.find_element("#confusion-mtc-zip").click()
     dash_duo.wait_for_contains_text("#confusion-mtc-export-status", "tmdafm_confusion_mtc.zip", timeout=30)
