@@ -127,13 +127,20 @@ def test_corrupt_entries_are_reported_and_recomputed_never_served(built, tmp_pat
     checkpoint.unlink()
     checkpoint.write_bytes(b"PK\x03\x04 not a checkpoint")
     kept = (cache / "runs" / "mtc" / "fold0.pt").stat().st_ino
+    thumbnail = next((cache / "thumbnails").glob("*.png"))
+    size = thumbnail.stat().st_size
+    thumbnail.unlink()
+    thumbnail.write_bytes(b"\x89PNG\r\n\x1a\n".ljust(size, b"\0"))  # same size, damaged pixels
     results = pipeline.precompute(cache, profile=PROFILE)
     computed = {r.step: r.reason for r in results if r.status == "computed"}
     assert computed["descriptors"].startswith("corrupt: features.csv")
     assert computed["mtc"].startswith("corrupt: runs/mtc/fold1.pt")
     assert computed["latent-mtc"] == "input changed: mtc, descriptors"
     assert computed["latent-mtl"] == "input changed: descriptors"
-    assert set(computed) == {"descriptors", "mtc", "latent-mtc", "latent-mtl"}
+    assert computed["thumbnails"].startswith(f"corrupt: thumbnails/{thumbnail.name}: content changed")
+    assert set(computed) == {"thumbnails", "descriptors", "mtc", "latent-mtc", "latent-mtl"}
+    assert store.check_files(cache, store.read_record(cache)["thumbnails"]["files"]) is None
+    assert thumbnail.read_bytes() == (built[0] / "thumbnails" / thumbnail.name).read_bytes()  # made again, whole
     assert pd.read_csv(cache / "features.csv").shape == (80, 15)
     assert (cache / "runs" / "mtc" / "fold0.pt").stat().st_ino == kept  # only the damaged fold was retrained
     assert store.check_files(cache, store.read_record(cache)["mtc"]["files"]) is None

@@ -157,7 +157,7 @@ class Profile:
 #: 60 epochs, 5 folds) and is meant for a GPU (``device="cuda"``); ``tiny`` builds a whole store in well under a
 #: minute, for tests and trying the app.
 PROFILES = {
-    "demo": Profile("demo", run_epochs=10, volumes=("full", 16), sequential_task="mtc"),
+    "demo": Profile("demo", run_epochs=10, volumes=("full", 16), sequential_task="both"),
     "paper": Profile("paper", size=256, training="paper"),
     "tiny": Profile("tiny", n=80, size=32, n_folds=2, epochs=1, image_size=32, order=("MoS2", "WS2", "WSe2"),
                     volumes=("full", 8), umap_dims=(2,), n_boot=50),
