@@ -45,3 +45,16 @@ def test_split_counts_figure_stacks_the_partitions_per_material():
 def test_split_counts_figure_needs_a_split_table():
     with pytest.raises(ValueError, match="split_table"):
         figures.split_counts_figure(pd.DataFrame({"train": [1]}, index=["MoS2"]))
+
+
+def test_latent_points_carry_row_numbers_as_plain_json_list():
+    # dcc.Graph copies a point's customdata into hover/click/selection events only when it is a plain JSON list.
+    import json
+
+    import pandas as pd
+
+    from tmdafm_core.figures import colour_spec, latent_scatter_figure
+
+    points = pd.DataFrame({"PC1": [0.0, 1.0, 2.0], "PC2": [1.0, 0.0, 1.0], "material": ["MoS2", "WS2", "MoS2"]})
+    figure = latent_scatter_figure(points, x="PC1", y="PC2", colour=colour_spec(points["material"], kind="category"))
+    assert json.loads(figure.to_json())["data"][0]["customdata"] == [0, 1, 2]

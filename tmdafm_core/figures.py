@@ -222,8 +222,10 @@ def latent_scatter_figure(points: pd.DataFrame, *, x: str, y: str, z: str | None
     marker = colour_marker(colour)
     marker.update(line=dict(width=0), **faded_marker(opacity, len(points), three_d=three_d))
     figure = go.Figure()
+    # customdata as a plain list: a numpy array travels as a typed-array spec, and dcc.Graph's hover/click/selection
+    # events then carry no row number.
     figure.add_trace(trace_type(**coords, mode="markers", name="images", showlegend=False, marker=marker,
-                                customdata=np.arange(len(points)), hoverinfo="none"))
+                                customdata=list(range(len(points))), hoverinfo="none"))
     rows = np.asarray(list(highlight or []), dtype=int)
     figure.add_trace(trace_type(**{axis: values[rows] for axis, values in coords.items()}, mode="markers",
                                 name="selection", showlegend=len(rows) > 0, hoverinfo="skip",
