@@ -49,21 +49,26 @@ _IMAGES_PER_SAMPLE = (3, 8)  # inclusive range of crops drawn from one physical 
 _GRANULAR_WAVES = 48
 _MIN_GRAIN_AREA_NM2 = 300.0  # a domain fragment smaller than this is not a visible grain
 
-# Material-conditional priors. They overlap on purpose (growth conditions vary more within a material than
-# between materials); MoS2 and WS2 differ least, as in the real data's main confusion.
+# Material-conditional priors: each material has a characteristic look (its usual growth mode, domain size and
+# nucleation density, layer stacking, particle load, substrate terraces, texture), but every sample draws its own
+# values around it and every material can grow in every mode, so the classes overlap. MoS2 and WS2 differ least
+# (both mostly isolated sharp triangles; WS2 nucleates more sparsely into larger, more often bilayer domains with
+# fewer particles), as in the real data's main confusion.
 _MATERIAL_PRIORS = {
-    #           growth-mode weights (isolated, coalesced, pyramids, granular), domain-size factor, typical particle
-    #           density per µm², terrace probability, mean truncation, bilayer tendency, noise factor, monolayer nm
-    "MoS2": dict(modes=(0.35, 0.30, 0.20, 0.15), size=1.0, particles=50.0, terraces=0.5, truncation=0.04,
-                 bilayer=0.30, noise=1.0, monolayer=0.65),
-    "WS2": dict(modes=(0.33, 0.27, 0.25, 0.15), size=1.12, particles=35.0, terraces=0.5, truncation=0.06,
-                bilayer=0.35, noise=1.0, monolayer=0.70),
-    "WSe2": dict(modes=(0.20, 0.15, 0.45, 0.20), size=0.85, particles=15.0, terraces=0.6, truncation=0.15,
-                 bilayer=0.55, noise=0.8, monolayer=0.70),
-    "MoSe2": dict(modes=(0.15, 0.25, 0.15, 0.45), size=0.7, particles=25.0, terraces=0.35, truncation=0.08,
-                  bilayer=0.25, noise=1.3, monolayer=0.68),
-    "Mo-WSe2": dict(modes=(0.15, 0.50, 0.10, 0.25), size=0.9, particles=90.0, terraces=0.7, truncation=0.10,
-                    bilayer=0.20, noise=1.2, monolayer=0.70),
+    # modes: growth-mode weights (isolated, coalesced, pyramids, granular); nucleation: density factor;
+    # size: domain edge factor; particles: typical particles per µm²; terraces: chance of visible substrate steps;
+    # truncation: mean corner cut; bilayer: bilayer tendency; texture: chance of a granular texture outside the
+    # granular mode; grains: range of granular domain sizes (nm); noise: noise factor; monolayer: step height (nm)
+    "MoS2": dict(modes=(0.80, 0.10, 0.06, 0.04), nucleation=1.0, size=1.0, particles=40.0, terraces=0.35,
+                 truncation=0.03, bilayer=0.20, texture=0.05, grains=(10.0, 25.0), noise=1.0, monolayer=0.65),
+    "WS2": dict(modes=(0.75, 0.08, 0.14, 0.03), nucleation=0.4, size=1.3, particles=15.0, terraces=0.35,
+                truncation=0.05, bilayer=0.40, texture=0.05, grains=(10.0, 25.0), noise=1.0, monolayer=0.70),
+    "WSe2": dict(modes=(0.06, 0.04, 0.86, 0.04), nucleation=0.8, size=0.9, particles=8.0, terraces=0.6,
+                 truncation=0.17, bilayer=0.60, texture=0.05, grains=(10.0, 25.0), noise=0.8, monolayer=0.70),
+    "MoSe2": dict(modes=(0.05, 0.06, 0.03, 0.86), nucleation=1.5, size=0.75, particles=20.0, terraces=0.2,
+                  truncation=0.08, bilayer=0.15, texture=0.5, grains=(20.0, 30.0), noise=1.4, monolayer=0.68),
+    "Mo-WSe2": dict(modes=(0.04, 0.86, 0.02, 0.08), nucleation=2.0, size=0.8, particles=200.0, terraces=0.75,
+                    truncation=0.10, bilayer=0.15, texture=0.1, grains=(10.0, 25.0), noise=1.2, monolayer=0.70),
 }
 
 
@@ -138,15 +143,17 @@ def sample_params(material: str, rng) -> SampleParams:
     max_layers, bilayer_scale = 2, rng.uniform(0.3, 0.55)
     granular_size, granular_height = math.nan, 0.0
     if mode == "isolated":
-        density, coverage = _log_uniform(rng, 2.0, 60.0), rng.uniform(0.05, 0.45)
+        density, coverage = _log_uniform(rng, 3.0, 40.0), rng.uniform(0.08, 0.45)
     elif mode == "coalesced":
-        density, coverage = _log_uniform(rng, 12.0, 150.0), rng.uniform(0.8, 0.97)
+        density, coverage = _log_uniform(rng, 15.0, 120.0), rng.uniform(0.8, 0.97)
     elif mode == "pyramids":
-        density, coverage = _log_uniform(rng, 3.0, 40.0), rng.uniform(0.08, 0.5)
+        density, coverage = _log_uniform(rng, 3.0, 30.0), rng.uniform(0.08, 0.5)
         bilayer, max_layers, bilayer_scale = rng.uniform(0.6, 1.0), int(rng.integers(3, 6)), rng.uniform(0.5, 0.72)
     else:  # granular
-        density, coverage = _log_uniform(rng, 2.0, 80.0), rng.uniform(0.05, 0.9)
-        granular_size, granular_height = rng.uniform(10.0, 30.0), rng.uniform(0.2, 0.45)
+        density, coverage = _log_uniform(rng, 5.0, 80.0), rng.uniform(0.05, 0.9)
+    if mode == "granular" or rng.random() < prior["texture"]:
+        granular_size, granular_height = rng.uniform(*prior["grains"]), rng.uniform(0.2, 0.45)
+    density = float(np.clip(density * prior["nucleation"], 1.0, 300.0))
     # Boolean model of equal triangles: coverage = 1 - exp(-density * area), area = sqrt(3)/4 * edge^2.
     area_um2 = -math.log(1.0 - coverage) / density
     edge_nm = math.sqrt(4.0 * area_um2 / math.sqrt(3.0)) * 1000.0 * prior["size"] * rng.uniform(0.85, 1.15)
@@ -168,7 +175,7 @@ def sample_params(material: str, rng) -> SampleParams:
         max_layers=max_layers,
         boundary_depth=rng.uniform(0.35, 0.65),
         nucleus_probability=rng.uniform(0.0, 0.6),
-        particle_density_per_um2=float(np.clip(prior["particles"] * _log_uniform(rng, 1 / 12, 6.0), 1.0, 400.0)),
+        particle_density_per_um2=float(np.clip(prior["particles"] * _log_uniform(rng, 0.5, 2.0), 1.0, 400.0)),
         particle_diameter_nm=rng.uniform(12.0, 38.0),
         particle_height_nm=rng.uniform(1.0, 2.5),
         terrace_spacing_nm=_log_uniform(rng, 50.0, 150.0) if has_terraces else math.nan,
@@ -180,7 +187,7 @@ def sample_params(material: str, rng) -> SampleParams:
         granular_height_nm=granular_height,
         granular_needles=float(rng.random() < 0.4) * rng.uniform(0.5, 1.0),
         tip_sigma_nm=rng.uniform(1.5, 4.5),
-        noise_nm=prior["noise"] * _log_uniform(rng, 0.01, 0.3),
+        noise_nm=prior["noise"] * _log_uniform(rng, 0.02, 0.12),
         scan_line_nm=rng.uniform(0.0, 0.05),
     )
 
@@ -634,6 +641,58 @@ def write_synthetic_dataset(out_dir, *, n: int = 1026, size: int = 256, seed: in
     if preview is not None:
         write_preview(manifest, preview, root=out_dir)
     return manifest
+
+
+# --- learnability ------------------------------------------------------------------------------------------------
+
+def descriptor_separability(features: pd.DataFrame, *, folds: int = 5, seed: int = 0, trees: int = 200) -> dict:
+    """How well the physical descriptors tell the materials apart: a sample-grouped cross-validated random forest.
+
+    A fast proxy of whether a CNN can learn the classes of a data set (the synthetic demo must be learnable, not
+    trivially separable). Every image is predicted once, by a forest that saw no image of its sample.
+
+    Parameters
+    ----------
+    features : DataFrame
+        A descriptor table (:func:`tmdafm_core.features.compute_table`) with ``material`` and ``sample_id``.
+    folds : int
+        Group folds (>= 2; at most the number of samples).
+    seed : int
+        Seed of the forests.
+    trees : int
+        Trees per forest.
+
+    Returns
+    -------
+    dict
+        ``f1_macro`` and ``accuracy`` (0..1), ``classes`` (tuple, label-space order) and ``confusion_percent``
+        (rows = true class, each row sums to 100).
+    """
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+    from sklearn.model_selection import GroupKFold
+
+    from ..features import FEATURE_COLUMNS
+    from .labels import LabelSpace
+
+    missing = [c for c in (*FEATURE_COLUMNS, "material", "sample_id") if c not in features.columns]
+    if missing:
+        raise ValueError(f"feature table lacks column(s) {missing}; build it with tmdafm_core.features.compute_table")
+    n_samples = features["sample_id"].nunique()
+    if int(folds) != folds or not 2 <= folds <= n_samples:
+        raise ValueError(f"folds must be an integer from 2 to the number of samples ({n_samples}), got {folds}")
+    classes = LabelSpace.from_materials(features["material"]).classes
+    values = np.nan_to_num(features[list(FEATURE_COLUMNS)].to_numpy(dtype=float))
+    true = features["material"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    predicted = np.empty_like(true)
+    for train, test in GroupKFold(n_splits=int(folds)).split(values, true, groups=features["sample_id"]):
+        forest = RandomForestClassifier(n_estimators=trees, class_weight="balanced", random_state=seed, n_jobs=1)
+        predicted[test] = forest.fit(values[train], true[train]).predict(values[test])
+    confusion = confusion_matrix(true, predicted, labels=range(len(classes))).astype(float)
+    confusion = 100.0 * confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1.0)
+    return {"f1_macro": float(f1_score(true, predicted, average="macro")),
+            "accuracy": float(accuracy_score(true, predicted)), "classes": tuple(classes),
+            "confusion_percent": confusion}
 
 
 # --- preview -----------------------------------------------------------------------------------------------------
