@@ -21,6 +21,14 @@ def _strict_flag(parser: argparse.ArgumentParser) -> None:
                         help="treat a skipped (unreadable or unparseable) file as an error")
 
 
+def _feature_table_options(parser: argparse.ArgumentParser, *, prefix: str = "") -> None:
+    """Column choices of a feature/embedding table (read_feature_table guesses the ones not given)."""
+    parser.add_argument("--sample-col", help=f"{prefix}sample-id column (default: guessed)")
+    parser.add_argument("--label-col", help=f"{prefix}material column (default: guessed)")
+    parser.add_argument("--feature-cols", type=lambda s: [c for c in s.split(",") if c],
+                        help=f"{prefix}comma list of feature columns, or one array column (default: guessed)")
+
+
 def _report_skipped(manifest) -> None:
     for path, reason in manifest.attrs.get("skipped", []):
         _say(f"skipped {path}: {reason}")
@@ -184,10 +192,7 @@ def _run_extract(args) -> int:
 def _add_train_features(sub) -> None:
     p = sub.add_parser("train-features", help="train the paper's MLP head on a feature table, cross-validated")
     p.add_argument("table", type=Path, help="feature table (.parquet, .csv, or a trusted .pkl)")
-    p.add_argument("--sample-col", help="sample-id column (default: guessed)")
-    p.add_argument("--label-col", help="material column (default: guessed)")
-    p.add_argument("--feature-cols", type=lambda s: [c for c in s.split(",") if c],
-                   help="comma list of feature columns, or one array column (default: guessed)")
+    _feature_table_options(p)
     _training_options(p)
 
 
@@ -264,10 +269,7 @@ def _add_latent(sub) -> None:
     p.add_argument("--gallery-size", type=int, default=24, help="images per percentile gallery (default: 24)")
     p.add_argument("--seed", type=int, default=0, help="seed of UMAP, bootstrap, folds and galleries (default: 0)")
     p.add_argument("--device", default="cpu", help="cpu or cuda, to embed with RUN (default: cpu)")
-    p.add_argument("--sample-col", help="TABLE: sample-id column (default: guessed)")
-    p.add_argument("--label-col", help="TABLE: material column (default: guessed)")
-    p.add_argument("--feature-cols", type=lambda s: [c for c in s.split(",") if c],
-                   help="TABLE: comma list of embedding columns, or one array column (default: guessed)")
+    _feature_table_options(p, prefix="TABLE: ")
     _strict_flag(p)
 
 
