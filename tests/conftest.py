@@ -23,6 +23,18 @@ def write_tmd_afm_folder(folder, *, materials=PAPER_MATERIALS, samples=4, per_sa
     return folder
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Train with one torch thread: on the 2-core CI machine, with test processes beside it, one thread is faster
+    than two fighting for the cores (session scope so module-scoped training fixtures get it too)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tmd_afm_folder(tmp_path):
     return write_tmd_afm_folder(tmp_path / "tmd")

@@ -36,15 +36,6 @@ ORDER = ("MoS2", "WS2", "WSe2", "MoSe2", "Mo-WSe2")
 VOLUMES = ("full", 4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread, also for the module-scoped study (set up before any function-scoped fixture)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     folder = tmp_path_factory.mktemp("synthetic") / "data"

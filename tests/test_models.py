@@ -18,14 +18,6 @@ from tmdafm_core.models import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def torch_home(tmp_path, monkeypatch):
     """An empty torchvision cache, and a network that fails loudly if anything tries to download."""

@@ -28,14 +28,6 @@ TINY = dict(weights="none", epochs=1, batch_size=8, image_size=32)
 STRIPES = {"MoS2": "vertical", "WS2": "horizontal", "WSe2": "checker"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def write_stripes(folder, *, materials=("MoS2", "WS2"), samples=4, per_sample=8, size=32, noise=0.3, seed=0):
     """A clearly separable TMD-AFM-layout set: each material has its own stripe texture; sample 0 is held out."""
     rng = np.random.default_rng(seed)
