@@ -264,3 +264,18 @@ def test_procrustes_align_validates_its_input():
         procrustes_align(np.zeros((5, 2)), np.zeros((3, 2)), shared=[0, 1, 7])
     with pytest.raises(ValueError, match="too few"):
         procrustes_align(np.zeros((5, 2)), np.zeros((1, 2)))
+
+
+@pytest.mark.slow
+def test_demo_profile_builds_a_complete_learnt_store(tmp_path):
+    """The heavy twin of the tiny-profile tests above: the real demo store (about 10 minutes on 2 cores)."""
+    cache = tmp_path / "cache"
+    results = pipeline.precompute(cache, profile="demo")
+    assert [r.step for r in results] == list(pipeline.STEPS)
+    assert all(store.step_done(cache, step) for step in pipeline.STEPS)
+    for task in ("mtc", "mtl"):
+        metrics = json.loads((cache / "runs" / task / "metrics.json").read_text())
+        assert metrics["accuracy"]["val"]["mean"] > 1.5 / len(metrics["classes"])  # clearly above chance
+    sequential = pd.read_csv(cache / "sequential" / "results.csv")
+    assert set(sequential["n_classes"]) == {2, 3, 4, 5} and set(sequential["task"]) == {"mtc", "mtl"}
+    assert len(pipeline.precompute(cache, profile="demo")) == len(pipeline.STEPS)  # warm: everything from cache
