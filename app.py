@@ -1,16 +1,19 @@
-"""tmdafm in the browser: ``python app.py [--cache CACHE] [--host 127.0.0.1] [--port 8050]``.
+"""tmdafm in the browser: ``python app.py [--cache CACHE] [--host 127.0.0.1] [--port 8050] [--profile demo]``.
 
 Builds the Dash app over an artifact store (``--cache``, else ``$TMDAFM_CACHE``, else ``./cache``) and serves it.
 ``server`` is the Flask app for WSGI servers (``gunicorn app:server``; the store then comes from ``$TMDAFM_CACHE``).
 Pages live in ``pages/``; they ask ``tmdafm_core`` for tables and figures and never compute features themselves.
-An empty store is filled with the synthetic demo when the overview page is first opened, with its progress shown
-in the browser (a Dash background callback running in its own process).
+An empty or partial store is filled with the synthetic demo when a page is first opened: one Dash background
+callback (its own process; a lock keeps a second tab from starting a second build) runs the whole precompute, the
+data set and thumbnails first so the overview appears within seconds, and a banner on every page shows its progress
+until the store is complete (``pages/_build.py``). A restarted app resumes the build where it stopped.
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
+import os
 import shutil
 import sys
 import tempfile
@@ -18,13 +21,16 @@ from pathlib import Path
 
 import dash
 import diskcache
-from dash import Dash, DiskcacheManager, dcc, html
+from dash import Dash, DiskcacheManager, Input, Output, State, dcc, html
 
+from pages import _build
+from tmdafm_core.pipeline import PROFILES
 from tmdafm_core.store import default_cache_dir
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8050
 SELECTION_STORE = "selection"  # id of the shared selection (tmdafm_core.selection documents its data)
+PROFILE_ENV = "TMDAFM_PROFILE"  # precompute profile an empty store is filled with (default "demo")
 
 
 def background_jobs_fork() -> bool:
@@ -73,21 +79,84 @@ def create_app(cache_dir=None) -> Dash:
         suppress_callback_exceptions=True,
     )
     configure(app, cache_dir)
-    app.layout = lambda: html.Div(className="page", children=[
+    app.layout = _layout
+    return app
+
+
+def _layout() -> html.Div:
+    return html.Div(className="page", children=[
         _header(),
+        *_build_parts(),
         # The one selection shared by every page (lasso in /latent, a confusion-matrix cell, a percentile gallery):
         # {"images": [image, ...], "source": "where it came from"}; kept for the browser tab's session.
         dcc.Store(id=SELECTION_STORE, storage_type="session"),
         html.Main(dash.page_container, className="content"),
     ])
-    return app
 
 
-def configure(app: Dash, cache_dir=None, *, profile="demo") -> None:
-    """Point ``app`` at a store and a precompute profile (what an empty store is filled with)."""
+def _build_parts() -> list:
+    """The build banner, its poll, and (when the store lacks something and no build runs) the build's trigger."""
+    config = dash.get_app().server.config
+    cache, profile = config["TMDAFM_CACHE"], config["TMDAFM_PROFILE"]
+    status = _build.read_status(cache)
+    done, missing = _build.step_states(cache, profile)
+    failed_here = status.get("state") == "failed" and status.get("server") == os.getpid()  # retried on restart
+    start = bool(missing) and status.get("state") != "running" and not failed_here and background_jobs_fork()
+    polling = start or status.get("state") == "running"
+    children, class_name = _build.banner(status) if polling or failed_here else ([], "build-banner hidden")
+    if start:
+        children, class_name = _build.starting_banner()
+    parts = [
+        html.Div(children, id="build-banner", className=class_name, role="status"),
+        dcc.Location(id="build-url"),
+        dcc.Interval(id="build-poll", interval=_build.POLL_MS, disabled=not polling),
+        # Steps done when this page was drawn: a step done later reloads a page that waits for it.
+        dcc.Store(id="build-seen", data=done),
+        dcc.Store(id="build-result"),
+        dcc.Store(id="build-started", data=start),
+        dcc.Store(id="build-reload"),
+    ]
+    if start:
+        parts.append(dcc.Store(id="build-trigger", data=os.getpid()))
+    return parts
+
+
+@dash.callback(Output("build-result", "data"), Input("build-trigger", "data"), background=True,
+               prevent_initial_call=False)
+def build_store(_trigger):
+    """Fill the store (runs in its own process; returns at once when another tab's build holds the lock)."""
+    config = dash.get_app().server.config
+    return _build.run_build(config["TMDAFM_CACHE"], config["TMDAFM_PROFILE"])
+
+
+@dash.callback(
+    Output("build-banner", "children"), Output("build-banner", "className"), Output("build-poll", "disabled"),
+    Output("build-seen", "data"), Output("build-reload", "data"),
+    Input("build-poll", "n_intervals"), Input("build-url", "pathname"), Input("build-result", "data"),
+    State("build-seen", "data"), State("build-started", "data"),
+)
+def poll_build(_n, pathname, result, seen, started):
+    """The banner from the build's status file (a small JSON read); asks a waiting page to reload when one of the
+    steps it shows has landed."""
+    config = dash.get_app().server.config
+    return _build.poll(config["TMDAFM_CACHE"], pathname, result, seen, started)
+
+
+# A page that still shows a "missing" card reloads when a step it needs has landed; a filled page is left alone.
+dash.clientside_callback(
+    """function (landed) {
+        if (landed && document.querySelector('[id$="-missing"], .preparing')) { window.location.reload(); }
+        return window.dash_clientside.no_update;
+    }""",
+    Output("build-reload", "id"), Input("build-reload", "data"), prevent_initial_call=True)
+
+
+def configure(app: Dash, cache_dir=None, *, profile=None) -> None:
+    """Point ``app`` at a store and a precompute profile (what an empty store is filled with: a name in
+    ``pipeline.PROFILES`` or a ``Profile``; default ``$TMDAFM_PROFILE``, else "demo")."""
     cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
     app.server.config["TMDAFM_CACHE"] = str(Path(cache_dir).resolve())
-    app.server.config["TMDAFM_PROFILE"] = profile
+    app.server.config["TMDAFM_PROFILE"] = profile if profile is not None else os.environ.get(PROFILE_ENV, "demo")
 
 
 app = create_app()
@@ -101,22 +170,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default=DEFAULT_HOST,
                         help=f"address to listen on (default: {DEFAULT_HOST}, this machine only)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default=os.environ.get(PROFILE_ENV, "demo"),
+                        help=f"precompute profile an empty store is filled with (default: ${PROFILE_ENV} or demo; "
+                             "demo: about 10 min on 2 CPU cores, tiny: about a minute, to try the app; paper: only "
+                             "the data set and thumbnails, train with `tmdafm precompute` on a GPU)")
     parser.add_argument("--debug", action="store_true", help="Dash dev tools and reloading (for development)")
     return parser
 
 
-def serve(cache_dir, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, debug: bool = False) -> None:
+def serve(cache_dir, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, debug: bool = False,
+          profile=None) -> None:
     """Serve the app over the store at ``cache_dir`` until interrupted."""
     from tmdafm_core.pipeline import complete_store, store_ready
 
-    configure(app, cache_dir)
+    configure(app, cache_dir, profile=profile)
     cache = app.server.config["TMDAFM_CACHE"]
-    if not store_ready(cache):
+    missing = _build.step_states(cache, app.server.config["TMDAFM_PROFILE"])[1]
+    if missing:
         if background_jobs_fork():
-            print(f"store {cache} is not ready yet: it is prepared when you open the page (progress shown there)",
+            print(f"store {cache} lacks {', '.join(missing)}: the app builds it when a page is opened (progress in "
+                  "a banner on every page; a restart resumes it)", file=sys.stderr, flush=True)
+        elif not store_ready(cache):
+            print(f"preparing the store {cache} before serving (build the rest with `tmdafm precompute`)",
                   file=sys.stderr, flush=True)
-        else:
-            print(f"preparing the store {cache} before serving", file=sys.stderr, flush=True)
             complete_store(cache, profile=app.server.config["TMDAFM_PROFILE"], progress=True)
     print(f"tmdafm app on http://{host}:{port}/  (store: {cache}; Ctrl+C stops it)", file=sys.stderr, flush=True)
     app.run(host=host, port=port, debug=debug)
@@ -127,7 +203,7 @@ def main(argv=None) -> int:
     if not 0 < args.port < 65536:
         print(f"app.py: error: --port must be in 1..65535, got {args.port}", file=sys.stderr)
         return 2
-    serve(args.cache, host=args.host, port=args.port, debug=args.debug)
+    serve(args.cache, host=args.host, port=args.port, debug=args.debug, profile=args.profile)
     return 0
 
 

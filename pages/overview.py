@@ -4,12 +4,12 @@ by a background callback whose progress is shown here."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import dash
-from dash import Input, Output, dcc, html
+from dash import dcc, html
 
+from pages import _build
 from tmdafm_core import figures, pipeline
 
 dash.register_page(__name__, path="/", name="Overview", title="Overview · tmdafm", order=0)
@@ -17,10 +17,6 @@ dash.register_page(__name__, path="/", name="Overview", title="Overview · tmdaf
 
 def _cache() -> Path:
     return Path(dash.get_app().server.config["TMDAFM_CACHE"])
-
-
-def _profile():
-    return dash.get_app().server.config.get("TMDAFM_PROFILE", "demo")
 
 
 # --- pieces -----------------------------------------------------------------------------------------------------
@@ -145,8 +141,17 @@ def _examples(cache: Path, info: dict):
 
 
 def _store(info: dict):
+    status = _build.read_status(info["cache"])
+    building = status.get("steps", []) if status.get("state") == "running" else []
     rows = []
     for artifact in info["artifacts"]:
+        if artifact.key in building and not artifact.present:
+            current = artifact.key == status.get("step")
+            status_cell = html.Td("being built now" if current else "queued", className="status building")
+            action = html.Td(f"step {building.index(artifact.key) + 1} of {len(building)} of the app's build; "
+                             f"by hand: {artifact.command}", className="caption")
+            rows.append(html.Tr([html.Th(artifact.title, scope="row"), status_cell, action]))
+            continue
         if artifact.present:
             status = html.Td("in store", className="status present")
             action = html.Td(html.Code(str(artifact.path), className="path"))
@@ -182,39 +187,13 @@ def overview_body(cache: Path) -> list:
 def _preparing(cache: Path):
     return _card("Preparing the demo data set", html.P(
         f"The store {cache} holds no prepared data set yet, so tmdafm generates the synthetic TMD-AFM demo, "
-        "assigns the splits and makes thumbnails. This happens once; later starts read everything from the store."),
-        html.Progress(id="prepare-progress", value="0", max="1"),
-        html.Div("starting…", id="prepare-step", className="caption"),
-        dcc.Store(id="prepare-trigger", data=os.getpid()),
-        class_name="card preparing")
+        "assigns the splits and makes thumbnails (the banner above shows how far it got). This page fills in by "
+        "itself when they are ready, in well under a minute; the models and analyses for the other pages follow. "
+        "This happens once; later starts read everything from the store."), class_name="card preparing",
+        id="overview-preparing")
 
 
 def layout(**_query):
     cache = _cache()
     children = overview_body(cache) if pipeline.store_ready(cache) else [_preparing(cache)]
     return html.Div(id="overview-body", children=children)
-
-
-@dash.callback(
-    Output("overview-body", "children"),
-    Input("prepare-trigger", "data"),
-    background=True,
-    progress=[Output("prepare-progress", "value"), Output("prepare-progress", "max"),
-              Output("prepare-step", "children")],
-    interval=500,
-    prevent_initial_call=False,
-)
-def prepare_store(set_progress, _trigger):
-    """Fill an empty store with the demo (runs in its own process; a file lock keeps concurrent tabs apart)."""
-    cache = _cache()
-
-    def report(step: str, done: int, total: int) -> None:
-        set_progress((str(done), str(max(total, 1)), f"{step}: {done} of {total}" if total > 1 else step))
-
-    try:
-        pipeline.complete_store(cache, profile=_profile(), progress=report)
-    except (ValueError, OSError) as exc:
-        return [_card("The store could not be prepared", html.P(str(exc), className="error"),
-                      html.P(["Build it from a terminal to see the details: ",
-                              html.Code(f"tmdafm precompute --out {cache}")]), class_name="card failed")]
-    return overview_body(cache)

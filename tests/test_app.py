@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+
 import pytest
 
-from tmdafm_core import pipeline
+from pages import _build
+from tmdafm_core import pipeline, store
 from tmdafm_core.cli import main as tmdafm
 
 TINY = pipeline.Profile("tiny", n=40, size=32, n_folds=3)
+#: The whole demo precompute at its smallest (two classes in the sequential study, PCA only): ~30 s on 2 cores.
+MICRO = pipeline.Profile("tiny", n=80, size=32, n_folds=2, epochs=1, image_size=32, order=("MoS2", "WS2"),
+                         volumes=("full",), sequential_task="mtc", umap_dims=(), n_boot=20)
 
 
 @pytest.fixture
@@ -17,6 +26,25 @@ def tmdafm_app():
     app_module.app.server.test_client().get("/")  # Dash imports the pages on the first request
     yield app_module
     app_module.configure(app_module.app, None)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A store the build job filled from empty with MICRO, its result and every status it wrote on the way."""
+    cache = tmp_path_factory.mktemp("built") / "cache"
+    statuses = []
+    write_json = _build.write_json
+
+    def record(path, document):
+        statuses.append(dict(document))
+        return write_json(path, document)
+
+    _build.write_json = record
+    try:
+        result = _build.build(cache, MICRO)
+    finally:
+        _build.write_json = write_json
+    return cache, result, [s for s in statuses if s.get("state") == "running"]
 
 
 def _ids(component) -> set:
@@ -43,29 +71,104 @@ def test_page_is_served_with_local_assets_only(tmdafm_app, tmp_path):
     assert not (tmp_path / "cache").exists()  # serving a page creates nothing; preparation is the callback's job
 
 
-def test_empty_store_shows_progress_then_the_callback_fills_it(tmdafm_app, tmp_path):
+def test_empty_store_layout_starts_a_build_and_the_overview_waits(tmdafm_app, tmp_path):
     import pages.overview as overview
 
     cache = tmp_path / "cache"
     tmdafm_app.configure(tmdafm_app.app, cache, profile=TINY)
     with tmdafm_app.app.server.test_request_context("/"):
-        assert {"prepare-progress", "prepare-trigger"} <= _ids(overview.layout())
-    updates = []
-    body = overview.prepare_store(updates.append, 1)
-    assert {"split-table", "store-table", "examples"} <= _ids(body)
-    assert updates[0][2].startswith("generating synthetic images") and updates[-1][0] == updates[-1][1] == "40"
+        assert "overview-preparing" in _ids(overview.layout())
+        parts = _ids(tmdafm_app._layout())
+    assert {"build-banner", "build-poll", "build-trigger"} <= parts
+    assert not cache.exists()  # drawing the page builds nothing; the background callback does
+
+
+def test_the_build_job_fills_the_whole_store_and_reports_each_step(built):
+    cache, result, statuses = built
+    assert result["state"] == "done" and result["steps"] == list(pipeline.STEPS)
+    assert all(pipeline.store_contents(cache)[i].present for i in range(len(pipeline.STEPS)))
+    numbers = [s["number"] for s in statuses]
+    assert numbers == sorted(numbers) and set(numbers) == set(range(10))  # 0: before the first step
+    assert all(s["state"] == "running" and s["count"] == 9 for s in statuses)
+    assert any(s["step"] == "dataset" and s["total"] == 80 and 0 < s["done"] for s in statuses)  # images
+    assert _build.read_status(cache)["state"] == "done"
+    assert _build.banner(_build.read_status(cache)) == ([], "build-banner hidden")
+
+
+def test_a_restart_after_a_complete_build_starts_nothing(tmdafm_app, built):
+    cache, _, _ = built
+    tmdafm_app.configure(tmdafm_app.app, cache, profile=MICRO)
     with tmdafm_app.app.server.test_request_context("/"):
-        assert "split-table" in _ids(overview.layout())
+        parts = _ids(tmdafm_app._layout())
+    assert "build-trigger" not in parts and "build-banner" in parts
+    started = time.perf_counter()
+    assert _build.run_build(cache, MICRO)["state"] == "done"  # every step found done: seconds, no training
+    assert time.perf_counter() - started < 20
 
 
-def test_callback_reports_a_store_it_cannot_build(tmdafm_app, tmp_path):
-    import pages.overview as overview
+def test_a_second_build_while_one_holds_the_lock_starts_nothing(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    lock = _build._try_lock(cache)
+    try:
+        assert _build._try_lock(cache) is None
+        assert _build.run_build(cache, MICRO) == {"state": "busy"}
+        assert not (cache / "store.json").exists()
+    finally:
+        lock.close()
 
+
+def test_a_build_that_fails_says_why_and_how_to_build_by_hand(tmp_path):
     blocked = tmp_path / "file"
     blocked.write_text("not a folder")
-    tmdafm_app.configure(tmdafm_app.app, blocked, profile=TINY)
-    body = overview.prepare_store(lambda update: None, 1)
-    assert "could not be prepared" in str(body)
+    result = _build.build(blocked, MICRO)
+    assert result["state"] == "failed" and "\n" not in result["error"] and "FileExistsError" in result["error"]
+    assert result["command"].startswith(f"tmdafm precompute --out {blocked}")
+    status = _build.read_status(blocked, result)  # no status file can be written there: the result is shown
+    children, class_name = _build.banner(status)
+    assert class_name == "build-banner failed" and result["command"] in str(children)
+
+
+def test_banner_line_names_the_step_its_progress_and_an_eta():
+    status = {"state": "running", "steps": list(pipeline.STEPS), "step": "thumbnails", "number": 2, "count": 9,
+              "message": "making thumbnails", "done": 250, "total": 1000, "phase_started": 100.0,
+              "step_started": 90.0, "pid": os.getpid()}
+    line = _build.banner_text(status, now=110.0)  # 250 in 10 s: 750 more take 30 s
+    assert line == ("Building the demo store: step 2 of 9 — thumbnails (making thumbnails, 250/1000, "
+                    "about 30 s left)")
+    opaque = {**status, "step": "mtc", "number": 4, "message": "mtc: computing (not computed yet)", "done": 0,
+              "total": 1}
+    assert _build.banner_text(opaque, now=90.0 + 125).endswith("(mtc: computing (not computed yet), running for "
+                                                               "2 min 05 s)")
+    assert _build.eta_seconds(opaque) is None
+    children, class_name = _build.banner(opaque, "/performance", now=200.0)
+    assert class_name == "build-banner running"
+    assert "This page fills in as its MtC run and MtL run land." in str(children)
+    assert "fills in" not in str(_build.banner(opaque, "/", now=200.0)[0])  # the overview's steps are done
+
+
+def test_a_status_whose_process_is_gone_reads_as_stopped(tmp_path):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    store.write_json(tmp_path / _build.STATUS_NAME, {"state": "running", "pid": gone.pid, "number": 3})
+    assert _build.read_status(tmp_path)["state"] == "stopped"
+    assert "reload the page to resume" in str(_build.banner(_build.read_status(tmp_path))[0])
+    assert _build.read_status(tmp_path / "none")["state"] == "idle"
+
+
+def test_poll_reloads_only_a_page_whose_step_landed(tmp_path):
+    running = {"state": "running", "pid": os.getpid(), "steps": list(pipeline.STEPS), "step": "mtl", "number": 5,
+               "count": 9, "message": "", "done": 0, "total": 0, "phase_started": 0, "step_started": 0}
+    store.write_json(tmp_path / _build.STATUS_NAME, running)
+    *_, disabled, seen, reload = _build.poll(tmp_path, "/performance", None, ["dataset", "thumbnails"])
+    assert not disabled and seen == ["dataset", "thumbnails", "descriptors", "mtc"] and reload is not None
+    assert _build.poll(tmp_path, "/sequential", None, ["dataset", "thumbnails"])[-1] is None
+    assert _build.poll(tmp_path, "/performance", None, seen)[-1] is None  # seen already: no second reload
+    # This tab's job has not written yet: an older finished status is not news (no reload, keep polling).
+    store.write_json(tmp_path / _build.STATUS_NAME, {**running, "state": "done"})
+    children, class_name, disabled, seen, reload = _build.poll(tmp_path, "/", None, [], True)
+    assert "starting" in str(children) and not disabled and seen == [] and reload is None
+    assert _build.poll(tmp_path, "/", {"state": "done"}, [], True)[1:3] == ("build-banner hidden", True)
 
 
 def test_app_command_rejects_a_bad_port(capsys):

@@ -974,22 +974,43 @@ def store_ready(cache_dir) -> bool:
     return _prepared_record(cache_dir) is not None and bool(thumbs.get("complete"))
 
 
-def complete_store(cache_dir, *, profile="demo", progress=None) -> None:
-    """Build what the app needs and can make by itself quickly: the data set, the thumbnails and their atlas.
+def recorded_source(cache_dir, profile="demo"):
+    """(DATA or None, Profile) a store was prepared from; None and ``profile`` when it holds no data set yet."""
+    record = read_json(Path(cache_dir) / DATASET_DIR / PREPARED_NAME) or {}
+    source = record.get("settings", {}).get("source", {})
+    if "profile" in record and source.get("kind") == "data" and Path(source["path"]).exists():
+        return source["path"], Profile.from_dict(record["profile"])
+    if "profile" in record and source.get("kind") == "synthetic":
+        return None, Profile.from_dict(record["profile"])
+    return None, _resolve_profile(profile)
+
+
+def app_steps(cache_dir, *, profile="demo") -> tuple[str, ...]:
+    """The steps the app builds by itself for this store: all of :data:`STEPS` for the synthetic demo trained from
+    scratch (minutes on a CPU), only the data set and thumbnails for a data set of yours or the paper profile
+    (ImageNet weights, meant for a GPU: train those with ``tmdafm precompute``)."""
+    data, profile = recorded_source(cache_dir, profile)
+    return STEPS if data is None and profile.training != "paper" else ("dataset", "thumbnails")
+
+
+def complete_store(cache_dir, *, profile="demo", progress=None, steps=("thumbnails",),
+                   on_step=None) -> list[StepResult]:
+    """Build what the app needs: by default the data set, the thumbnails and their atlas (seconds).
 
     A store that was prepared before is brought up to date with the source and profile it was built from (a data
     set from DATA stays that data set); a store with no (or an unreadable) data set gets the synthetic demo of
-    ``profile``.
+    ``profile``. ``steps`` (and the steps they read) run one at a time, each skipped when done
+    (:func:`precompute`), so an interrupted build resumes; ``on_step(step, number, count)`` is called before each.
     """
     cache_dir = Path(cache_dir)
-    record = read_json(cache_dir / DATASET_DIR / PREPARED_NAME) or {}
-    source = record.get("settings", {}).get("source", {})
-    data = None
-    if "profile" in record and source.get("kind") == "data" and Path(source["path"]).exists():
-        data, profile = source["path"], Profile.from_dict(record["profile"])
-    elif "profile" in record and source.get("kind") == "synthetic":
-        profile = Profile.from_dict(record["profile"])
-    precompute(cache_dir, data, profile=profile, progress=progress, steps=("thumbnails",))
+    data, profile = recorded_source(cache_dir, profile)
+    wanted = _with_dependencies(steps)
+    results = []
+    for number, step in enumerate(wanted, 1):
+        if on_step is not None:
+            on_step(step, number, len(wanted))
+        results.append(precompute(cache_dir, data, profile=profile, progress=progress, steps=(step,))[-1])
+    return results
 
 
 # --- what the store holds ---------------------------------------------------------------------------------------
