@@ -132,8 +132,9 @@ def build_store(_trigger):
 @dash.callback(
     Output("build-banner", "children"), Output("build-banner", "className"), Output("build-poll", "disabled"),
     Output("build-seen", "data"), Output("build-reload", "data"),
-    Input("build-poll", "n_intervals"), Input("build-url", "pathname"), Input("build-result", "data"),
-    State("build-seen", "data"), State("build-started", "data"),
+    # The job's result is read as State: the renderer holds back a callback whose Input a running callback writes.
+    Input("build-poll", "n_intervals"), Input("build-url", "pathname"),
+    State("build-result", "data"), State("build-seen", "data"), State("build-started", "data"),
 )
 def poll_build(_n, pathname, result, seen, started):
     """The banner from the build's status file (a small JSON read); asks a waiting page to reload when one of the

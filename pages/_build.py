@@ -16,6 +16,7 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -41,6 +42,10 @@ STEP_NAMES = {
     "latent-sequential": "sequential latent projections",
 }
 
+#: What the data set and thumbnail steps report (every later step re-checks them first).
+_DEPENDENCY_MESSAGES = ("generating synthetic images", "reading the data set", "data set ready", "making thumbnails",
+                        "thumbnails ready")
+
 #: The steps each page shows; a page that shows a "missing" card reloads itself when one of them lands.
 PAGE_STEPS = {
     "/": ("dataset", "thumbnails"),
@@ -58,11 +63,24 @@ def status_path(cache) -> Path:
     return Path(cache) / STATUS_NAME
 
 
+def plan(cache, profile="demo") -> list[str]:
+    """The steps the app builds for this store: those of its own earlier build when there was one (it resumes it),
+    :func:`~tmdafm_core.pipeline.app_steps` for a store with no data set yet; for a store prepared elsewhere (by
+    ``tmdafm precompute`` or by hand) only the data set and thumbnails the overview needs, the pages telling the
+    commands for the rest."""
+    status = read_json(status_path(cache))
+    if isinstance(status, dict) and status.get("steps"):
+        return list(status["steps"])
+    if not (Path(cache) / pipeline.DATASET_DIR / pipeline.PREPARED_NAME).is_file():
+        return list(pipeline.app_steps(cache, profile=profile))
+    return ["dataset", "thumbnails"]
+
+
 def step_states(cache, profile="demo") -> tuple[list[str], list[str]]:
-    """(steps ``store.json`` records as done, steps the app would build for this store that are not done)."""
+    """(steps ``store.json`` records as done, steps of :func:`plan` that are not done)."""
     records = read_record(cache)
     done = [step for step in pipeline.STEPS if records.get(step, {}).get("status") == "done"]
-    return done, [step for step in pipeline.app_steps(cache, profile=profile) if step not in done]
+    return done, [step for step in plan(cache, profile) if step not in done]
 
 
 def _try_lock(cache: Path):
@@ -109,6 +127,11 @@ class _Reporter:
 
     def progress(self, message: str, done: int, total: int) -> None:
         with self.lock:
+            step = self.status["step"]
+            if step not in ("dataset", "thumbnails") and message.startswith(_DEPENDENCY_MESSAGES):
+                return  # a later step re-checks the data set it reads: not this step's progress
+            if message.startswith(f"{step}: computing"):
+                message = STEP_NAMES.get(step, step)  # the banner names the step already
             previous = self.status
             if message != previous["message"] or done < previous["done"] or total != previous["total"]:
                 previous["phase_started"] = time.time()  # a new phase: its ETA starts afresh
@@ -146,13 +169,20 @@ def run_build(cache, profile="demo") -> dict:
     ended with it).
     """
     argument = profile if isinstance(profile, str) else json.dumps(asdict(profile))
-    finished = subprocess.run([sys.executable, "-m", "pages._build", str(cache), argument, str(os.getppid())],
-                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    # The result comes back in a file, not a pipe: worker pools the build leaves behind (joblib keeps its workers
+    # for minutes) inherit its stdout, and reading a pipe to its end would wait for them.
+    handle, result_path = tempfile.mkstemp(prefix="tmdafm-build-", suffix=".json")
+    os.close(handle)
     try:
-        return json.loads(finished.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        return {"state": "failed", "error": f"the build process ended with exit status {finished.returncode}",
-                "command": pipeline_command(cache, profile)}
+        finished = subprocess.run([sys.executable, "-m", "pages._build", str(cache), argument, str(os.getppid()),
+                                   result_path], cwd=ROOT)
+        result = read_json(result_path)
+    finally:
+        os.unlink(result_path)
+    if isinstance(result, dict):
+        return result
+    return {"state": "failed", "error": f"the build process ended with exit status {finished.returncode}",
+            "command": pipeline_command(cache, profile)}
 
 
 def build(cache, profile="demo", *, server: int | None = None) -> dict:
@@ -174,7 +204,7 @@ def build(cache, profile="demo", *, server: int | None = None) -> dict:
     reporter = None
     stop = threading.Event()
     try:
-        steps = pipeline.app_steps(cache, profile=profile)
+        steps = plan(cache, profile)
         reporter = _Reporter(cache, list(steps), server if server is not None else os.getppid())
 
         def on_step(step, number, count):
@@ -324,7 +354,7 @@ def poll(cache, pathname: str, result: dict | None, seen: list | None, started: 
     return children, class_name, state != "running", seen + landed, reload
 
 
-if __name__ == "__main__":  # python -m pages._build CACHE PROFILE SERVER_PID  (run_build's fresh interpreter)
-    _cache, _profile, _server = sys.argv[1:4]
+if __name__ == "__main__":  # python -m pages._build CACHE PROFILE SERVER_PID RESULT_JSON  (run_build's interpreter)
+    _cache, _profile, _server, _result = sys.argv[1:5]
     _profile = pipeline.Profile.from_dict(json.loads(_profile)) if _profile.startswith("{") else _profile
-    print(json.dumps(build(_cache, _profile, server=int(_server))), flush=True)
+    write_json(_result, build(_cache, _profile, server=int(_server)))

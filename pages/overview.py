@@ -141,12 +141,12 @@ def _examples(cache: Path, info: dict):
 
 
 def _store(info: dict):
-    status = _build.read_status(info["cache"])
-    building = status.get("steps", []) if status.get("state") == "running" else []
+    build = _build.read_status(info["cache"])
+    building = build.get("steps", []) if build.get("state") == "running" else []
     rows = []
     for artifact in info["artifacts"]:
         if artifact.key in building and not artifact.present:
-            current = artifact.key == status.get("step")
+            current = artifact.key == build.get("step")
             status_cell = html.Td("being built now" if current else "queued", className="status building")
             action = html.Td(f"step {building.index(artifact.key) + 1} of {len(building)} of the app's build; "
                              f"by hand: {artifact.command}", className="caption")

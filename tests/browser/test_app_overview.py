@@ -7,8 +7,12 @@ import time
 import pytest
 
 from tmdafm_core import pipeline
+from tmdafm_core.store import step_done
 
 TINY = pipeline.Profile("tiny", n=40, size=32, n_folds=3)
+#: The whole demo precompute at its smallest (two classes in the sequential study, PCA only): ~10 s on 2 cores.
+MICRO = pipeline.Profile("tiny", n=80, size=32, n_folds=2, epochs=1, image_size=32, order=("MoS2", "WS2"),
+                         volumes=("full",), sequential_task="mtc", umap_dims=(), n_boot=20)
 
 pytestmark = [pytest.mark.browser,
               # selenium 4.2 calls a urllib3 method deprecated in 2.x on every request
@@ -58,14 +62,30 @@ def test_overview_of_a_prepared_store(dash_duo, tmdafm_app, tmp_path):
     assert dash_duo.get_logs() == []
 
 
-def test_empty_store_is_prepared_with_progress_in_the_browser(dash_duo, tmdafm_app, tmp_path):
+def _banner_class(dash_duo) -> str:
+    return dash_duo.find_element("#build-banner").get_attribute("class")
+
+
+def test_empty_store_is_built_with_progress_in_the_browser(dash_duo, tmdafm_app, tmp_path):
     cache = tmp_path / "empty"
-    tmdafm_app.configure(tmdafm_app.app, cache, profile=TINY)
+    tmdafm_app.configure(tmdafm_app.app, cache, profile=MICRO)
 
     dash_duo.start_server(tmdafm_app.app)
-    dash_duo.wait_for_element("#prepare-progress", timeout=10)
-    assert "Preparing the demo data set" in dash_duo.find_element(".preparing h2").text
+    dash_duo.wait_for_element("#overview-preparing", timeout=10)
+    dash_duo.wait_for_contains_text("#build-banner", " of 9 — ", timeout=15)
+    assert "running" in _banner_class(dash_duo)
+    # The overview fills in (the page reloads itself) once the data set and thumbnails land, before training ends.
     dash_duo.wait_for_element("#split-table", timeout=30)
-    assert _rows(dash_duo, "#split-table tbody tr")[-1].split()[-4] == "40"
-    assert pipeline.store_ready(cache)
+    assert _rows(dash_duo, "#split-table tbody tr")[-1].split()[-4] == "80"
+    if not step_done(cache, "latent-sequential"):
+        assert "running" in _banner_class(dash_duo)
+    deadline = time.monotonic() + 90
+    while "hidden" not in _banner_class(dash_duo):  # the whole build; the banner goes when it is done
+        assert time.monotonic() < deadline, dash_duo.find_element("#build-banner").text
+        time.sleep(0.5)
+    assert all(artifact.present for artifact in pipeline.store_contents(cache))
+    dash_duo.wait_for_page(url=f"{dash_duo.server_url}/performance")
+    dash_duo.wait_for_element("#scores", timeout=20)
+    assert not dash_duo.find_elements("#performance-missing")
+    assert "hidden" in _banner_class(dash_duo)
     assert dash_duo.get_logs() == []
