@@ -9,7 +9,8 @@ Writes a synthetic data set (``write_synthetic_dataset``), then measures
   (``descriptor_separability``): macro-F1, accuracy and the confusion matrix;
 * scratch ResNet18: ``cross_validate(arch="resnet18", weights="none", task="mtc")`` at ``--image-size`` px for
   ``--epochs`` epochs on ``--folds`` folds: mean validation and held-out test macro-F1 and the test confusion
-  matrix (the test set holds few samples per class at small ``--n``: validation is the steadier figure);
+  matrix and the validation confusion pooled over folds (the test set holds few samples per class: validation
+  is the steadier figure);
 * chance: a stratified random guess with the class frequencies (the straightforward baseline; ratio = F1 / chance).
 
 Prints one table row per method with its seconds. Run it before and after changing the generator's priors.
@@ -87,6 +88,11 @@ def main() -> None:
                                      folds=args.folds, epochs=args.epochs, image_size=args.image_size, lr=1e-3,
                                      batch_size=64, seed=args.seed)
             cnn = metrics
+            from tmdafm_core.training import load_checkpoint
+
+            # Validation images of all folds pooled: many more samples than the small held-out test set.
+            val_counts = sum(np.asarray(load_checkpoint(path)["scores"]["val"]["confusion"], dtype=float)
+                             for path in sorted((Path(scratch) / "run").glob("fold*.pt")))
             seconds = time.perf_counter() - start
             for split in ("val", "test"):
                 rows.append((f"scratch ResNet18 {args.image_size} px, {args.epochs} ep, {args.folds} folds ({split})",
@@ -104,6 +110,8 @@ def main() -> None:
         confusion = np.asarray(cnn["confusion_test_percent"], dtype=float)
         confusion = 100.0 * confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1e-9)
         print_confusion("scratch ResNet18 test confusion (mean over folds)", cnn["classes"], confusion)
+        val_percent = 100.0 * val_counts / np.maximum(val_counts.sum(axis=1, keepdims=True), 1e-9)
+        print_confusion("scratch ResNet18 validation confusion (folds pooled)", cnn["classes"], val_percent)
 
 
 if __name__ == "__main__":

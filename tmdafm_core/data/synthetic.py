@@ -49,27 +49,43 @@ _IMAGES_PER_SAMPLE = (3, 8)  # inclusive range of crops drawn from one physical 
 _GRANULAR_WAVES = 48
 _MIN_GRAIN_AREA_NM2 = 300.0  # a domain fragment smaller than this is not a visible grain
 
-# Material-conditional priors: each material has a characteristic look (its usual growth mode, domain size and
-# nucleation density, layer stacking, particle load, substrate terraces, texture), but every sample draws its own
-# values around it and every material can grow in every mode, so the classes overlap. MoS2 and WS2 differ least
-# (both mostly isolated sharp triangles; WS2 nucleates more sparsely into larger, more often bilayer domains with
-# fewer particles), as in the real data's main confusion.
-_MATERIAL_PRIORS = {
-    # modes: growth-mode weights (isolated, coalesced, pyramids, granular); nucleation: density factor;
-    # size: domain edge factor; particles: typical particles per µm²; terraces: chance of visible substrate steps;
-    # truncation: mean corner cut; bilayer: bilayer tendency; texture: chance of a granular texture outside the
-    # granular mode; grains: range of granular domain sizes (nm); noise: noise factor; monolayer: step height (nm)
-    "MoS2": dict(modes=(0.80, 0.10, 0.06, 0.04), nucleation=1.0, size=1.0, particles=40.0, terraces=0.35,
-                 truncation=0.03, bilayer=0.20, texture=0.05, grains=(10.0, 25.0), noise=1.0, monolayer=0.65),
-    "WS2": dict(modes=(0.75, 0.08, 0.14, 0.03), nucleation=0.4, size=1.3, particles=15.0, terraces=0.35,
-                truncation=0.05, bilayer=0.40, texture=0.05, grains=(10.0, 25.0), noise=1.0, monolayer=0.70),
-    "WSe2": dict(modes=(0.06, 0.04, 0.86, 0.04), nucleation=0.8, size=0.9, particles=8.0, terraces=0.6,
-                 truncation=0.17, bilayer=0.60, texture=0.05, grains=(10.0, 25.0), noise=0.8, monolayer=0.70),
-    "MoSe2": dict(modes=(0.05, 0.06, 0.03, 0.86), nucleation=1.5, size=0.75, particles=20.0, terraces=0.2,
-                  truncation=0.08, bilayer=0.15, texture=0.5, grains=(20.0, 30.0), noise=1.4, monolayer=0.68),
-    "Mo-WSe2": dict(modes=(0.04, 0.86, 0.02, 0.08), nucleation=2.0, size=0.8, particles=200.0, terraces=0.75,
-                    truncation=0.10, bilayer=0.15, texture=0.1, grains=(10.0, 25.0), noise=1.2, monolayer=0.70),
+# Material-conditional priors: each material has a characteristic look that survives shrinking a 1 µm crop to
+# 32-64 px (one pixel = 16-31 nm), so it lives at >= 30-60 nm scales: its usual growth mode, the coverage and
+# nucleation density of that mode (hence the domain size), layer stacking, particle load, substrate terraces and
+# texture. Every sample draws its own values around that look, about one sample in ten grows in another mode, and
+# MoS2 and WS2 share their mode (isolated sharp triangles), differing only in distributions that overlap: MoS2
+# nucleates densely into many medium triangles, WS2 sparsely into fewer, larger, more often bilayer ones covering
+# more of the substrate, as in the real data's main confusion.
+_MODE_RANGES = {  # growth mode -> (nucleation density per µm² range, coverage range) of an off-mode sample
+    "isolated": ((3.0, 40.0), (0.08, 0.45)),
+    "coalesced": ((15.0, 120.0), (0.8, 0.97)),
+    "pyramids": ((3.0, 30.0), (0.08, 0.5)),
+    "granular": ((5.0, 80.0), (0.05, 0.9)),
 }
+_MATERIAL_PRIORS = {
+    # modes: growth-mode weights (isolated, coalesced, pyramids, granular); density, coverage: ranges in the
+    # material's own (dominant) mode; particles: typical particles per µm²; particle_nm: particle diameter range;
+    # terraces: chance of visible substrate steps; truncation: mean corner cut; bilayer: bilayer tendency; texture:
+    # chance of a granular texture outside the granular mode; grains: granular domain size range (nm); grain_nm:
+    # texture height range (nm); needles: chance that the texture is needle-like; noise: noise factor; monolayer:
+    # step height (nm)
+    "MoS2": dict(modes=(0.90, 0.04, 0.04, 0.02), density=(8.0, 45.0), coverage=(0.12, 0.38), particles=30.0,
+                 particle_nm=(12.0, 30.0), terraces=0.3, truncation=0.03, bilayer=0.15, texture=0.03,
+                 grains=(10.0, 25.0), grain_nm=(0.2, 0.4), needles=0.4, noise=1.0, monolayer=0.65),
+    "WS2": dict(modes=(0.88, 0.03, 0.07, 0.02), density=(3.0, 22.0), coverage=(0.25, 0.6), particles=15.0,
+                particle_nm=(12.0, 30.0), terraces=0.3, truncation=0.05, bilayer=0.25, texture=0.03,
+                grains=(10.0, 25.0), grain_nm=(0.2, 0.4), needles=0.4, noise=1.0, monolayer=0.70),
+    "WSe2": dict(modes=(0.04, 0.03, 0.90, 0.03), density=(3.0, 12.0), coverage=(0.15, 0.4), particles=5.0,
+                 particle_nm=(12.0, 30.0), terraces=0.6, truncation=0.25, bilayer=0.6, texture=0.03,
+                 grains=(10.0, 25.0), grain_nm=(0.2, 0.4), needles=0.4, noise=0.8, monolayer=0.70),
+    "MoSe2": dict(modes=(0.03, 0.05, 0.02, 0.90), density=(20.0, 90.0), coverage=(0.55, 0.92), particles=3.0,
+                  particle_nm=(12.0, 30.0), terraces=0.15, truncation=0.08, bilayer=0.1, texture=0.5,
+                  grains=(25.0, 40.0), grain_nm=(0.5, 0.9), needles=0.75, noise=1.2, monolayer=0.68),
+    "Mo-WSe2": dict(modes=(0.03, 0.90, 0.02, 0.05), density=(20.0, 120.0), coverage=(0.85, 0.97), particles=60.0,
+                    particle_nm=(25.0, 45.0), terraces=0.85, truncation=0.10, bilayer=0.15, texture=0.02,
+                    grains=(10.0, 25.0), grain_nm=(0.2, 0.4), needles=0.4, noise=1.0, monolayer=0.70),
+}
+_HOME_MODE = {material: GROWTH_MODES[int(np.argmax(prior["modes"]))] for material, prior in _MATERIAL_PRIORS.items()}
 
 
 @dataclass(frozen=True)
@@ -142,21 +158,18 @@ def sample_params(material: str, rng) -> SampleParams:
     bilayer = float(np.clip(prior["bilayer"] * rng.uniform(0.2, 1.6), 0.0, 0.9))
     max_layers, bilayer_scale = 2, rng.uniform(0.3, 0.55)
     granular_size, granular_height = math.nan, 0.0
-    if mode == "isolated":
-        density, coverage = _log_uniform(rng, 3.0, 40.0), rng.uniform(0.08, 0.45)
-    elif mode == "coalesced":
-        density, coverage = _log_uniform(rng, 15.0, 120.0), rng.uniform(0.8, 0.97)
-    elif mode == "pyramids":
-        density, coverage = _log_uniform(rng, 3.0, 30.0), rng.uniform(0.08, 0.5)
-        bilayer, max_layers, bilayer_scale = rng.uniform(0.6, 1.0), int(rng.integers(3, 6)), rng.uniform(0.5, 0.72)
-    else:  # granular
-        density, coverage = _log_uniform(rng, 5.0, 80.0), rng.uniform(0.05, 0.9)
+    density_range, coverage_range = _MODE_RANGES[mode]
+    if mode == _HOME_MODE[material]:
+        density_range, coverage_range = prior["density"], prior["coverage"]
+    density, coverage = _log_uniform(rng, *density_range), rng.uniform(*coverage_range)
+    if mode == "pyramids":
+        bilayer, max_layers, bilayer_scale = rng.uniform(0.6, 1.0), int(rng.integers(3, 5)), rng.uniform(0.65, 0.85)
     if mode == "granular" or rng.random() < prior["texture"]:
-        granular_size, granular_height = rng.uniform(*prior["grains"]), rng.uniform(0.2, 0.45)
-    density = float(np.clip(density * prior["nucleation"], 1.0, 300.0))
+        granular_size, granular_height = rng.uniform(*prior["grains"]), rng.uniform(*prior["grain_nm"])
+    density = float(np.clip(density, 1.0, 300.0))
     # Boolean model of equal triangles: coverage = 1 - exp(-density * area), area = sqrt(3)/4 * edge^2.
     area_um2 = -math.log(1.0 - coverage) / density
-    edge_nm = math.sqrt(4.0 * area_um2 / math.sqrt(3.0)) * 1000.0 * prior["size"] * rng.uniform(0.85, 1.15)
+    edge_nm = math.sqrt(4.0 * area_um2 / math.sqrt(3.0)) * 1000.0 * rng.uniform(0.9, 1.1)
     edge_nm = float(np.clip(edge_nm, 45.0, 700.0))
     has_terraces = rng.random() < prior["terraces"]
     return SampleParams(
@@ -176,7 +189,7 @@ def sample_params(material: str, rng) -> SampleParams:
         boundary_depth=rng.uniform(0.35, 0.65),
         nucleus_probability=rng.uniform(0.0, 0.6),
         particle_density_per_um2=float(np.clip(prior["particles"] * _log_uniform(rng, 0.5, 2.0), 1.0, 400.0)),
-        particle_diameter_nm=rng.uniform(12.0, 38.0),
+        particle_diameter_nm=rng.uniform(*prior["particle_nm"]),
         particle_height_nm=rng.uniform(1.0, 2.5),
         terrace_spacing_nm=_log_uniform(rng, 50.0, 150.0) if has_terraces else math.nan,
         terrace_angle_deg=rng.uniform(0.0, 180.0),
@@ -185,7 +198,7 @@ def sample_params(material: str, rng) -> SampleParams:
         terrace_wavelength_nm=rng.uniform(250.0, 900.0),
         granular_size_nm=granular_size,
         granular_height_nm=granular_height,
-        granular_needles=float(rng.random() < 0.4) * rng.uniform(0.5, 1.0),
+        granular_needles=float(rng.random() < prior["needles"]) * rng.uniform(0.5, 1.0),
         tip_sigma_nm=rng.uniform(1.5, 4.5),
         noise_nm=prior["noise"] * _log_uniform(rng, 0.02, 0.12),
         scan_line_nm=rng.uniform(0.0, 0.05),
