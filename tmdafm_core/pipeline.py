@@ -651,14 +651,10 @@ def _latent_outputs(out: Path, written: dict) -> list[Path]:
 
 
 def _prediction_table(manifest: pd.DataFrame, predictions) -> pd.DataFrame:
-    table = manifest[["image", "sample_id", "material", "split", "fold"]].reset_index(drop=True).copy()
-    table["predicted"] = predictions.materials
-    table["correct"] = table["predicted"] == table["material"]
-    for i, name in enumerate(predictions.classes):
-        table[f"p_{name}"] = predictions.class_probabilities[:, i]
-    if predictions.element_probabilities is not None:
-        for i, name in enumerate(predictions.elements):
-            table[f"p_{name}"] = predictions.element_probabilities[:, i]
+    table = manifest[["image", "sample_id", "material", "split", "fold"]].reset_index(drop=True)
+    probabilities = predictions.to_frame().drop(columns="image").rename(columns={"material": "predicted"})
+    table = pd.concat([table, probabilities], axis=1)
+    table.insert(table.columns.get_loc("predicted") + 1, "correct", table["predicted"] == table["material"])
     return table
 
 
