@@ -23,13 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _timing import timed  # noqa: E402
+
 from tmdafm_core import pipeline  # noqa: E402
-
-
-def timed(fn):
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def first_page_seconds(cache: Path, port: int) -> tuple[float, float]:
@@ -75,9 +71,9 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tmdafm-bench-") as tmp:
         cache = Path(tmp) / "cache"
-        dataset = timed(lambda: pipeline.prepare_dataset(cache, profile="demo"))
-        thumbs = timed(lambda: pipeline.prepare_thumbnails(cache))
-        warm = statistics.median(timed(lambda: pipeline.complete_store(cache)) for _ in range(args.repeat))
+        dataset = timed(lambda: pipeline.prepare_dataset(cache, profile="demo"))[0]
+        thumbs = timed(lambda: pipeline.prepare_thumbnails(cache))[0]
+        warm = statistics.median(timed(lambda: pipeline.complete_store(cache))[0] for _ in range(args.repeat))
         rows = [("demo data set, cold (generate 1026 x 128 px, read, split)", dataset),
                 ("thumbnails, cold (1026 x 96 px PNG)", thumbs),
                 ("store preparation, cold total", dataset + thumbs),

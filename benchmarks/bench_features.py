@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _timing import timed  # noqa: E402
 
 from tmdafm_core.data import load_image, read_dataset  # noqa: E402
 from tmdafm_core.data.synthetic import write_synthetic_dataset  # noqa: E402
@@ -56,12 +57,6 @@ def baseline_one_at_a_time(image: np.ndarray) -> list[float]:
     return values
 
 
-def timed(function):
-    start = time.perf_counter()
-    result = function()
-    return result, time.perf_counter() - start
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1026)
@@ -81,16 +76,16 @@ def main() -> None:
                   zip(manifest["path"][:args.baseline_images], manifest["pixel_size_nm"][:args.baseline_images],
                       strict=True)]
 
-        _, t_base = timed(lambda: [baseline_one_at_a_time(img) for img, _ in images])
-        _, t_all = timed(lambda: [compute_all(img, px) for img, px in images])
+        t_base, _ = timed(lambda: [baseline_one_at_a_time(img) for img, _ in images])
+        t_all, _ = timed(lambda: [compute_all(img, px) for img, px in images])
         base = t_base / len(images)
         rows = [("baseline: one descriptor at a time (skimage), serial", base, len(images)),
                 ("compute_all, serial, images in memory", t_all / len(images), len(images))]
         for jobs in (1, 2):
             cache = Path(scratch) / f"cache{jobs}"
-            _, cold = timed(lambda j=jobs, c=cache: compute_table(manifest, jobs=j, cache=c, progress=False))
+            cold, _ = timed(lambda j=jobs, c=cache: compute_table(manifest, jobs=j, cache=c, progress=False))
             rows.append((f"compute_table, {jobs} job(s), cold cache, from files", cold / n, n))
-        _, warm = timed(lambda: compute_table(manifest, jobs=2, cache=cache, progress=False))
+        warm, _ = timed(lambda: compute_table(manifest, jobs=2, cache=cache, progress=False))
         rows.append(("compute_table, warm cache (rerun)", warm / n, n))
 
         print(f"{'what':58s} {'s/image':>9s} {'images':>7s} {'total s':>8s} {'x faster':>9s}")

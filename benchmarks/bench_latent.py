@@ -11,10 +11,10 @@ compiling) and warm, reloading a saved UMAP, and PCA solvers at 100k images.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import pandas as pd
+from _timing import timed
 
 DESCRIPTORS = ["rms_roughness", "local_variation", "step_edges", "defect_density", "anisotropy", "dog_blob",
                "grain_size", "grain_density", "contrast", "dissimilarity", "homogeneity", "energy", "correlation",
@@ -67,15 +67,6 @@ def straightforward(embeddings: np.ndarray, descriptors: pd.DataFrame, *, n_comp
     coefs = np.stack([row[6] for row in rows])
     unit = coefs / np.linalg.norm(coefs, axis=1, keepdims=True)
     return rows, unit @ unit.T
-
-
-def timed(function, repeat: int = 1):
-    best = np.inf
-    for _ in range(repeat):
-        start = time.perf_counter()
-        value = function()
-        best = min(best, time.perf_counter() - start)
-    return best, value
 
 
 def main() -> None:

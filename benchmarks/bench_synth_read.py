@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _timing import timed  # noqa: E402
 
 from tmdafm_core.data import load_image, read_dataset  # noqa: E402
 from tmdafm_core.data.synthetic import write_synthetic_dataset  # noqa: E402
@@ -36,12 +37,6 @@ def naive_pil_read(folder: Path) -> int:
     return count
 
 
-def timed(function):
-    start = time.perf_counter()
-    result = function()
-    return result, time.perf_counter() - start
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1026)
@@ -51,7 +46,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         out = args.out or Path(scratch) / "synth"
-        _, synth_s = timed(lambda: write_synthetic_dataset(out, n=args.n, size=args.size, seed=0))
+        synth_s, _ = timed(lambda: write_synthetic_dataset(out, n=args.n, size=args.size, seed=0))
 
         def read_all():
             manifest = read_dataset(out)
@@ -60,9 +55,9 @@ def main() -> None:
             return len(manifest)
 
         naive_pil_read(out)  # warm the page cache so both readers see the same disk state
-        read_n, read_s = timed(read_all)
-        naive_n, naive_s = timed(lambda: naive_pil_read(out))
-        manifest_n, manifest_s = timed(lambda: len(read_dataset(out)))
+        read_s, read_n = timed(read_all)
+        naive_s, naive_n = timed(lambda: naive_pil_read(out))
+        manifest_s, manifest_n = timed(lambda: len(read_dataset(out)))
 
     rows = [
         ("synth (render + write TIFF)", args.n, synth_s),
