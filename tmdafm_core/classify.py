@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .data.images import _tiff_pixel_size_nm, normalize_height, to_height_gray
+from .data.images import afm_colours, normalize_height, tiff_pixel_size_nm, to_height_gray
 from .features import MIN_SIZE_PX
 from .selection import percentile_of, read_features
 
@@ -123,7 +123,7 @@ def decode_image(data: bytes, *, max_bytes: int = MAX_FILE_BYTES) -> tuple[np.nd
                 plane = shape if len(shape) == 2 else (shape[:2] if shape[-1] in (3, 4) else shape[1:])
                 _check_shape(*plane[:2])
                 raw = page.asarray()
-                pixel_nm = _tiff_pixel_size_nm(page)
+                pixel_nm = tiff_pixel_size_nm(page)
         else:
             from PIL import Image
 
@@ -162,9 +162,7 @@ def png_uri(rgb: np.ndarray, *, max_side: int = DISPLAY_PX) -> str:
 
 def afm_rgb(image: np.ndarray) -> np.ndarray:
     """A 0..1 height map in the AFM gold colour scale (the thumbnails' scale), uint8 RGB."""
-    from .data.synthetic import _afm_colours
-
-    return _afm_colours(np.asarray(image, dtype=np.float64))
+    return afm_colours(np.asarray(image, dtype=np.float64))
 
 
 def cam_rgb(image: np.ndarray, heat: np.ndarray, *, alpha: float = 0.5) -> np.ndarray:

@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .data import IMAGE_SUFFIXES, LabelSpace, load_image, read_dataset, split_dataset
+from .data import IMAGE_SUFFIXES, LabelSpace, afm_colours, load_image, read_dataset, split_dataset
 from .store import (
     check_file,
     check_files,
@@ -380,10 +380,8 @@ def render_thumbnail(path, *, size: int = THUMBNAIL_PX) -> bytes:
 
     from PIL import Image
 
-    from .data.synthetic import _afm_colours
-
     image, _ = load_image(path)
-    rgb = Image.fromarray(_afm_colours(image))
+    rgb = Image.fromarray(afm_colours(image))
     height = max(1, round(size * image.shape[0] / image.shape[1]))
     buffer = BytesIO()
     rgb.resize((size, height), Image.Resampling.LANCZOS).save(buffer, format="PNG")

@@ -23,11 +23,18 @@ _TIFF_UNIT_TO_NM = {2: 2.54e7, 3: 1e7}  # RESUNIT inch, centimetre
 _LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float64)
 
 
+def afm_colours(image: np.ndarray) -> np.ndarray:
+    """The usual gold AFM colour scale (black → brown → gold → white) for a 0..1 image, as uint8 RGB."""
+    rgb = np.stack([np.clip(2.0 * image, 0, 1), np.clip(2.0 * image - 0.5, 0, 1), np.clip(2.0 * image - 1.0, 0, 1)],
+                   axis=-1)
+    return (rgb * 255).astype(np.uint8)
+
+
 def _is_tiff(path: Path) -> bool:
     return path.suffix.lower() in {".tif", ".tiff"}
 
 
-def _tiff_pixel_size_nm(page) -> float | None:
+def tiff_pixel_size_nm(page) -> float | None:
     """Pixel size from a tifffile page's XResolution/ResolutionUnit tags, or None when absent or implausible."""
     tags = page.tags
     if "XResolution" not in tags:
@@ -73,7 +80,7 @@ def probe_image(path) -> tuple[int, int, float | None]:
 
             with tifffile.TiffFile(path) as tif:
                 page = tif.pages[0]
-                shape, pixel_nm = page.shape, _tiff_pixel_size_nm(page)
+                shape, pixel_nm = page.shape, tiff_pixel_size_nm(page)
         else:
             from PIL import Image
 
@@ -155,7 +162,7 @@ def load_image(path, *, pixel_size_nm: float | None = None) -> tuple[np.ndarray,
             with tifffile.TiffFile(path) as tif:
                 page = tif.pages[0]
                 raw = page.asarray()
-                tag_pixel_nm = _tiff_pixel_size_nm(page)
+                tag_pixel_nm = tiff_pixel_size_nm(page)
         else:
             from PIL import Image
 

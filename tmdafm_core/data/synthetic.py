@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .images import save_tiff
+from .images import afm_colours, save_tiff
 from .readers import MANIFEST_CSV_NAME
 
 #: Images per class in the real TMD-AFM data set (train + validation, held-out test), DESIGN.md.
@@ -710,13 +710,6 @@ def descriptor_separability(features: pd.DataFrame, *, folds: int = 5, seed: int
 
 # --- preview -----------------------------------------------------------------------------------------------------
 
-def _afm_colours(image: np.ndarray) -> np.ndarray:
-    """The usual gold AFM colour scale (black → brown → gold → white) for a 0..1 image, as uint8 RGB."""
-    rgb = np.stack([np.clip(2.0 * image, 0, 1), np.clip(2.0 * image - 0.5, 0, 1), np.clip(2.0 * image - 1.0, 0, 1)],
-                   axis=-1)
-    return (rgb * 255).astype(np.uint8)
-
-
 def _check_preview_path(png_path) -> Path:
     png_path = Path(png_path)
     if png_path.suffix.lower() != ".png":
@@ -754,7 +747,7 @@ def write_preview(manifest: pd.DataFrame, png_path, *, root=None, per_class: int
         draw.text((8, top + tile // 2 - 10), material, fill="black", font=font)
         for col, path in enumerate(picks["path"]):
             image, _ = load_image(root / path)
-            thumb = Image.fromarray(_afm_colours(image)).resize((tile, tile), Image.Resampling.LANCZOS)
+            thumb = Image.fromarray(afm_colours(image)).resize((tile, tile), Image.Resampling.LANCZOS)
             canvas.paste(thumb, (label_width + col * (tile + gap), top))
     png_path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(png_path)
