@@ -24,13 +24,10 @@ import diskcache
 from dash import Dash, DiskcacheManager, Input, Output, State, dcc, html
 
 from pages import _build
-from tmdafm_core.pipeline import PROFILES
+from tmdafm_core.cli import DEFAULT_HOST, DEFAULT_PORT, PROFILE_ENV, add_app_arguments
 from tmdafm_core.store import default_cache_dir
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8050
 SELECTION_STORE = "selection"  # id of the shared selection (tmdafm_core.selection documents its data)
-PROFILE_ENV = "TMDAFM_PROFILE"  # precompute profile an empty store is filled with (default "demo")
 
 
 def background_jobs_fork() -> bool:
@@ -166,16 +163,7 @@ server = app.server
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="app.py", description="Serve the tmdafm app in the browser.")
-    parser.add_argument("--cache", type=Path, default=default_cache_dir(),
-                        help="artifact store (default: $TMDAFM_CACHE or ./cache; the demo fills an empty one)")
-    parser.add_argument("--host", default=DEFAULT_HOST,
-                        help=f"address to listen on (default: {DEFAULT_HOST}, this machine only)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
-    parser.add_argument("--profile", choices=sorted(PROFILES), default=os.environ.get(PROFILE_ENV, "demo"),
-                        help=f"precompute profile an empty store is filled with (default: ${PROFILE_ENV} or demo; "
-                             "demo: about 10 min on 2 CPU cores, tiny: about a minute, to try the app; paper: only "
-                             "the data set and thumbnails, train with `tmdafm precompute` on a GPU)")
-    parser.add_argument("--debug", action="store_true", help="Dash dev tools and reloading (for development)")
+    add_app_arguments(parser)
     return parser
 
 

@@ -8,6 +8,7 @@ become a one-line message on stderr and exit status 2; nothing here prints a tra
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -540,14 +541,31 @@ def _run_precompute(args) -> int:
 
 # --- app --------------------------------------------------------------------------------------------------------
 
-def _add_app(sub) -> None:
+#: Environment variable naming the precompute profile an empty store is filled with (default "demo").
+PROFILE_ENV = "TMDAFM_PROFILE"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8050
+
+
+def add_app_arguments(p) -> None:
+    """The app's options, shared by ``tmdafm app`` and ``python app.py``."""
+    from tmdafm_core.pipeline import PROFILES
     from tmdafm_core.store import default_cache_dir
 
-    p = sub.add_parser("app", help="serve the browser app over a store (same as `python app.py`)")
     p.add_argument("--cache", type=Path, default=default_cache_dir(),
                    help="artifact store (default: $TMDAFM_CACHE or ./cache; the demo fills an empty one)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=8050, help="port (default: 8050)")
+    p.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default: {DEFAULT_HOST}, this "
+                                                        "machine only)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
+    p.add_argument("--profile", choices=sorted(PROFILES), default=os.environ.get(PROFILE_ENV, "demo"),
+                   help=f"precompute profile an empty store is filled with (default: ${PROFILE_ENV} or demo; "
+                        "demo: about 10 min on 2 CPU cores, tiny: about a minute, to try the app; paper: only "
+                        "the data set and thumbnails, train with `tmdafm precompute` on a GPU)")
+    p.add_argument("--debug", action="store_true", help="Dash dev tools and reloading (for development)")
+
+
+def _add_app(sub) -> None:
+    add_app_arguments(sub.add_parser("app", help="serve the browser app over a store (same as `python app.py`)"))
 
 
 def _load_app_module():
@@ -567,7 +585,7 @@ def _load_app_module():
 def _run_app(args) -> int:
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be in 1..65535, got {args.port}")
-    _load_app_module().serve(args.cache, host=args.host, port=args.port)
+    _load_app_module().serve(args.cache, host=args.host, port=args.port, debug=args.debug, profile=args.profile)
     return 0
 
 
