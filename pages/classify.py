@@ -56,7 +56,8 @@ def result_card(cache, result, index: int, colours: dict):
     """One file's result as a card (or its refusal message)."""
     if not result["ok"]:
         return html.Section(className="card failed", children=[
-            html.H2(result["name"]), html.P(result["message"], className="refused file-message")])
+            html.H2([html.Span(f"{index + 1}", className="result-number"), result["name"]]),
+            html.P(result["message"], className="refused file-message")])
     material = result["material"]
     probs = figures.probability_figure(result["class_probabilities"], title="MtC class probability",
                                        colours=colours)
@@ -70,15 +71,17 @@ def result_card(cache, result, index: int, colours: dict):
         html.Img(src=atlas.get(n["image"], ""), alt=n["image"], title=n["image"]),
         html.Figcaption(f"d = {n['distance']:.3g}")]) for n in result["neighbours"]]
     return html.Section(className="card result-card", id=f"result-{index}", children=[
-        html.H2([result["name"], " → ", html.Span(material, className="material-badge predicted-material",
-                                                 style={"backgroundColor": colours.get(material, "#52606d")})]),
+        html.H2([html.Span(f"{index + 1}", className="result-number"), result["name"], " → ",
+                 html.Span(material, className="material-badge predicted-material",
+                           style={"backgroundColor": colours.get(material, "#52606d")})]),
         html.Div(className="result", children=[
             html.Div([html.H3("image"), html.Img(src=result["image_uri"], className="view", alt=result["name"]),
                       html.P(f"{result['width']} × {result['height']} px · {result['pixel_size_nm']:.3g} nm/px",
                              className="caption")]),
-            html.Div([html.H3("activation map (MtC)"),
-                      html.Img(src=result["cam_uri"], className="view", alt="class activation map"),
-                      html.P("bright = regions that drove the prediction", className="caption")]),
+            html.Div([html.H3("activation map (MtC)"), *(
+                [html.Img(src=result["cam_uri"], className="view", alt="class activation map"),
+                 html.P("bright = regions that drove the prediction", className="caption")] if result["cam_uri"]
+                else [html.P(result["cam_note"], className="caption cam-note")])]),
             html.Div([*graphs, html.H3("nearest images in the latent space"),
                       html.Div(neighbours, className="neighbours"),
                       html.P(f"Euclidean distance in the {result['neighbour_space']}.", className="caption")]),
@@ -95,7 +98,9 @@ def scatter_of(cache, results):
     points = selection.load_points(cache, "mtc")
     coords = points.attrs["coords"]
     x, y = coords["umap2"] if "umap2" in coords else coords["pca"][:2]
-    stars = pd.DataFrame([{"name": r["name"], **r["coordinates"]} for r in placed])
+    # Long file names would pile up on the plot: a star carries its card's number, the name shows on hover.
+    stars = pd.DataFrame([{"name": r["name"], "label": str(number), **r["coordinates"]}
+                          for number, r in enumerate(results, start=1) if r["ok"]])
     colour = figures.colour_spec(points["material"], kind="category", order=points.attrs["classes"],
                                  title="material")
     return figures.placed_images_figure(points, stars, x=x, y=y, colour=colour, explained=points.attrs["explained"])

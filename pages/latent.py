@@ -307,9 +307,11 @@ def layout(**_query):
             html.Div(className="side", children=[
                 html.Section(className="card", id="hover-card", children=[
                     html.H2("Hovered image"),
-                    html.Img(id="hover-image", className="hover-thumb", alt="thumbnail of the hovered image"),
+                    html.Div(className="hover-frame", children=[
+                        html.Img(id="hover-image", className="hover-thumb", alt="thumbnail of the hovered image")]),
                     html.Div(id="hover-name", className="mono small"),
-                    html.Div(id="hover-meta", className="hover-meta")]),
+                    html.Div("Hover a point to see its image and details here.", id="hover-meta",
+                             className="hover-meta")]),
                 html.Section(className="card", id="pinned-card", children=[
                     html.H2("Pinned image"),
                     dcc.Checklist(id="pinned-cam", options=[{"label": " class activation map (MtC)",
@@ -379,8 +381,8 @@ def pinned_view(cache, click_data, meta, cam: bool):
     caption = (f"{view['material'] or 'unlabelled'} · predicted {view['predicted'] or '—'} · {view['split'] or '—'}"
                f" · {view['width']} × {view['height']} px, {view['pixel_size_nm'] * view['width'] / 1000:.3g} µm "
                "across")
-    notes = [] if view["cam_uri"] or not cam else [html.P("No MtC run in the store: no activation map.",
-                                                          className="caption")]
+    notes = [] if view["cam_uri"] or not cam else [
+        html.P(view["cam_note"] or "No MtC run in the store: no activation map.", className="caption")]
     return [html.Img(src=source, className="pinned", id="pinned-image", alt=image),
             html.Div(image, className="mono small"), html.P(caption, className="caption"), *notes]
 

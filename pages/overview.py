@@ -124,7 +124,7 @@ def _chart(info: dict):
 
 
 def _examples(cache: Path, info: dict):
-    examples = pipeline.example_thumbnails(cache, per_material=10)
+    examples = pipeline.example_thumbnails(cache, per_material=9)  # one row at the usual page width
     colours = figures.material_colours(info["classes"])
     rows = []
     for material, items in examples.items():
@@ -133,7 +133,8 @@ def _examples(cache: Path, info: dict):
             html.Figcaption([item["sample_id"], html.Br(), item["split"]]),
         ]) for item in items]
         rows.append(html.Div(className="strip", children=[
-            html.Div(className="strip-label", children=[_swatch(colours[material]), material]), *tiles]))
+            html.Div(className="strip-label", children=[_swatch(colours[material]), material]),
+            html.Div(tiles, className="strip-tiles")]))
     scan = info["scan_size_nm"] / 1000
     caption = (f"One image per sample where possible. Each crop spans {scan:.3g} µm × {scan:.3g} µm; height is "
                "scaled to 0–1 per image (dark = low, bright = high), as the models see it.")

@@ -55,7 +55,7 @@ def stage_panels(cache, task: str, mode: str):
         stages.append((f"{model.n_classes} classes", points))
     coords = stages[0][1].attrs["coords"]
     x, y = coords["pca"][:2] if len(coords.get("pca", [])) >= 2 else coords.get("umap2", [None, None])
-    figure = figures.legend_above_subplots(figures.stage_panels_figure(stages, x=x, y=y))
+    figure = figures.stage_panels_figure(stages, x=x, y=y)
     data = pd.concat([p[["image", "material", x, y]].assign(stage=t) for t, p in stages], ignore_index=True)
     return figure, data
 

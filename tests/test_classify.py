@@ -19,13 +19,15 @@ TINY = pipeline.Profile("tiny", n=80, size=32, n_folds=2)
 
 
 def build_classify_store(cache):
-    """A store with the demo data set, a 1-epoch MtC run, its latent outputs (PCA only) and a descriptor table."""
+    """A store with the demo data set, a 1-epoch MtC run, its latent outputs (PCA only) and a descriptor table.
+
+    The run sees 64 px inputs: a 2 x 2 last feature map, so its activation maps are not flat."""
     import torch
 
     torch.set_num_threads(1)
     pipeline.complete_store(cache, profile=TINY)
     manifest = pipeline.load_manifest(cache)
-    training.cross_validate(manifest, cache / "runs" / "mtc", weights="none", folds=2, epochs=1, image_size=32,
+    training.cross_validate(manifest, cache / "runs" / "mtc", weights="none", folds=2, epochs=1, image_size=64,
                             presplit=True, batch_size=16)
     embeddings = latent.run_embeddings(cache / "runs" / "mtc", manifest)
     projection = latent.fit_projection(embeddings)
@@ -207,6 +209,14 @@ def test_ten_concurrent_requests_complete_correctly(store):
         assert got[i]["coordinates"]["PC1"] == pytest.approx(expected[i]["coordinates"]["PC1"], abs=1e-5)
 
 
+def test_flat_activation_map_is_explained_not_drawn():
+    image = np.linspace(0, 1, 64 * 64).reshape(64, 64)
+    uri, note = classify.cam_view(image, np.full((64, 64), 0.7), 32)
+    assert uri is None and "32 px" in note and "1×1" in note
+    uri, note = classify.cam_view(image, image[::-1], 64)
+    assert uri.startswith("data:image/png;base64,") and note is None
+
+
 def test_store_image_view_with_cam(store):
     image = pipeline.load_manifest(store)["image"].iat[0]
     view = classify.store_image_view(store, image)
@@ -228,6 +238,7 @@ def test_classify_page_functions(store):
     card = page.result_card(store, results[1], 1, {})
     assert "not a TIFF, PNG or JPEG" in card.children[1].children
     figure = page.scatter_of(store, results)
-    assert figure.data[-1].name == "uploaded" and list(figure.data[-1].text) == ["a.tif"]
+    stars = figure.data[-1]
+    assert stars.name == "uploaded" and list(stars.text) == ["1"] and list(stars.hovertext) == ["a.tif"]
     _, error = page.run_uploads(store.parent / "empty-store", uploads[:1], ["a.tif"])
     assert "tmdafm precompute" in error

@@ -172,6 +172,21 @@ def cam_rgb(image: np.ndarray, heat: np.ndarray, *, alpha: float = 0.5) -> np.nd
     return overlay(image, heat, alpha=alpha)
 
 
+def cam_view(image: np.ndarray, heat: np.ndarray, image_size: int | None, *, max_side: int = DISPLAY_PX):
+    """(PNG data URI of the activation-map overlay, None), or (None, why no map is drawn) when the map is flat.
+
+    A ResNet's last feature map is the input side / 32: a model trained at 32 px has one cell, and its map,
+    stretched over the image, says nothing about where the evidence lies.
+    """
+    heat = np.asarray(heat, dtype=np.float64)
+    if heat.size and np.ptp(heat) > 1e-6:
+        return png_uri(cam_rgb(image, heat), max_side=max_side), None
+    cells = max(1, -(-int(image_size) // 32)) if image_size else 1
+    size = f"{image_size} px" if image_size else "its input size"
+    return None, (f"No activation map: the model sees images at {size}, so its last feature map is {cells}×{cells} "
+                  "and marks no place in the image. Models trained at 128 px or more give a useful map.")
+
+
 # --- models -----------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -293,6 +308,7 @@ class Classifier:
         mtl = self._predict(self.mtl, image, cam=False)
         embedding = mtc.embeddings[0]
         descriptors = compute_all(image, pixel_nm)
+        cam_uri, cam_note = cam_view(image, mtc.cams[0], self.mtc.run.image_size)
         return {
             "name": name, "ok": True, "message": "",
             "material": mtc.materials[0],
@@ -308,7 +324,7 @@ class Classifier:
             "neighbours": self.neighbours(embedding),
             "neighbour_space": self.neighbour_note,
             "image_uri": png_uri(afm_rgb(image)),
-            "cam_uri": png_uri(cam_rgb(image, mtc.cams[0])),
+            "cam_uri": cam_uri, "cam_note": cam_note,
         }
 
     def classify(self, uploads) -> list[dict]:
@@ -405,7 +421,7 @@ def _store_image_view(cache_dir: str, image: str, stamp: tuple) -> dict:
     view = {"image": image, "material": None if pd.isna(row["material"]) else str(row["material"]),
             "split": None if pd.isna(row["split"]) else str(row["split"]), "width": int(height.shape[1]),
             "height": int(height.shape[0]), "pixel_size_nm": float(pixel_nm),
-            "uri": png_uri(afm_rgb(height), max_side=512), "cam_uri": None, "predicted": None}
+            "uri": png_uri(afm_rgb(height), max_side=512), "cam_uri": None, "cam_note": None, "predicted": None}
     run_dir = Path(cache_dir) / "runs" / "mtc"
     if (run_dir / "metrics.json").is_file():
         loaded = loaded_run(run_dir)
@@ -413,7 +429,7 @@ def _store_image_view(cache_dir: str, image: str, stamp: tuple) -> dict:
 
         with loaded.lock:
             prediction = predict(loaded.run, [height], cam=True)
-        view["cam_uri"] = png_uri(cam_rgb(height, prediction.cams[0]), max_side=512)
+        view["cam_uri"], view["cam_note"] = cam_view(height, prediction.cams[0], loaded.run.image_size, max_side=512)
         view["predicted"] = prediction.materials[0]
     return view
 
@@ -421,8 +437,9 @@ def _store_image_view(cache_dir: str, image: str, stamp: tuple) -> dict:
 def store_image_view(cache_dir, image: str) -> dict:
     """A store image at full size (up to 512 px) with its MtC class activation map overlay (cached).
 
-    Returns ``{"image", "material", "split", "predicted", "width", "height", "pixel_size_nm", "uri", "cam_uri"}``;
-    ``cam_uri`` and ``predicted`` are None when the store has no MtC run.
+    Returns ``{"image", "material", "split", "predicted", "width", "height", "pixel_size_nm", "uri", "cam_uri",
+    "cam_note"}``; ``cam_uri`` and ``predicted`` are None when the store has no MtC run, ``cam_uri`` also when the
+    map is flat (``cam_note`` then says why).
     """
     cache_dir = Path(cache_dir).resolve()
     run_dir = cache_dir / "runs" / "mtc"

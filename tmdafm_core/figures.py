@@ -277,7 +277,7 @@ def stage_panels_figure(stages, *, x: str, y: str, colours: dict | None = None, 
             shown.add(material)
     figure.update_xaxes(title_text=axis_title(x), zeroline=False)
     figure.update_yaxes(title_text=axis_title(y), zeroline=False, col=1)
-    return base_layout(figure, height=height)
+    return legend_above_subplots(base_layout(figure, height=height))
 
 
 def probability_figure(probabilities: dict[str, float], *, title: str, colours: dict | None = None,
@@ -301,15 +301,17 @@ def placed_images_figure(points: pd.DataFrame, placed: pd.DataFrame, *, x: str, 
                          explained: dict | None = None, height: int = 460) -> go.Figure:
     """The latent scatter of the data set with new images placed on it as labelled stars.
 
-    ``placed`` holds ``name`` and the same coordinate columns (from the saved projection; nothing is refitted).
+    ``placed`` holds ``name`` (shown on hover), optionally a short ``label`` written beside the star (default: the
+    name), and the same coordinate columns (from the saved projection; nothing is refitted).
     """
     figure = latent_scatter_figure(points, x=x, y=y, colour=colour, explained=explained, height=height,
                                    opacity=[0.55] * len(points))
     figure.add_trace(go.Scattergl(x=placed[x], y=placed[y], mode="markers+text", name="uploaded",
-                                  text=[str(n) for n in placed["name"]], textposition="top center",
+                                  text=[str(n) for n in placed.get("label", placed["name"])],
+                                  textposition="top center", hovertext=[str(n) for n in placed["name"]],
                                   marker=dict(symbol="star", size=18, color="#1f2933",
                                               line=dict(color="white", width=1.2)),
-                                  hovertemplate="%{text}<extra>uploaded</extra>"))
+                                  hovertemplate="%{hovertext}<extra>uploaded</extra>"))
     figure.update_layout(dragmode="zoom")
     return figure
 
