@@ -49,7 +49,7 @@ def _descriptor_rows(result):
                              html.Td(f"{entry['value']:.4g}", className="num"), html.Td(bar)]))
     return html.Table(className="data compact", children=[
         html.Thead(html.Tr([html.Th("descriptor"), html.Th("value", className="num"),
-                            html.Th("percentile in the data set")])), html.Tbody(rows)])
+                            html.Th("percentile", title="percentile among the data set's images")])), html.Tbody(rows)])
 
 
 def result_card(cache, result, index: int, colours: dict):

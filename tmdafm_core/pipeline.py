@@ -26,9 +26,10 @@ folders swapped in when complete, so an interrupted run (even ``kill -9``) resum
 never see half a run. Pages read the store only (:func:`store_contents`, :func:`dataset_overview`, ...).
 
 Profiles (:data:`PROFILES`): ``demo`` for a 2-core CPU (the experiments' demo training: ResNet18 from scratch at
-32 px); ``paper`` is the study's setting (ImageNet weights from the torchvision cache, 60 epochs, 5 folds, native
-image size, the full volume sweep) and is meant for a GPU (``device="cuda"``; hours on a CPU); ``tiny`` builds a
-whole store in about a minute, for tests and trying the app.
+32 px for the sequential study's many runs, 64 px and 10 epochs for the MtC and MtL runs the app explores);
+``paper`` is the study's setting (ImageNet weights from the torchvision cache, 60 epochs, 5 folds, native image
+size, the full volume sweep) and is meant for a GPU (``device="cuda"``; hours on a CPU); ``tiny`` builds a whole
+store in about a minute, for tests and trying the app.
 """
 
 from __future__ import annotations
@@ -94,9 +95,10 @@ class Profile:
         Experiments profile with the training options.
     n_folds, epochs, image_size, arch, weights, device : optional
         Overrides of the training profile (``n_folds`` is its ``folds``).
-    run_epochs : int, optional
-        Epochs of the MtC and MtL runs the app explores, when they should train longer than the sequential
-        study's many runs (default: ``epochs``).
+    run_epochs, run_image_size : int, optional
+        Epochs and input side (px) of the MtC and MtL runs the app explores, when they should train longer or on
+        larger inputs than the sequential study's many runs (default: ``epochs``, ``image_size``). A ResNet's
+        last feature map is the input side / 32: 64 px gives 2 x 2 activation maps, 32 px a flat 1 x 1 one.
     order : tuple of str, optional
         Class order of the sequential study; default every class of the data set, in MtC order.
     volumes : tuple
@@ -121,6 +123,7 @@ class Profile:
     weights: str | None = None
     device: str | None = None
     run_epochs: int | None = None
+    run_image_size: int | None = None
     order: tuple | None = None
     volumes: tuple = ("full", 64, 32, 16, 8)
     sequential_task: str = "both"
@@ -157,7 +160,7 @@ class Profile:
 #: 60 epochs, 5 folds) and is meant for a GPU (``device="cuda"``); ``tiny`` builds a whole store in well under a
 #: minute, for tests and trying the app.
 PROFILES = {
-    "demo": Profile("demo", run_epochs=10, volumes=("full", 16), sequential_task="both"),
+    "demo": Profile("demo", run_epochs=10, run_image_size=64, volumes=("full", 16), sequential_task="both"),
     "paper": Profile("paper", size=256, training="paper"),
     "tiny": Profile("tiny", n=80, size=32, n_folds=2, epochs=1, image_size=32, order=("MoS2", "WS2", "WSe2"),
                     volumes=("full", 8), umap_dims=(2,), n_boot=50),
@@ -594,9 +597,9 @@ def _step_descriptors(ctx: _Context):
 
 
 def _run_options(ctx: _Context) -> dict:
-    """Training keywords of the MtC / MtL runs: the profile's, with ``run_epochs`` when set."""
-    epochs = ctx.profile.run_epochs
-    return {**ctx.train, "epochs": epochs} if epochs is not None else ctx.train
+    """Training keywords of the MtC / MtL runs: the profile's, with ``run_epochs`` and ``run_image_size`` when set."""
+    overrides = {"epochs": ctx.profile.run_epochs, "image_size": ctx.profile.run_image_size}
+    return {**ctx.train, **{key: value for key, value in overrides.items() if value is not None}}
 
 
 def _train_run(ctx: _Context, task: str):
