@@ -78,6 +78,11 @@ def _run_synth(args) -> int:
 
 # --- train / extract / train-features / predict ----------------------------------------------------------------
 
+def _comma_list(text: str) -> list[str]:
+    """argparse type of a comma-separated list: its stripped, non-empty parts."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def _number_list(kind):
     def parse(text: str):
         try:
@@ -405,7 +410,8 @@ def _add_sequential(sub) -> None:
     p.add_argument("--volumes", default="full,64,32,16,8",
                    help="training images of the newly added class: 'full' and/or numbers (default: full,64,32,16,8)")
     p.add_argument("--task", choices=("mtc", "mtl", "both"), default="mtc", help="(default: mtc)")
-    p.add_argument("--modes", default="imagenet,sequential", help="imagenet and/or sequential (default: both)")
+    p.add_argument("--modes", type=_comma_list, default="imagenet,sequential",
+                   help="imagenet and/or sequential (default: both)")
     _experiment_options(p)
 
 
@@ -414,9 +420,8 @@ def _run_sequential(args) -> int:
 
     volumes = parse_volumes(args.volumes)  # bad volumes fail before the data are read
     manifest, options = _experiment_setup(args, arch=args.arch, weights=args.weights)
-    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
-    results = sequential_study(manifest, args.out, order=args.order, volumes=volumes, task=args.task, modes=modes,
-                               progress=True, **options)
+    results = sequential_study(manifest, args.out, order=args.order, volumes=volumes, task=args.task,
+                               modes=tuple(args.modes), progress=True, **options)
     print("test macro-F1 (%), mean ± std over folds")
     print(results_table(results).to_string(index=False))
     print(f"results: {args.out / RESULTS_NAME}")
@@ -427,9 +432,9 @@ def _add_compare_archs(sub) -> None:
     p = sub.add_parser("compare-archs", help="architectures x weight versions beside their ImageNet top-1, and MtC vs "
                                              "MtL on the same folds (paper Tables 3-4)")
     p.add_argument("data", type=Path, help="labelled data set")
-    p.add_argument("--archs", default="resnet18,resnet34,resnet50,resnet101,resnet152",
+    p.add_argument("--archs", type=_comma_list, default="resnet18,resnet34,resnet50,resnet101,resnet152",
                    help="comma-separated architectures (default: all five)")
-    p.add_argument("--weights", default="imagenet-v1,imagenet-v2",
+    p.add_argument("--weights", type=_comma_list, default="imagenet-v1,imagenet-v2",
                    help="comma-separated weight versions: imagenet-v1, imagenet-v2, none, or paths; V2 is skipped "
                         "for ResNet18/34 (default: imagenet-v1,imagenet-v2)")
     p.add_argument("--task", choices=("mtc", "mtl", "both"), default="both", help="(default: both)")
@@ -442,8 +447,7 @@ def _run_compare_archs(args) -> int:
     manifest, options = _experiment_setup(args)
     for swept in ("arch", "weights"):  # the profile's single model gives way to the sweep
         options.pop(swept, None)
-    table = compare_architectures(manifest, args.out, archs=[a.strip() for a in args.archs.split(",") if a.strip()],
-                                  weights=[w.strip() for w in args.weights.split(",") if w.strip()], task=args.task,
+    table = compare_architectures(manifest, args.out, archs=args.archs, weights=args.weights, task=args.task,
                                   progress=True, **options)
     for note in table.attrs.get("skipped", []):
         _say(f"skipped: {note}")
@@ -482,7 +486,7 @@ def _profile_value(field):
     """argparse type of one Profile field (tuples as comma lists)."""
     def parse(text: str):
         if field.name in ("order", "volumes", "umap_dims"):
-            parts = [part.strip() for part in text.split(",") if part.strip()]
+            parts = _comma_list(text)
             if field.name == "order":
                 return tuple(parts)
             return tuple(part if part == "full" else int(part) for part in parts)
@@ -513,7 +517,7 @@ def _add_precompute(sub) -> None:
                    help="demo: ResNet18 from scratch on a 2-core CPU (about 10 min for 1026 images); paper: the "
                         "study's settings (ImageNet weights in the torchvision cache, 60 epochs, 5 folds) for a GPU; "
                         "tiny: 80 images, 1 epoch, under a minute (tests). Options below override it")
-    p.add_argument("--steps", type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
+    p.add_argument("--steps", type=_comma_list,
                    help="comma list of steps to run (with the steps they read); default: all")
     group = p.add_argument_group("profile overrides")
     for field in fields(Profile):
