@@ -41,9 +41,31 @@ def test_head_and_outputs_have_the_papers_shape():
     x = torch.randn(2, 3, 64, 64)
     logits, latent, maps = model.forward_all(x)
     assert logits.shape == (2, 5) and latent.shape == (2, LATENT_DIM) and maps.shape == (2, 512, 2, 2)
-    assert (latent >= 0).all()  # post-ReLU activations
     torch.testing.assert_close(model(x), logits)
     torch.testing.assert_close(model.embed(x), latent)
+
+
+def test_latent_features_are_the_hidden_layer_before_its_relu_as_in_the_paper():
+    torch.manual_seed(0)
+    model = build_model("resnet18", 5, weights="none").eval()
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        expected = model.head.hidden[0](model.backbone_features(x))
+        pre = model.embed(x)
+        post = model.embed(x, latent="post-relu")
+        _, from_forward, _ = model.forward_all(x, latent="post-relu")
+        logits = model.head.out(torch.relu(expected))
+    torch.testing.assert_close(pre, expected)
+    assert (pre < 0).any() and (post >= 0).all()
+    torch.testing.assert_close(post, torch.relu(pre))
+    torch.testing.assert_close(from_forward, post)
+    torch.testing.assert_close(model(x), logits)  # the classifier still sees the ReLU
+
+
+def test_unknown_latent_kind_is_refused():
+    model = build_model("resnet18", 2, weights="none").eval()
+    with pytest.raises(ValueError, match="pre-relu"):
+        model.embed(torch.zeros(1, 3, 32, 32), latent="relu")
 
 
 def test_wide_backbones_feed_2048_features_to_the_head():

@@ -193,7 +193,7 @@ def test_predict_gives_probabilities_embeddings_and_cams(mtc_run, stripes):
     result = predict(run, paths + [big], cam=True)
     assert result.images[-1] == "array3"
     assert result.class_probabilities.shape == (4, 2) and result.element_probabilities is None
-    assert result.embeddings.shape == (4, 100) and (result.embeddings >= 0).all()
+    assert result.embeddings.shape == (4, 100) and (result.embeddings < 0).any()  # pre-ReLU, as the paper
     assert [c.shape for c in result.cams] == [(32, 32)] * 3 + [(48, 40)]
     assert all(c.min() >= 0 and c.max() == pytest.approx(1.0) for c in result.cams)
     truth = list(stripes["material"][:3])
@@ -209,6 +209,8 @@ def test_embed_matches_predict(mtc_run, stripes):
     latent = embed(run, stripes)
     assert latent.shape == (len(stripes), 100) and latent.dtype == np.float32
     np.testing.assert_allclose(latent[:2], predict(run, list(stripes["path"][:2])).embeddings, rtol=1e-4, atol=1e-5)
+    post = embed(run, stripes.iloc[:2], latent="post-relu")
+    np.testing.assert_allclose(post, np.maximum(latent[:2], 0), rtol=1e-4, atol=1e-5)
 
 
 def _feature_table(n_per_class=12, seed=0):

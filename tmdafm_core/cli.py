@@ -263,6 +263,9 @@ def _add_latent(sub) -> None:
                    help="pca: PCA only; umap: PCA plus 2-D and 3-D UMAP (seeded; ~10 s for 1k images) "
                         "(default: pca)")
     p.add_argument("--fold", default="best", help="fold model of RUN: a number or best (best validation macro-F1)")
+    p.add_argument("--latent", choices=("pre-relu", "post-relu"), default="pre-relu",
+                   help="RUN's latent features: the head's hidden outputs before its ReLU (the paper's) or after "
+                        "(default: pre-relu)")
     p.add_argument("--n-components", type=int, default=10, help="principal components (default: 10)")
     p.add_argument("--pca-solver", default="full", choices=("full", "covariance_eigh", "randomized", "auto",
                                                             "incremental"),
@@ -294,7 +297,7 @@ def _run_latent(args) -> int:
             raise ValueError(f"{args.source} is a run directory: give the DATA to embed after it")
         _say(f"embedding {args.data} with {args.source} (fold {args.fold})")
         embeddings = run_embeddings(args.source, args.data, fold=args.fold, device=args.device, strict=args.strict,
-                                    progress=True)
+                                    progress=True, latent=args.latent)
         for path, reason in embeddings.attrs["skipped"]:
             _say(f"skipped {path}: {reason}")
         args.out.mkdir(parents=True, exist_ok=True)

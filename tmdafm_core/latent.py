@@ -179,8 +179,8 @@ def _descriptor_matrix(descriptors, meta: pd.DataFrame) -> tuple[np.ndarray, lis
 
 
 def run_embeddings(run_dir, data, *, fold="best", device: str = "cpu", strict: bool = False,
-                   progress: bool = False) -> pd.DataFrame:
-    """The head's 100-d activations ("latent features") of a trained run for every image of a data set.
+                   progress: bool = False, latent: str = "pre-relu") -> pd.DataFrame:
+    """The head's 100-d hidden outputs ("latent features") of a trained run for every image of a data set.
 
     Parameters
     ----------
@@ -194,6 +194,8 @@ def run_embeddings(run_dir, data, *, fold="best", device: str = "cpu", strict: b
     device : {"cpu", "cuda"}
     strict : bool
         Treat a skipped (unreadable) file of ``data`` as an error.
+    latent : {"pre-relu", "post-relu"}
+        Before (the paper's latent features) or after the head's ReLU.
 
     Returns
     -------
@@ -209,15 +211,15 @@ def run_embeddings(run_dir, data, *, fold="best", device: str = "cpu", strict: b
     if run.is_image:
         manifest = data if isinstance(data, pd.DataFrame) else read_dataset(data, strict=strict)
         skipped = manifest.attrs.get("skipped", [])
-        values = embed(run, manifest, progress=progress)
+        values = embed(run, manifest, progress=progress, latent=latent)
         frame = manifest[["image", "sample_id", "material"]]
     else:
         table = data if hasattr(data, "features") else read_feature_table(data)
-        values = embed(run, table.features, progress=progress)
+        values = embed(run, table.features, progress=progress, latent=latent)
         frame = table.frame
-    latent = pd.DataFrame(values, columns=[f"latent{i + 1}" for i in range(values.shape[1])])
-    table = pd.concat([image_meta(frame, len(values)), latent], axis=1)
-    table.attrs.update(fold=run.fold, skipped=list(skipped))
+    columns = pd.DataFrame(values, columns=[f"latent{i + 1}" for i in range(values.shape[1])])
+    table = pd.concat([image_meta(frame, len(values)), columns], axis=1)
+    table.attrs.update(fold=run.fold, skipped=list(skipped), latent=latent)
     return table
 
 

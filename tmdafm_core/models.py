@@ -2,8 +2,9 @@
 
 A model is a torchvision ResNet whose ImageNet classifier is replaced by the paper's head
 ``Linear(in -> 100) -> ReLU -> Dropout -> Linear(100 -> outputs)`` (``in`` = 512 for ResNet18/34, 2048 for
-ResNet50/101/152). The 100 post-ReLU activations of that head are the *latent features* analysed against the
-physical image descriptors.
+ResNet50/101/152). The 100 outputs of the head's first Linear layer, *before* its ReLU, are the *latent features*
+analysed against the physical image descriptors, as in the paper (its published feature tables are ~60 % negative);
+``latent="post-relu"`` gives the activations after the ReLU instead.
 
 Starting weights (``weights=``):
 
@@ -31,6 +32,8 @@ from torch import nn
 ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 WEIGHT_CHOICES = ("none", "imagenet-v1", "imagenet-v2")
 LATENT_DIM = 100
+#: Which head activations are the latent features: the paper's pre-ReLU outputs of Linear(in -> 100), or after ReLU.
+LATENT_KINDS = ("pre-relu", "post-relu")
 #: Input normalisation of torchvision's ImageNet weights; the paper uses it for every mode.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -58,13 +61,15 @@ class Head(nn.Module):
     def n_outputs(self) -> int:
         return self.out.out_features
 
-    def embed(self, features: torch.Tensor) -> torch.Tensor:
-        """Latent features (N, 100): the post-ReLU activations of the hidden layer."""
-        return self.hidden(features)
+    def embed(self, features: torch.Tensor, *, latent: str = "pre-relu") -> torch.Tensor:
+        """Latent features (N, 100): the hidden Linear layer's outputs before (paper) or after its ReLU."""
+        check_latent(latent)
+        pre = self.hidden[0](features)
+        return pre if latent == "pre-relu" else torch.relu(pre)
 
     def classify(self, latent: torch.Tensor) -> torch.Tensor:
-        """Logits (N, outputs) from latent features."""
-        return self.out(self.dropout(latent))
+        """Logits (N, outputs) from pre-ReLU latent features (ReLU is idempotent, so post-ReLU ones work too)."""
+        return self.out(self.dropout(torch.relu(latent)))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.classify(self.embed(features))
@@ -99,14 +104,15 @@ class ResNetClassifier(nn.Module):
         """Pooled backbone features (N, 512 or 2048): the input of the head (feature-extraction mode)."""
         return self.pool(self.feature_maps(images))
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head.embed(self.backbone_features(images))
+    def embed(self, images: torch.Tensor, *, latent: str = "pre-relu") -> torch.Tensor:
+        return self.head.embed(self.backbone_features(images), latent=latent)
 
-    def forward_all(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(logits, latent, feature_maps)`` of one forward pass."""
+    def forward_all(self, images: torch.Tensor, *, latent: str = "pre-relu"
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(logits, latent, feature_maps)`` of one forward pass (``latent`` as in :meth:`Head.embed`)."""
         maps = self.feature_maps(images)
-        latent = self.head.embed(self.pool(maps))
-        return self.head.classify(latent), latent, maps
+        pre = self.head.embed(self.pool(maps))
+        return self.head.classify(pre), (pre if latent == "pre-relu" else torch.relu(pre)), maps
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone_features(images))
@@ -140,6 +146,12 @@ def backbone_width(arch: str) -> int:
     """Number of pooled backbone features of an architecture (512 or 2048)."""
     check_arch(arch)
     return 512 if arch in ("resnet18", "resnet34") else 2048
+
+
+def check_latent(latent: str) -> str:
+    if latent not in LATENT_KINDS:
+        raise ValueError(f"unknown latent kind {latent!r}; use one of {', '.join(LATENT_KINDS)}")
+    return latent
 
 
 def check_arch(arch: str) -> str:

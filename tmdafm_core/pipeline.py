@@ -470,7 +470,7 @@ DEPENDS = {"dataset": (), "thumbnails": ("dataset",), "descriptors": ("dataset",
            "mtl": ("dataset",), "sequential": ("dataset",), "latent-mtc": ("mtc", "descriptors"),
            "latent-mtl": ("mtl", "descriptors"), "latent-sequential": ("sequential", "dataset")}
 _KEY_FILE = ".precompute.json"  # inside a run / study folder: what it was trained with, to resume or reuse it
-_LATENT_FORMAT = 1
+_LATENT_FORMAT = 2  # 2: latent features are the head's pre-ReLU outputs (the paper's), no longer post-ReLU
 
 
 def write_atlas(cache_dir) -> Path:

@@ -55,6 +55,7 @@ from .models import (
     build_feature_mlp,
     build_model,
     check_arch,
+    check_latent,
     class_log_scores,
     fold_batchnorm,
 )
@@ -1096,7 +1097,8 @@ def _as_height_map(item, index: int) -> tuple[str, np.ndarray]:
     return f"array{index}", normalize_height(array, source=f"image {index}")
 
 
-def predict(run: Run, images, *, cam: bool | str = False, batch_size: int = 32) -> Predictions:
+def predict(run: Run, images, *, cam: bool | str = False, batch_size: int = 32,
+            latent: str = "pre-relu") -> Predictions:
     """Classify images with a trained image run.
 
     Parameters
@@ -1110,6 +1112,8 @@ def predict(run: Run, images, *, cam: bool | str = False, batch_size: int = 32) 
         predicted class (see :mod:`tmdafm_core.cam`).
     batch_size : int
         Images per forward pass.
+    latent : {"pre-relu", "post-relu"}
+        Which head activations ``Predictions.embeddings`` holds (the paper's: pre-ReLU).
 
     Returns
     -------
@@ -1121,6 +1125,7 @@ def predict(run: Run, images, *, cam: bool | str = False, batch_size: int = 32) 
         raise ValueError(f"{run.path}: a feature-table run classifies feature vectors, not images")
     if cam not in (False, True, "paper", "grad"):
         raise ValueError(f"cam must be False, True, 'paper' or 'grad', got {cam!r}")
+    check_latent(latent)
     loaded = [_as_height_map(item, i) for i, item in enumerate(images)]
     if not loaded:
         raise ValueError("no images to predict")
@@ -1132,9 +1137,9 @@ def predict(run: Run, images, *, cam: bool | str = False, batch_size: int = 32) 
     for start in range(0, len(loaded), batch_size):
         x = batches(np.arange(start, min(start + batch_size, len(loaded))))
         with torch.inference_mode(), _autocast(run.device):
-            logits, latent, maps = run.model.forward_all(x)
+            logits, embedding, maps = run.model.forward_all(x, latent=latent)
         logits_all.append(logits.float().cpu())
-        latent_all.append(latent.float().cpu())
+        latent_all.append(embedding.float().cpu())
         if cam in (True, "paper"):
             for j, (_, image) in enumerate(loaded[start:start + len(x)]):
                 cams.append(maps_to_cam(maps[j:j + 1].float(), size=image.shape)[0].cpu().numpy())
@@ -1156,8 +1161,8 @@ def predict(run: Run, images, *, cam: bool | str = False, batch_size: int = 32) 
     )
 
 
-def embed(run: Run, data, *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
-    """Latent features (the head's 100 post-ReLU activations) of every image of a data set.
+def embed(run: Run, data, *, batch_size: int = 64, progress: bool = False, latent: str = "pre-relu") -> np.ndarray:
+    """Latent features (the head's 100 hidden outputs, pre-ReLU as in the paper) of every image of a data set.
 
     Parameters
     ----------
@@ -1167,6 +1172,8 @@ def embed(run: Run, data, *, batch_size: int = 64, progress: bool = False) -> np
         A tidy image manifest (image runs), or a (N, in_features) feature matrix (feature-table runs).
     batch_size : int
     progress : bool
+    latent : {"pre-relu", "post-relu"}
+        Outputs of the head's first Linear layer before (the paper's latent features) or after its ReLU.
 
     Returns
     -------
@@ -1188,8 +1195,9 @@ def embed(run: Run, data, *, batch_size: int = 64, progress: bool = False) -> np
         for start in tqdm(range(0, len(stored), batch_size), desc="embedding", unit="batch", disable=not progress,
                           leave=False):
             with _autocast(run.device):
-                latent = run.model.embed(batches(np.arange(start, min(start + batch_size, len(stored)))))
-            chunks.append(latent.float().cpu().numpy())
+                values = run.model.embed(batches(np.arange(start, min(start + batch_size, len(stored)))),
+                                         latent=latent)
+            chunks.append(values.float().cpu().numpy())
     return np.concatenate(chunks) if chunks else np.zeros((0, 100), dtype=np.float32)
 
 
