@@ -191,3 +191,41 @@ def test_feature_table_bad_files(tmp_path):
     _features_frame().assign(target="Vibranium").to_csv(tmp_path / "lab.csv", index=False)
     with pytest.raises(ValueError, match="column 'target'"):
         read_feature_table(tmp_path / "lab.csv")
+
+
+def test_paper_file_names_are_read_as_the_papers_reader_does(tmp_path):
+    """The public data set's names: name.split('_')[1] is the material, [3] the integer sample id."""
+    rng = np.random.default_rng(0)
+    names = ["20210312_MoS2_5um_12_003.tif", "20210312_MoS2_5um_12_004.tif", "20210401_WSe2_5um_7_001_test.tif",
+             "20210402_WSe2_5um_8_001.tif", "20210402_Mo-WSe2_5um_31_002.tif"]
+    for name in names:
+        save_tiff(tmp_path / name, rng.random((40, 40)), pixel_size_nm=3.90625)
+    manifest = read_dataset(tmp_path)
+    assert manifest.attrs["source"] == "tmd-afm" and manifest.attrs["naming"] == "paper"
+    rows = manifest.set_index("image")
+    assert tuple(rows.loc[names[0], ["material", "sample_id", "split"]]) == ("MoS2", "12", "train")
+    assert tuple(rows.loc[names[2], ["material", "sample_id", "split"]]) == ("WSe2", "7", "test")
+    assert rows.loc[names[4], "material"] == "Mo-WSe2"
+    from tmdafm_core.data import dataset_summary
+
+    assert "field 1 = material, field 3 = integer sample id" in dataset_summary(manifest)
+
+
+def test_material_first_names_still_read_and_say_so(tmd_afm_folder):
+    from tmdafm_core.data import dataset_summary
+
+    manifest = read_dataset(tmd_afm_folder)
+    assert manifest.attrs["naming"] == "material-first"
+    assert "field 0 = material, field 2 = sample id" in dataset_summary(manifest)
+
+
+def test_paper_names_need_an_integer_sample_id():
+    from tmdafm_core.data import parse_tmd_afm_name
+
+    assert parse_tmd_afm_name("x_WS2_y_0042_test.tif", "paper") == ("WS2", "42", True)
+    with pytest.raises(ValueError, match="not an integer sample id"):
+        parse_tmd_afm_name("x_WS2_y_s42.tif", "paper")
+    with pytest.raises(ValueError, match="at least 4"):
+        parse_tmd_afm_name("x_WS2_y.tif", "paper")
+    with pytest.raises(ValueError, match="unknown naming convention"):
+        parse_tmd_afm_name("x_WS2_y_1.tif", "by-date")

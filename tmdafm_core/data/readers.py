@@ -98,36 +98,95 @@ def _image_files(folder: Path, collector: _Collector) -> list[Path]:
     return files
 
 
-def parse_tmd_afm_name(name: str) -> tuple[str, str, bool]:
+#: File-name conventions of the TMD-AFM layout: fields split by ``_``, (material field, sample-id field), from 0.
+#: ``paper`` is the public data set's, read as the paper's own code does (``name.split('_')``: [1] the material,
+#: [3] an integer sample id); ``material-first`` is our synthetic generator's (``MoS2_syn_MoS2-s001_003.tif``).
+NAMING_CONVENTIONS = {"paper": (1, 3), "material-first": (0, 2)}
+NAMING_DESCRIPTIONS = {
+    "paper": "paper convention: field 1 = material, field 3 = integer sample id (fields split by '_', from 0)",
+    "material-first": "material-first convention: field 0 = material, field 2 = sample id",
+}
+
+
+def _parse_with(fields: list[str], convention: str) -> tuple[str, str]:
+    material_at, sample_at = NAMING_CONVENTIONS[convention]
+    if len(fields) <= sample_at:
+        raise ValueError(f"expected at least {sample_at + 1} '_'-separated fields ({NAMING_DESCRIPTIONS[convention]})")
+    parse_elements(fields[material_at])
+    sample_id = fields[sample_at]
+    if convention == "paper":
+        try:
+            sample_id = str(int(sample_id))
+        except ValueError:
+            raise ValueError(f"field {sample_at} {sample_id!r} is not an integer sample id "
+                             f"({NAMING_DESCRIPTIONS[convention]})") from None
+    return fields[material_at], sample_id
+
+
+def parse_tmd_afm_name(name: str, convention: str | None = None) -> tuple[str, str, bool]:
     """Material, sample id and held-out flag from a TMD-AFM file name.
 
-    Fields are separated by ``_``: field 1 is the material, field 3 the sample id, and a last field ``test``
-    (before the extension) marks the held-out set.
+    Fields are separated by ``_`` and counted from 0; a last field ``test`` (before the extension) marks the
+    held-out set. Conventions (:data:`NAMING_CONVENTIONS`): ``"paper"``, the public data set's as its authors'
+    code reads it (field 1 the material, field 3 an integer sample id; field 0 is not a material), and
+    ``"material-first"`` (field 0 the material, field 2 the sample id; our synthetic data). ``None`` tries the
+    paper's first.
 
     Raises
     ------
     ValueError
-        When the name has fewer than three fields or field 1 is not a material formula.
+        When the name does not parse under the convention (or under either, with ``None``).
     """
     fields = Path(name).stem.split("_")
-    if len(fields) < 3:
-        raise ValueError(f"{name}: expected at least 3 '_'-separated fields (material_x_sampleid_...)")
-    parse_elements(fields[0])
-    return fields[0], fields[2], fields[-1].lower() == "test"
+    conventions = [convention] if convention is not None else list(NAMING_CONVENTIONS)
+    if any(c not in NAMING_CONVENTIONS for c in conventions):
+        raise ValueError(f"unknown naming convention {convention!r}; use one of {', '.join(NAMING_CONVENTIONS)}")
+    reasons = []
+    for candidate in conventions:
+        try:
+            material, sample_id = _parse_with(fields, candidate)
+        except ValueError as exc:
+            reasons.append(str(exc))
+            continue
+        return material, sample_id, fields[-1].lower() == "test"
+    raise ValueError(f"{name}: {'; '.join(reasons)}")
 
 
-def read_tmd_afm_folder(folder, *, strict: bool = False) -> pd.DataFrame:
-    """Read a folder in the public TMD-AFM TIFF layout (see :func:`parse_tmd_afm_name`)."""
+def naming_convention(names) -> str | None:
+    """The convention (:data:`NAMING_CONVENTIONS`) under which most of ``names`` parse, or None if none does."""
+    counts = {}
+    for convention in NAMING_CONVENTIONS:
+        counts[convention] = 0
+        for name in names:
+            try:
+                parse_tmd_afm_name(name, convention)
+                counts[convention] += 1
+            except ValueError:
+                pass
+    best = max(counts, key=counts.get)
+    return best if counts[best] else None
+
+
+def read_tmd_afm_folder(folder, *, strict: bool = False, convention: str | None = None) -> pd.DataFrame:
+    """Read a folder in the public TMD-AFM TIFF layout (see :func:`parse_tmd_afm_name`).
+
+    One naming convention serves the whole folder: ``convention``, or the one most file names parse under
+    (``manifest.attrs['naming']``; files that do not parse under it are skipped with the reason).
+    """
     folder = Path(folder)
     collector = _Collector(folder, strict)
-    for path in _image_files(folder, collector):
+    files = _image_files(folder, collector)
+    convention = convention or naming_convention([p.name for p in files]) or "paper"
+    for path in files:
         try:
-            material, sample_id, held_out = parse_tmd_afm_name(path.name)
+            material, sample_id, held_out = parse_tmd_afm_name(path.name, convention)
         except ValueError as exc:
             collector.skip(path, str(exc).removeprefix(f"{path.name}: "))
             continue
         collector.add(path, material=material, sample_id=sample_id, split="test" if held_out else "train")
-    return collector.manifest("tmd-afm")
+    manifest = collector.manifest("tmd-afm")
+    manifest.attrs["naming"] = convention
+    return manifest
 
 
 def read_class_folders(folder, *, strict: bool = False) -> pd.DataFrame:
@@ -149,11 +208,17 @@ def read_class_folders(folder, *, strict: bool = False) -> pd.DataFrame:
         files = _image_files(class_dir, collector)
         if not files:
             raise ValueError(f"{class_dir}: class folder {material!r} holds no images")
+        # The material is the folder's; the sample id sits where the names' convention puts it (field 2 when the
+        # names carry no material).
+        sample_at = NAMING_CONVENTIONS[naming_convention([p.name for p in files]) or "material-first"][1]
         for path in files:
             fields = path.stem.split("_")
-            sample_id = f"{material}/{fields[2]}" if len(fields) >= 3 else f"{material}/{path.stem}"
-            if len(fields) < 3 and not notes:
-                notes.append("file names carry no sample id: each image is treated as its own sample")
+            if len(fields) > sample_at:
+                sample_id = f"{material}/{fields[sample_at]}"
+            else:
+                sample_id = f"{material}/{path.stem}"
+                if not notes:
+                    notes.append("file names carry no sample id: each image is treated as its own sample")
             held_out = len(fields) >= 2 and fields[-1].lower() == "test"
             collector.add(path, material=material, sample_id=sample_id, split="test" if held_out else "train")
     manifest = collector.manifest("class-folders")
@@ -407,8 +472,10 @@ def read_feature_table(path, *, sample_col: str | None = None, label_col: str | 
 
 def dataset_summary(manifest: pd.DataFrame) -> str:
     """Human-readable description and checks of a manifest (what `tmdafm info` prints)."""
-    lines = [f"data set: {manifest.attrs.get('root', '?')} ({manifest.attrs.get('source', '?')} layout)",
-             f"images: {len(manifest)}   samples: {manifest['sample_id'].nunique()}"]
+    lines = [f"data set: {manifest.attrs.get('root', '?')} ({manifest.attrs.get('source', '?')} layout)"]
+    if manifest.attrs.get("naming") in NAMING_DESCRIPTIONS:
+        lines.append(f"file names: {NAMING_DESCRIPTIONS[manifest.attrs['naming']]}")
+    lines.append(f"images: {len(manifest)}   samples: {manifest['sample_id'].nunique()}")
     labelled = manifest.dropna(subset=["material"])
     if len(labelled):
         split = labelled["split"].fillna("unassigned")
