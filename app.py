@@ -24,7 +24,7 @@ import diskcache
 from dash import Dash, DiskcacheManager, Input, Output, State, dcc, html
 
 from pages import _build
-from tmdafm_core.cli import DEFAULT_HOST, DEFAULT_PORT, PROFILE_ENV, add_app_arguments
+from tmdafm_core.cli import DEFAULT_HOST, DEFAULT_PORT, PROFILE_ENV, add_app_arguments, app_profile
 from tmdafm_core.store import default_cache_dir
 
 SELECTION_STORE = "selection"  # id of the shared selection (tmdafm_core.selection documents its data)
@@ -192,7 +192,7 @@ def main(argv=None) -> int:
     if not 0 < args.port < 65536:
         print(f"app.py: error: --port must be in 1..65535, got {args.port}", file=sys.stderr)
         return 2
-    serve(args.cache, host=args.host, port=args.port, debug=args.debug, profile=args.profile)
+    serve(args.cache, host=args.host, port=args.port, debug=args.debug, profile=app_profile(args))
     return 0
 
 

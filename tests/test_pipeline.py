@@ -224,6 +224,33 @@ def test_cli_precompute_prints_the_summary(built, tmp_path, capsys):
     assert main(["precompute", "--out", str(cache), "--steps", "nothing"]) == 2
 
 
+def test_paper_descriptors_are_built_recorded_and_rebuildable(built, tmp_path, capsys):
+    from tmdafm_core.cli import main
+    from tmdafm_core.features import FEATURE_COLUMNS, compute_all
+
+    cache = _link_copy(built[0], tmp_path / "store")
+    profile = dataclasses.replace(PROFILE, descriptors="paper")
+    results = _statuses(pipeline.precompute(cache, profile=profile, steps=["descriptors"]))
+    assert results["descriptors"] == "computed" and results["dataset"] != "computed"
+    record = json.loads((cache / "store.json").read_text())["steps"]["descriptors"]
+    assert record["settings"]["paper_pixels"] is True
+    table = pd.read_csv(cache / "features.csv")
+    manifest = pd.read_parquet(cache / "dataset" / "manifest.parquet")
+    from tmdafm_core.data import load_image
+
+    first = manifest.iloc[0]
+    expected = compute_all(load_image(first["path"])[0], first["pixel_size_nm"], paper_pixels=True)
+    row = table.set_index("image").loc[first["image"]]
+    assert [row[c] for c in FEATURE_COLUMNS] == pytest.approx([expected[c] for c in FEATURE_COLUMNS])
+    assert "--descriptors" in pipeline.profile_arguments(profile)
+    with pytest.raises(ValueError, match="descriptors must be one of physical, paper"):
+        dataclasses.replace(PROFILE, descriptors="pixels")
+    assert main(["precompute", "--out", str(cache), "--profile", "tiny", "--steps", "descriptors",
+                 "--descriptors", "physical", "--volumes", "full", "--umap-dims", ""]) == 0
+    record = json.loads((cache / "store.json").read_text())["steps"]["descriptors"]
+    assert record["settings"]["paper_pixels"] is False
+
+
 def test_profile_arguments_rebuild_the_profile():
     from tmdafm_core.cli import build_parser
 

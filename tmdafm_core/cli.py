@@ -568,7 +568,21 @@ def add_app_arguments(p) -> None:
                    help=f"precompute profile an empty store is filled with (default: ${PROFILE_ENV} or demo; "
                         "demo: about 10 min on 2 CPU cores, tiny: about a minute, to try the app; paper: only "
                         "the data set and thumbnails, train with `tmdafm precompute` on a GPU)")
+    p.add_argument("--descriptors", choices=("physical", "paper"), default="physical",
+                   help="descriptor definitions an empty store is built with: physical (resolution-aware, per µm² "
+                        "and nm) or paper (the paper's pixel-based definitions exactly) (default: physical)")
     p.add_argument("--debug", action="store_true", help="Dash dev tools and reloading (for development)")
+
+
+def app_profile(args):
+    """The precompute profile the app's options name: ``--profile``, with ``--descriptors`` when not the default."""
+    import dataclasses
+
+    from tmdafm_core.pipeline import PROFILES
+
+    if args.descriptors == "physical":
+        return args.profile
+    return dataclasses.replace(PROFILES[args.profile], descriptors=args.descriptors)
 
 
 def _add_app(sub) -> None:
@@ -592,7 +606,7 @@ def _load_app_module():
 def _run_app(args) -> int:
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be in 1..65535, got {args.port}")
-    _load_app_module().serve(args.cache, host=args.host, port=args.port, debug=args.debug, profile=args.profile)
+    _load_app_module().serve(args.cache, host=args.host, port=args.port, debug=args.debug, profile=app_profile(args))
     return 0
 
 

@@ -74,6 +74,10 @@ THUMBNAIL_PX = 96
 _FORMAT_VERSION = 1  # bump when the prepared manifest's meaning changes, so old stores are rebuilt
 
 
+#: Descriptor definitions a store can be built with: our resolution-aware set, or the paper's pixel definitions.
+DESCRIPTOR_SETS = ("physical", "paper")
+
+
 @dataclass(frozen=True)
 class Profile:
     """Settings of one precompute profile: which data, how it is split, trained and analysed.
@@ -108,6 +112,9 @@ class Profile:
         UMAP layouts of the latent spaces (2 and/or 3; empty: PCA only).
     n_boot : int
         Bootstrap resamples of the correlation intervals.
+    descriptors : {"physical", "paper"}
+        ``physical``: the resolution-aware descriptors (densities per µm², sizes in nm, noise-robust defaults);
+        ``paper``: the paper's pixel-based definitions exactly (``paper_pixels=True``).
     """
 
     name: str
@@ -129,6 +136,11 @@ class Profile:
     sequential_task: str = "both"
     umap_dims: tuple = (2, 3)
     n_boot: int = 1000
+    descriptors: str = "physical"
+
+    def __post_init__(self):
+        if self.descriptors not in DESCRIPTOR_SETS:
+            raise ValueError(f"descriptors must be one of {', '.join(DESCRIPTOR_SETS)}, got {self.descriptors!r}")
 
     @classmethod
     def from_dict(cls, document: dict) -> Profile:
@@ -590,7 +602,8 @@ def _step_descriptors(ctx: _Context):
     from .features import FEATURE_COLUMNS, compute_table
 
     with open_store(ctx.cache) as memo:
-        table = compute_table(ctx.manifest, cache=memo, progress=ctx.bars)
+        table = compute_table(ctx.manifest, cache=memo, progress=ctx.bars,
+                              paper_pixels=ctx.profile.descriptors == "paper")
     path = ctx.cache / FEATURES_NAME
     write_atomic(path, lambda tmp: table[["image", *FEATURE_COLUMNS]].to_csv(tmp, index=False))
     return [path]
@@ -749,7 +762,7 @@ def _settings(ctx: _Context, step: str) -> dict:
     if step == "descriptors":
         from .features.table import FEATURE_CODE_VERSION
 
-        return {"code": FEATURE_CODE_VERSION, "paper_pixels": False}
+        return {"code": FEATURE_CODE_VERSION, "paper_pixels": profile.descriptors == "paper"}
     if step in ("mtc", "mtl"):
         return {"task": step, "train": _run_options(ctx)}
     if step == "sequential":

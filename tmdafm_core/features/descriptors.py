@@ -195,6 +195,11 @@ def _step_edges_from(prep: _Prepared, canny_sigma_nm: float, closing_nm: float, 
         return float(edge_um / (height * width * prep.pixel_size_nm**2 / 1e6))
     half = prep.whole_px(closing_nm)
     square = np.ones((2 * half + 1, 2 * half + 1), dtype=bool)
+    if prep.paper_pixels:
+        # The paper: scipy's dilation then erosion with their defaults, segments counted by scipy's default
+        # (4-connected) label, so diagonal steps break into several segments.
+        _, count = ndi.label(ndi.binary_erosion(ndi.binary_dilation(edges, square), square))
+        return prep.count_per_area(count)
     # Dilation then erosion (a closing) joins edge fragments broken by noise; border_value=1 keeps the border
     # from eroding away segments that touch it.
     closed = ndi.binary_erosion(ndi.binary_dilation(edges, square), square, border_value=1)
@@ -207,7 +212,9 @@ def step_edges(image, pixel_size_nm: float = PAPER_PIXEL_NM, *, paper_pixels: bo
                measure: str | None = None) -> float:
     """Step edges: Canny edges (σ = 0.3 px), as total edge length per area or as connected segments.
 
-    The paper counts connected edge segments after a 3 × 3 dilation then erosion. That count *falls* as steps get
+    The paper counts connected edge segments after a 3 × 3 dilation then erosion (scipy's ``binary_dilation`` and
+    ``binary_erosion`` with their defaults, then scipy's default 4-connected ``label``; ``paper_pixels=True``
+    reproduces exactly that). That count *falls* as steps get
     denser, because neighbouring steps, domain edges and scan-line glitches join into one network (on synthetic
     terraces its Spearman correlation with the true step count is negative). The default therefore reports the
     edge length per area, which grows with the number of steps; ``paper_pixels=True`` (or ``measure="segments"``)
@@ -238,6 +245,10 @@ def _defect_density_from(prep: _Prepared, sigma_nm: float, min_distance_nm: floa
     smoothed = prep.smoothed(sigma_nm)
     distance = prep.whole_px(min_distance_nm)
     min_prominence = prep.choose(min_prominence, paper=0.0, robust=0.05)
+    if prep.paper_pixels and min_prominence == 0:
+        from skimage.feature import peak_local_max
+
+        return prep.count_density(len(peak_local_max(smoothed, min_distance=distance)))
     if min_prominence > 0:
         from skimage.morphology import h_maxima
 
@@ -260,7 +271,9 @@ def defect_density(image, pixel_size_nm: float = PAPER_PIXEL_NM, *, paper_pixels
 
     The paper counts every local maximum, which on a 1 px-smoothed image is mostly pixel noise (and therefore
     depends on the resolution). The default counts only maxima that stand ``min_prominence`` above every path to a
-    higher point (h-maxima); ``paper_pixels=True`` (or ``min_prominence=0``) counts them all, as the paper does.
+    higher point (h-maxima); ``paper_pixels=True`` counts them all with the paper's call,
+    ``skimage.feature.peak_local_max(smoothed, min_distance=1)`` (``min_prominence=0`` counts them all at any
+    resolution, a flat-topped maximum once).
 
     Parameters
     ----------
@@ -283,20 +296,23 @@ def defect_density(image, pixel_size_nm: float = PAPER_PIXEL_NM, *, paper_pixels
 
 
 def _anisotropy_from(prep: _Prepared) -> float:
-    rows, cols = np.gradient(prep.image)
+    # The paper's names: grad_x, grad_y = np.gradient(image) are the derivatives along rows, then columns, and the
+    # angle is arctan2(grad_y, grad_x).
+    grad_x, grad_y = np.gradient(prep.image)
     # Gradients per paper pixel keep the paper's magnitude scale at any resolution.
-    magnitude = np.hypot(rows, cols) / prep.px(PAPER_PIXEL_NM)
+    magnitude = np.hypot(grad_x, grad_y) / prep.px(PAPER_PIXEL_NM)
     mean_magnitude = magnitude.mean()
     if mean_magnitude <= 0:
         return 0.0
-    return float(np.std(np.arctan2(rows, cols)) / mean_magnitude)
+    return float(np.std(np.arctan2(grad_y, grad_x)) / mean_magnitude)
 
 
 def anisotropy(image, pixel_size_nm: float = PAPER_PIXEL_NM, *, paper_pixels: bool = False) -> float:
     """Spread of gradient directions over mean gradient magnitude (paper's definition).
 
-    Gradients are central differences; the magnitude is expressed per paper pixel (3.90625 nm), so the number keeps
-    the paper's scale at other resolutions. A constant image gives 0.
+    Gradients are ``np.gradient``'s central differences, ``grad_x`` along rows and ``grad_y`` along columns as the
+    paper names them, and the angle is the paper's ``arctan2(grad_y, grad_x)``. The magnitude is expressed per paper
+    pixel (3.90625 nm), so the number keeps the paper's scale at other resolutions. A constant image gives 0.
 
     Returns
     -------
@@ -369,6 +385,11 @@ def _dog_blob_from(prep: _Prepared, min_sigma_nm: float, max_sigma_nm: float, th
                    sigma_ratio: float, overlap: float) -> float:
     threshold = prep.choose(threshold, paper=0.001, robust=0.01)
     min_sigma, max_sigma = prep.px(min_sigma_nm), prep.px(max_sigma_nm)
+    if prep.paper_pixels:  # the paper's own call, not our faster equivalent
+        from skimage.feature import blob_dog
+
+        return float(len(blob_dog(prep.image, min_sigma=min_sigma, max_sigma=max_sigma, sigma_ratio=sigma_ratio,
+                                  threshold=threshold, overlap=overlap)))
     k = int(math.log(max_sigma / min_sigma) / math.log(sigma_ratio) + 1)
     sigmas = min_sigma * sigma_ratio ** np.arange(k + 1)
     cube, step = _dog_stack(prep.image, sigmas)
@@ -387,6 +408,8 @@ def dog_blob(image, pixel_size_nm: float = PAPER_PIXEL_NM, *, paper_pixels: bool
 
     Counts what ``skimage.feature.blob_dog(image, min_sigma, max_sigma, threshold=threshold)`` finds, computed
     faster: the Gaussians are chained and, when the smallest sigma spans ≥ 5 px, made on a 2× (or coarser) grid.
+    ``paper_pixels=True`` calls ``blob_dog(image, min_sigma=5, max_sigma=40, threshold=0.001)`` itself, as the
+    paper does.
 
     Parameters
     ----------
@@ -505,8 +528,10 @@ def _glcm_doc(name: str, meaning: str):
     descriptor.__name__ = descriptor.__qualname__ = name
     descriptor.__doc__ = f"""GLCM {name}: {meaning}
 
-    Grey-level co-occurrence matrix of the 8-bit image (256 levels) for horizontal neighbours, symmetric and
-    normalised, as ``skimage.feature.graycoprops(..., {name!r})``.
+    Grey-level co-occurrence matrix of the 8-bit image for horizontal neighbours, symmetric and normalised, as
+    ``skimage.feature.graycoprops(..., {name!r})``, always with 256 levels: the paper's call derives the number of
+    levels from the image and raises when its minimum is above 0, so 256 is used for every image (the same matrix
+    wherever the paper's call works).
 
     Parameters
     ----------

@@ -11,7 +11,7 @@ from .descriptors import compute_all, default_parameters
 from .registry import DESCRIPTORS, FEATURE_COLUMNS
 
 #: Bump whenever a descriptor's numbers change, so that cached values are recomputed.
-FEATURE_CODE_VERSION = 1
+FEATURE_CODE_VERSION = 2  # 2: anisotropy angle as the paper (arctan2(d/dcol, d/drow)); paper-pixel mode exact
 
 
 def _parameters() -> dict:
