@@ -73,8 +73,12 @@ def _scores(cache, metrics: pd.DataFrame):
                       config=_export.graph_config("tmdafm_scores"))
     return _ui.card("Scores per partition", html.Div(className="grid two", children=[
         html.Div([table, _ui.caption(
-            f"Mean ± sample standard deviation over the {', '.join(map(str, folds))} cross-validation fold models. "
-            "Validation is each fold's held-out part; test is the held-out test set, scored by every fold model.")]),
+            f"Mean ± sample standard deviation (ddof 1; metrics.json also holds the paper's np.std, ddof 0) over "
+            f"the {', '.join(map(str, folds))} cross-validation fold models. "
+            "Validation is each fold's held-out part; test is the held-out test set, scored by every fold model. "
+            "MtL decodes to the most likely valid material; \"MtL (paper rule)\" scores the same models by the "
+            "paper's rule: elements with probability > 0.5, the material with exactly those elements, else "
+            "\"unknown\", counted as an error.")]),
         _export.figure_panel(graph, data=metrics)]), id="scores")
 
 

@@ -342,3 +342,22 @@ def test_broken_file_shows_an_error_card_not_a_traceback(app_context, store, tmp
         app_context.app.server.config["TMDAFM_CACHE"] = previous
     assert "could not be read" in text and "metrics.json: unreadable" in text
 
+
+
+def test_metrics_table_shows_the_papers_mtl_rule_beside_ours(app_context, tmp_path):
+    def block(value):
+        return {s: {"mean": value, "std": 0.01, "std_paper": 0.009} for s in ("train", "val", "test")}
+
+    metrics = {"task": "mtl", "classes": ["MoS2", "WS2"], "elements": ["Mo", "W", "S"], "folds": 2,
+               "accuracy": block(0.9), "f1_macro": block(0.88), "confusion_test_percent": [[50, 0], [0, 50]],
+               "per_fold": [], "paper_rule": {"accuracy": block(0.8), "f1_macro": block(0.7),
+                                              "confusion_test_percent": [[45, 0, 5], [0, 45, 5]],
+                                              "columns": ["MoS2", "WS2", "unknown"]}}
+    (tmp_path / "runs" / "mtl").mkdir(parents=True)
+    (tmp_path / "runs" / "mtl" / "metrics.json").write_text(json.dumps(metrics))
+    table = results.metrics_table(tmp_path)
+    assert list(table["task"]) == ["MtL"] * 3 + ["MtL (paper rule)"] * 3
+    assert table.loc[5, "f1_mean"] == pytest.approx(0.7)
+    from pages import performance
+
+    assert performance.scores_rows(table)[5]["f1"] == "70.0 ± 1.0"

@@ -17,7 +17,10 @@ from tmdafm_core.training import (
     TrainConfig,
     classification_scores,
     cross_validate,
+    decode_classes,
+    decode_strict,
     embed,
+    format_metrics,
     grid_search,
     load_checkpoint,
     load_run,
@@ -80,7 +83,10 @@ def test_run_directory_and_metrics_schema(mtc_run):
     assert on_disk["elements"] == ["Mo", "W", "S"]
     for metric in ("accuracy", "f1_macro"):
         assert set(on_disk[metric]) == {"train", "val", "test"}
-        assert all(set(v) == {"mean", "std"} for v in on_disk[metric].values())
+        assert all(set(v) == {"mean", "std", "std_paper"} for v in on_disk[metric].values())
+    per_fold_val = [f["accuracy"]["val"] for f in on_disk["per_fold"]]
+    assert on_disk["accuracy"]["val"]["std"] == pytest.approx(np.std(per_fold_val, ddof=1))
+    assert on_disk["accuracy"]["val"]["std_paper"] == pytest.approx(np.std(per_fold_val))  # the paper's ddof 0
     assert np.sum(on_disk["confusion_test_percent"]) == pytest.approx(100.0)
     assert [f["fold"] for f in on_disk["per_fold"]] == [0, 1]
     history = pd.read_csv(run_dir / "history.csv")
@@ -142,6 +148,12 @@ def test_mtl_run_reports_element_accuracy_and_valid_materials(stripes, tmp_path)
     assert metrics["task"] == "mtl"
     assert all(0 <= f["element_accuracy"]["val"] <= 1 for f in metrics["per_fold"])
     run = load_run(tmp_path / "mtl")
+    paper = metrics["paper_rule"]
+    assert paper["columns"] == ["MoS2", "WS2", "unknown"]
+    assert np.asarray(paper["confusion_test_percent"]).shape == (2, 3)
+    assert np.sum(paper["confusion_test_percent"]) == pytest.approx(100.0)
+    assert paper["accuracy"]["test"]["mean"] <= metrics["accuracy"]["test"]["mean"] + 1e-9
+    assert "paper rule" in format_metrics(metrics)
     result = predict(run, list(stripes["path"][:4]))
     assert set(result.materials) <= {"MoS2", "WS2"}
     assert result.element_probabilities.shape == (4, 3)
@@ -284,3 +296,16 @@ def test_folds_on_a_dask_cluster_equal_local_folds(tmp_path):
                                 dask_address=cluster.scheduler_address)
     assert remote == local
     assert sorted(p.name for p in (tmp_path / "dask").glob("fold*.pt")) == ["fold0.pt", "fold1.pt"]
+
+
+def test_paper_mtl_rule_calls_an_impossible_element_vector_unknown():
+    """Elements [Mo, W, S, Se]; MoS2 = [1,0,1,0], WS2 = [0,1,1,0]. An image with p(Mo) and p(W) both > 0.5 decodes
+    to no known material under the paper's rule, but to the most likely valid one under ours."""
+    matrix = torch.tensor([[1, 0, 1, 0], [0, 1, 1, 0]], dtype=torch.float32)
+    logits = torch.tensor([[3.0, -3.0, 3.0, -3.0],    # MoS2 exactly
+                           [0.4, 0.2, 3.0, -3.0],     # Mo and W present: no such material
+                           [-3.0, 3.0, -1.0, -3.0]])  # W only, S absent: no such material
+    assert decode_strict(logits, matrix).tolist() == [0, 2, 2]
+    assert decode_classes(logits, "mtl", matrix).tolist() == [0, 0, 1]
+    scores = classification_scores(np.array([0, 0, 1]), decode_strict(logits, matrix).numpy(), 3)
+    assert scores["accuracy"] == pytest.approx(1 / 3)  # unknown counts as an error

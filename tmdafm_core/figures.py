@@ -322,7 +322,7 @@ def placed_images_figure(points: pd.DataFrame, placed: pd.DataFrame, *, x: str, 
 DIVERGING_SCALE = "RdBu_r"
 #: Sequential scale for percentages (confusion matrices): light to dark blue, readable in grey print.
 PERCENT_SCALE = "Blues"
-TASK_COLOURS = {"MtC": OKABE_ITO[0], "MtL": OKABE_ITO[4]}
+TASK_COLOURS = {"MtC": OKABE_ITO[0], "MtL": OKABE_ITO[4], "MtL (paper rule)": OKABE_ITO[5]}
 MODE_STYLES = {"imagenet": dict(name="ImageNet", color=OKABE_ITO[0], dash="solid", symbol="circle"),
                "sequential": dict(name="Sequential", color=OKABE_ITO[4], dash="dash", symbol="square")}
 SPLIT_COLOURS = {"train": OKABE_ITO[0], "val": OKABE_ITO[1], "test": OKABE_ITO[4]}
