@@ -159,15 +159,57 @@ def test_volume_cut_is_by_sample_exact_nested_and_seeded():
         limit_training_images(manifest, positions, {"A": 0})
 
 
-def test_the_study_cuts_only_the_new_class_in_training(study, synthetic):
+def test_the_papers_volume_is_n_random_train_and_validation_images_of_the_new_class(study, synthetic):
     out, results = study
-    cut = results[(results["volume"] == "4")]
-    assert (cut["new_class_train_images"] == 4).all()
-    splits = pd.read_csv(out / "mtc/sequential/4cls_4/splits.csv")
+    splits = pd.read_csv(out / "mtc/sequential/4cls_4/splits.csv", dtype={"sample_id": str})
+    new = splits[splits["material"] == "MoSe2"]
+    assert (new["split"] != "test").sum() == 4  # train + validation together, in every fold
+    assert (new["split"] == "test").sum() == ((synthetic["material"] == "MoSe2") & (synthetic["split"] == "test")).sum()
+    full = pd.read_csv(out / "mtc/sequential/4cls_full/splits.csv", dtype={"sample_id": str})
+    assert len(splits[splits["material"] != "MoSe2"]) == len(full[full["material"] != "MoSe2"])
     run = load_checkpoint(out / "mtc/sequential/4cls_4/fold0.pt")
     val_count = ((splits["fold"] == 0) & (splits["material"] == "MoSe2")).sum()
+    assert np.asarray(run["scores"]["val"]["confusion"])[3].sum() == val_count
+    cut = results[(results["volume"] == "4") & (results["n_classes"] == 4)]
+    assert (cut["new_class_train_images"] <= 4).all()
+    study_doc = json.loads((out / "study.json").read_text())
+    assert study_doc["train"]["head"] == "reset" and study_doc["train"]["volume_mode"] == "paper"
+    config = json.loads((stage_dir(out, "mtc", "sequential", 4, "full") / "config.json").read_text())
+    assert config["head"] == "reset"
+
+
+def test_train_samples_volume_cuts_only_the_new_class_in_training(synthetic, tmp_path):
+    out = tmp_path / "seq"
+    results = sequential_study(synthetic, out, order=ORDER[:3], volumes=VOLUMES, task="mtc", modes=("imagenet",),
+                               volume_mode="train-samples", **TINY)
+    cut = results[(results["volume"] == "4")]
+    assert (cut["new_class_train_images"] == 4).all()
+    splits = pd.read_csv(out / "mtc/imagenet/3cls_4/splits.csv")
+    run = load_checkpoint(out / "mtc/imagenet/3cls_4/fold0.pt")
+    val_count = ((splits["fold"] == 0) & (splits["material"] == ORDER[2])).sum()
     confusion = np.asarray(run["scores"]["val"]["confusion"])
-    assert confusion[3].sum() == val_count  # validation of the new class stays whole
+    assert confusion[2].sum() == val_count  # validation of the new class stays whole
+    with pytest.raises(ValueError, match="volume_mode must be one of paper, train-samples"):
+        sequential_study(synthetic, out, order=ORDER[:2], volume_mode="per-sample", **TINY)
+
+
+@pytest.mark.parametrize("head", ["reset", "keep"])
+def test_a_reset_head_starts_the_mtc_output_layer_fresh(study, head):
+    from tmdafm_core.data import LabelSpace
+    from tmdafm_core.training import FoldData, TrainConfig, _build_fold_model
+
+    out, _ = study
+    start = stage_dir(out, "mtc", "sequential", 3, "full") / "fold0.pt"
+    previous = load_checkpoint(start)
+    labels = LabelSpace(("MoS2", "WS2", "WSe2", "MoSe2"), ("Mo", "W", "S", "Se"))
+    data = FoldData(torch.zeros(2, 1, 32, 32), np.zeros(2, dtype=np.int64), labels, {}, extra={"head": head})
+    torch.manual_seed(5)
+    model, _, _ = _build_fold_model(data, TrainConfig(weights=str(start), image_size=32), 4)
+    state = model.state_dict()
+    torch.testing.assert_close(state["backbone.conv1.weight"], previous["model"]["backbone.conv1.weight"])
+    torch.testing.assert_close(state["head.hidden.0.weight"], previous["model"]["head.hidden.0.weight"])
+    kept = torch.allclose(state["head.out.weight"][:3], previous["model"]["head.out.weight"])
+    assert kept == (head == "keep")
 
 
 def test_resume_skips_finished_stages_and_retrains_only_what_is_missing(study, synthetic, monkeypatch):
@@ -219,7 +261,8 @@ def test_study_refuses_bad_modes_and_tasks(synthetic, tmp_path):
 def test_profiles_and_explicit_overrides():
     assert profile_options("demo") == PROFILES["demo"]
     assert profile_options("demo", epochs=7, lr=None)["epochs"] == 7
-    assert profile_options("paper")["weights"] == "imagenet-v1" and profile_options("paper")["epochs"] == 60
+    assert profile_options("paper")["weights"] == "imagenet-v2" and profile_options("paper")["epochs"] == 60
+    assert profile_options("paper")["arch"] == "resnet152"  # the paper's model for Tables 4-5, Figures 3-5
     assert profile_options(None, folds=3) == {"folds": 3}
     with pytest.raises(ValueError, match="unknown profile"):
         profile_options("fast")

@@ -375,7 +375,8 @@ def _experiment_options(p: argparse.ArgumentParser, *, single_model: bool = True
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="experiment folder (resumed when rerun)")
     p.add_argument("--profile", choices=("demo", "paper"),
                    help="demo: ResNet18 from scratch, 32 px, 3 epochs, 2 folds, 1 thread (minutes on a CPU); paper: "
-                        "native size, 60 epochs, 5 folds, ImageNet V1 weights, cuda. Explicit options override it")
+                        "native size, 60 epochs, 5 folds, ResNet152 with ImageNet V2 weights (ResNet18 V1 for the "
+                        "ablation, as the paper's Table 2), cuda. Explicit options override it")
     if single_model:
         p.add_argument("--arch", help="resnet18|34|50|101|152 (default: resnet18)")
         p.add_argument("--weights", help="base weights: imagenet-v1, imagenet-v2, none, or a .pth / run checkpoint "
@@ -415,6 +416,12 @@ def _add_sequential(sub) -> None:
     p.add_argument("--task", choices=("mtc", "mtl", "both"), default="mtc", help="(default: mtc)")
     p.add_argument("--modes", type=_comma_list, default="imagenet,sequential",
                    help="imagenet and/or sequential (default: both)")
+    p.add_argument("--head", choices=("reset", "keep"), default="reset",
+                   help="Sequential MtC stages: reset = a fresh output layer (the paper's), keep = the previous "
+                        "stage's rows of the known classes (default: reset)")
+    p.add_argument("--volume-mode", choices=("paper", "train-samples"), default="paper",
+                   help="paper = N random train+validation images of the new class; train-samples = N training "
+                        "images per fold, whole samples first (default: paper)")
     _experiment_options(p)
 
 
@@ -424,7 +431,8 @@ def _run_sequential(args) -> int:
     volumes = parse_volumes(args.volumes)  # bad volumes fail before the data are read
     manifest, options = _experiment_setup(args, arch=args.arch, weights=args.weights)
     results = sequential_study(manifest, args.out, order=args.order, volumes=volumes, task=args.task,
-                               modes=tuple(args.modes), progress=True, **options)
+                               modes=tuple(args.modes), progress=True, head=args.head,
+                               volume_mode=args.volume_mode, **options)
     print("test macro-F1 (%), mean ± std over folds")
     print(results_table(results).to_string(index=False))
     print(f"results: {args.out / RESULTS_NAME}")
@@ -475,7 +483,12 @@ def _add_ablation(sub) -> None:
 def _run_ablation(args) -> int:
     from tmdafm_core.experiments import ABLATION_NAME, ablation_study
 
-    manifest, options = _experiment_setup(args, arch=args.arch, weights=args.weights)
+    from tmdafm_core.experiments import PAPER_ABLATION_MODEL
+
+    model = {"arch": args.arch, "weights": args.weights}
+    if args.profile == "paper":
+        model = {key: value if value is not None else PAPER_ABLATION_MODEL[key] for key, value in model.items()}
+    manifest, options = _experiment_setup(args, **model)
     table = ablation_study(manifest, args.out, task=args.task, progress=True, **options)
     wide = table.pivot_table(index="mode", columns="split", values=["accuracy_mean", "f1_mean"], sort=False)
     print(wide.to_string(float_format=lambda v: f"{100 * v:.1f}"))

@@ -21,14 +21,17 @@ Modes:
 ``"sequential"``
     stage ``n`` fold ``k`` starts from fold ``k`` of the Sequential stage ``n - 1`` trained at full volume. MtL
     keeps the element outputs of the whole study at every stage (the outputs carry over whole, an element absent
-    from a stage is trained as absent); MtC grows its output layer: the rows of known classes are kept, the new
-    class's row starts from the layer's default initialisation. At 2 classes there is no smaller model to start
-    from: Sequential at 2 classes *is* the ImageNet run (its rows in ``results.csv`` point to that run).
+    from a stage is trained as absent); MtC gets a fresh ``Linear(100, n)`` output layer, as the paper's code does
+    (``head="reset"``), or, with ``head="keep"``, keeps the rows of the known classes and starts only the new
+    class's row from the layer's default initialisation. At 2 classes there is no smaller model to start from:
+    Sequential at 2 classes *is* the ImageNet run (its rows in ``results.csv`` point to that run).
 
-Volume sweep: at every stage the new class's training images are cut to ``volume`` images in every fold
-(:func:`tmdafm_core.training.limit_training_images`: whole samples first, in a seeded random order, so smaller
-cuts are subsets of larger ones); the other classes, and validation and test, stay whole. ``"full"`` keeps
-everything and is always run, since Sequential mode builds on it.
+Volume sweep (``volume_mode``): the paper's (``"paper"``, default) keeps ``volume`` random images of the new
+class's train + validation pool (seeded; smaller volumes are subsets of larger ones), so in every fold its train and
+validation images together total ``volume``; ``"train-samples"`` cuts the new class's training images to
+``volume`` in every fold (:func:`tmdafm_core.training.limit_training_images`: whole samples first) and keeps its
+validation images whole. The other classes and the test set stay whole either way. ``"full"`` keeps everything and
+is always run, since Sequential mode builds on it.
 
 Layout of ``out_dir``::
 
@@ -77,13 +80,17 @@ ABLATION_MODES = ("fine-tune", "feature-extraction", "scratch")
 #: under five minutes on 2 CPU cores (scratch training at 32 px, so its numbers say little about transfer
 #: learning). It trains with one torch thread: on a CPU shared with other processes, two threads on two cores ran
 #: ResNet18 about 30x slower than one (threads wait for each other), and at 32 px one thread is as fast as two.
-#: ``paper`` is the paper's setting (native image size, 60 epochs, ImageNet V1 weights) and wants a GPU.
+#: ``paper`` is the paper's setting (native image size, 60 epochs, ResNet152 with ImageNet V2 weights, the model of
+#: its Tables 4-5 and Figures 3-5) and wants a GPU; its Table 2 (the ablation) used ResNet18 V1
+#: (:data:`PAPER_ABLATION_MODEL`).
 PROFILES = {
     "demo": {"arch": "resnet18", "weights": "none", "image_size": 32, "epochs": 3, "folds": 2, "lr": 1e-3,
              "batch_size": 64, "dropout": 0.0, "device": "cpu", "threads": 1},
-    "paper": {"arch": "resnet18", "weights": "imagenet-v1", "image_size": None, "epochs": 60, "folds": 5,
+    "paper": {"arch": "resnet152", "weights": "imagenet-v2", "image_size": None, "epochs": 60, "folds": 5,
               "lr": 7.5e-5, "batch_size": 32, "dropout": 0.0, "device": "cuda", "threads": None},
 }
+#: The model of the paper's Table 2 (fine-tuning vs feature extraction vs scratch).
+PAPER_ABLATION_MODEL = {"arch": "resnet18", "weights": "imagenet-v1"}
 
 
 def profile_options(profile: str | None = None, **explicit) -> dict:
@@ -299,9 +306,16 @@ def plan_stages(out_dir, order, volumes, tasks, modes, *,
     return train, report
 
 
+#: What a volume N of the new class means: ``paper``, N random images of its train + validation pool (so every
+#: fold's train and validation images of it total N); ``train-samples``, N training images per fold, whole samples
+#: first (validation stays whole).
+VOLUME_MODES = ("paper", "train-samples")
+
+
 @_with_threads
 def sequential_study(data: pd.DataFrame, out_dir, *, order=PAPER_MATERIALS, volumes=DEFAULT_VOLUMES,
-                     task: str = "mtc", modes=MODES, progress: bool = False, **train) -> pd.DataFrame:
+                     task: str = "mtc", modes=MODES, progress: bool = False, head: str = "reset",
+                     volume_mode: str = "paper", **train) -> pd.DataFrame:
     """Add classes one at a time and compare ImageNet with Sequential starting weights over a volume sweep.
 
     Parameters
@@ -318,6 +332,11 @@ def sequential_study(data: pd.DataFrame, out_dir, *, order=PAPER_MATERIALS, volu
     modes : sequence of {"imagenet", "sequential"}
     progress : bool
         tqdm bar over stages x folds on stderr, with an ETA.
+    head : {"reset", "keep"}
+        Sequential MtC stages: a fresh ``Linear(100, n)`` output layer (``reset``, the paper's) or the previous
+        stage's rows of the known classes (``keep``).
+    volume_mode : {"paper", "train-samples"}
+        Meaning of a volume (:data:`VOLUME_MODES`); the paper's by default.
     threads : int, optional
         torch CPU threads while the study runs (the demo profile uses 1); default: torch's setting.
     **train
@@ -335,6 +354,10 @@ def sequential_study(data: pd.DataFrame, out_dir, *, order=PAPER_MATERIALS, volu
     for reserved in ("task", "labels", "presplit", "fold_weights", "train_limits", "images", "dask_address"):
         if reserved in train:
             raise ValueError(f"sequential_study sets {reserved!r} itself; do not pass it")
+    if volume_mode not in VOLUME_MODES:
+        raise ValueError(f"volume_mode must be one of {', '.join(VOLUME_MODES)}, got {volume_mode!r}")
+    if head not in ("reset", "keep"):
+        raise ValueError(f"head must be 'reset' or 'keep', got {head!r}")
     order = parse_order(order, data["material"].dropna())
     volumes = parse_volumes(volumes)
     tasks = _tasks(task)
@@ -342,7 +365,7 @@ def sequential_study(data: pd.DataFrame, out_dir, *, order=PAPER_MATERIALS, volu
     if not modes or any(m not in MODES for m in modes):
         raise ValueError(f"modes must be a non-empty subset of {', '.join(MODES)}, got {modes}")
     out_dir = Path(out_dir)
-    options = {"seed": 0, "folds": 5, **train}
+    options = {"seed": 0, "folds": 5, **train, "head": head, "volume_mode": volume_mode}
     folds = options["folds"]
 
     study = data[data["material"].isin(order)].reset_index(drop=True)
@@ -371,35 +394,57 @@ def sequential_study(data: pd.DataFrame, out_dir, *, order=PAPER_MATERIALS, volu
     return _write_results(out_dir, report, split, options)
 
 
-def _stage_rows(split: pd.DataFrame, classes) -> np.ndarray:
-    return np.flatnonzero(split["material"].isin(classes).to_numpy())
+def _new_class_pool(split: pd.DataFrame, new_class: str, seed: int) -> np.ndarray:
+    """Rows of the new class's train + validation images in a seeded random order (a volume N takes the first N,
+    so smaller volumes are subsets of larger ones)."""
+    pool = np.flatnonzero(((split["material"] == new_class) & (split["split"] != "test")).to_numpy())
+    return np.random.default_rng([seed, 7919]).permutation(pool)
+
+
+def _stage_rows(split: pd.DataFrame, classes, volume=FULL, options: dict | None = None) -> np.ndarray:
+    """Rows of a stage's classes; with the paper's volume mode, only ``volume`` random train + validation images
+    of the new class (its test images stay)."""
+    rows = np.flatnonzero(split["material"].isin(classes).to_numpy())
+    if volume == FULL or (options or {}).get("volume_mode", "paper") != "paper":
+        return rows
+    dropped = _new_class_pool(split, classes[-1], options.get("seed", 0))[int(volume):]
+    return np.setdiff1d(rows, dropped)
+
+
+def _train_limits(stage: Stage, options: dict) -> dict | None:
+    if stage.volume == FULL or options.get("volume_mode", "paper") == "paper":
+        return None
+    return {stage.new_class: int(stage.volume)}
 
 
 def _train_stage(stage: Stage, split, stored, image_size, elements, options, progress) -> dict:
-    rows = _stage_rows(split, stage.classes)
+    rows = _stage_rows(split, stage.classes, stage.volume, options)
     frame = split.iloc[rows].reset_index(drop=True)
     frame.attrs = dict(split.attrs)
     labels = LabelSpace(LabelSpace.from_materials(stage.classes).classes, elements)
     fold_weights = None
     if stage.start is not None:
         fold_weights = {k: str(checkpoint_path(stage.start, k)) for k in range(options["folds"])}
-    train_limits = None if stage.volume == FULL else {stage.new_class: int(stage.volume)}
-    run_options = {**options, "image_size": image_size} if image_size else options
+    run_options = {k: v for k, v in options.items() if k != "volume_mode"}
+    if image_size:
+        run_options["image_size"] = image_size
     return cross_validate(frame, stage.run_dir, task=stage.task, labels=labels, presplit=True,
-                          fold_weights=fold_weights, train_limits=train_limits,
+                          fold_weights=fold_weights, train_limits=_train_limits(stage, options),
                           images=None if stored is None else stored[rows], save_optimizer=False,
                           progress=progress, **run_options)
 
 
 def _cut_keeps_all(split: pd.DataFrame, options: dict, classes, volume) -> bool:
-    """Whether cutting the new class to ``volume`` leaves every fold's training partition as it is."""
+    """Whether cutting the new class to ``volume`` leaves the stage's training (and validation) images as they are."""
+    if options.get("volume_mode", "paper") == "paper":
+        return len(_new_class_pool(split, classes[-1], options.get("seed", 0))) <= int(volume)
     is_new = (split["material"] == classes[-1]).to_numpy()
     return all(is_new[fold_training_positions(split, fold)].sum() <= int(volume) for fold in range(options["folds"]))
 
 
 def _new_class_train_images(split: pd.DataFrame, stage: Stage, options: dict) -> float:
-    frame = split.iloc[_stage_rows(split, stage.classes)].reset_index(drop=True)
-    limits = None if stage.volume == FULL else {stage.new_class: int(stage.volume)}
+    frame = split.iloc[_stage_rows(split, stage.classes, stage.volume, options)].reset_index(drop=True)
+    limits = _train_limits(stage, options)
     counts = []
     for fold in range(options["folds"]):
         train = fold_training_positions(frame, fold, train_limits=limits, seed=options.get("seed", 0))

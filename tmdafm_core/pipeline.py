@@ -632,7 +632,8 @@ def _step_sequential(ctx: _Context):
 
     target = ctx.cache / SEQUENTIAL_DIR
     # Runs trained with the same options on the same data are kept when only the order or volumes change.
-    compat = {"train": ctx.train, "inputs": {"dataset": ctx.records["dataset"]["output"]}}
+    compat = {"train": ctx.train, "inputs": {"dataset": ctx.records["dataset"]["output"]},
+              "semantics": {"head": "reset", "volume_mode": "paper"}}
     options = dict(order=ctx.order, volumes=ctx.profile.volumes, task=ctx.profile.sequential_task, modes=MODES,
                    progress=ctx.bars, **ctx.train)
     staging = _staging(target, compat, reuse=True)
@@ -767,7 +768,7 @@ def _settings(ctx: _Context, step: str) -> dict:
         return {"task": step, "train": _run_options(ctx)}
     if step == "sequential":
         return {"train": ctx.train, "order": ctx.order, "volumes": [str(v) for v in profile.volumes],
-                "task": profile.sequential_task}
+                "task": profile.sequential_task, "head": "reset", "volume_mode": "paper"}
     if step in ("latent-mtc", "latent-mtl"):
         return {"n_components": LATENT_COMPONENTS, "umap_dims": list(profile.umap_dims), "n_boot": profile.n_boot,
                 "seed": profile.seed, "device": ctx.train.get("device", "cpu"), "format": _LATENT_FORMAT}

@@ -273,6 +273,9 @@ def decode_classes(logits: torch.Tensor, task: str, element_matrix: torch.Tensor
     return class_log_scores(logits, element_matrix=element_matrix if task == "mtl" else None).argmax(dim=1)
 
 
+#: How an MtC output layer starts from a run checkpoint with other classes: ``keep`` the rows of the classes it
+#: knows (by name), or ``reset`` to a fresh ``Linear(100, n)`` (the paper's sequential training).
+HEAD_STARTS = ("keep", "reset")
 #: The two MtL decoding rules metrics.json reports.
 MTL_RULES = {
     "valid-material": "the most likely valid material (sum of element log-probabilities)",
@@ -395,8 +398,11 @@ class FoldData:
 
 def _build_fold_model(data: FoldData, config: TrainConfig, n_outputs: int):
     if data.stored.ndim == 4:
-        # Outputs are named so that a run checkpoint as start carries the rows of the classes / elements it knows.
+        # Outputs are named so that a run checkpoint as start carries the rows of the classes / elements it knows;
+        # head="reset" (the paper's sequential training) gives MtC a fresh output layer instead.
         names = data.labels.classes if config.task == "mtc" else data.labels.elements
+        if data.extra.get("head", "keep") == "reset":
+            names = None
         return build_model(config.arch, n_outputs, weights=config.weights, dropout=config.dropout,
                            output_names=names), IMAGENET_MEAN, IMAGENET_STD
     train = data.stored[torch.as_tensor(data.partitions["train"])]
@@ -747,7 +753,8 @@ def _fold_task(spec: dict) -> dict:
     split = spec["split"]
     stored = spec["features"] if spec["features"] is not None else load_data(split, image_size=spec["image_size"])
     parts = _fold_partitions(split, spec["fold"], spec["train_limits"], config.seed)
-    data = FoldData(stored, spec["class_index"], LabelSpace(*spec["labels"]), parts, image_size=spec["image_size"])
+    data = FoldData(stored, spec["class_index"], LabelSpace(*spec["labels"]), parts, image_size=spec["image_size"],
+                    extra={"head": spec["head"]})
     return fit_fold(data, config, spec["fold"])
 
 
@@ -758,7 +765,7 @@ def cross_validate(data, out_dir, *, arch: str = "resnet18", weights: str = "ima
                    precision: str = "auto",
                    dask_address: str | None = None, progress: bool = False, labels: LabelSpace | None = None,
                    presplit: bool = False, fold_weights: dict | None = None, train_limits: dict | None = None,
-                   images: torch.Tensor | None = None, save_optimizer: bool = True) -> dict:
+                   images: torch.Tensor | None = None, save_optimizer: bool = True, head: str = "keep") -> dict:
     """Cross-validate a classifier and write its run directory.
 
     Parameters
@@ -811,6 +818,9 @@ def cross_validate(data, out_dir, *, arch: str = "resnet18", weights: str = "ima
     save_optimizer : bool
         Keep the optimizer state in the fold checkpoints (False: ``None``, a third of the size; enough to start
         other runs from them and for inference).
+    head : {"keep", "reset"}
+        With ``fold_weights``: an MtC output layer keeps the rows of the classes the checkpoint knows, or starts
+        fresh (``reset``, the paper's sequential training). MtL element outputs carry over either way.
 
     Returns
     -------
@@ -841,8 +851,11 @@ def cross_validate(data, out_dir, *, arch: str = "resnet18", weights: str = "ima
     config_document = {**config.to_dict(), "mode": "fine-tune" if is_image else "features",
                        "classes": list(labels.classes), "elements": list(labels.elements),
                        "n_images": len(split), "source": str(frame.attrs.get("root", "")), "notes": notes}
+    if head not in HEAD_STARTS:
+        raise ValueError(f"head must be one of {', '.join(HEAD_STARTS)}, got {head!r}")
     if fold_weights:
         config_document["fold_weights"] = {str(k): v for k, v in sorted(fold_weights.items())}
+        config_document["head"] = head
     if train_limits:
         config_document["train_limits"] = {k: int(v) for k, v in train_limits.items()}
     if is_image and config.weights not in ("none", "imagenet-v1", "imagenet-v2"):
@@ -872,7 +885,7 @@ def cross_validate(data, out_dir, *, arch: str = "resnet18", weights: str = "ima
         from .parallel import imap_items
 
         spec = {"split": split, "features": features, "image_size": config.image_size, "class_index": class_index,
-                "labels": (labels.classes, labels.elements), "train_limits": train_limits}
+                "labels": (labels.classes, labels.elements), "train_limits": train_limits, "head": head}
         tasks = [{**spec, "fold": k, "config": _fold_config(config, fold_weights, k).to_dict()} for k in todo]
         # One fold per task; each checkpoint is written as soon as its fold finishes, so an interrupted run resumes.
         for position, checkpoint in imap_items(_fold_task, tasks, dask_address=dask_address, chunk_size=1):
@@ -886,7 +899,7 @@ def cross_validate(data, out_dir, *, arch: str = "resnet18", weights: str = "ima
                                                                  progress=progress)
         for k in todo:
             fold_data = FoldData(stored, class_index, labels, _fold_partitions(split, k, train_limits, config.seed),
-                                 image_size=config.image_size)
+                                 image_size=config.image_size, extra={"head": head})
             checkpoint = fit_fold(fold_data, _fold_config(config, fold_weights, k), k, progress=progress)
             _save_fold(checkpoint, run_dir, k, save_optimizer)
             done[k] = checkpoint
