@@ -8,13 +8,13 @@ from scipy import ndimage as ndi
 
 
 def paper_descriptors(image: np.ndarray) -> dict[str, float]:
+    import warnings
+
     from skimage.feature import blob_dog, canny, graycomatrix, graycoprops, peak_local_max
     from skimage.filters import gaussian, threshold_otsu
     from skimage.measure import label, regionprops
     from skimage.morphology import binary_opening, disk
     from skimage.util import img_as_ubyte
-
-    import warnings
 
     image = np.asarray(image, dtype=np.float64)
     smoothed = gaussian(image, sigma=1)

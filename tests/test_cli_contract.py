@@ -5,7 +5,7 @@ import pytest
 from tmdafm_core.cli import _COMMANDS, main
 
 CONTRACT = ("synth", "info", "features", "extract", "train", "train-features", "sequential", "latent", "predict",
-            "precompute", "app")
+            "precompute", "app", "import-model")
 
 
 def test_every_contract_command_exists():
@@ -30,6 +30,8 @@ def test_help(command, capsys):
     ["sequential", "{missing}", "--out", "{tmp}/seq"],
     ["latent", "{missing}.csv", "--out", "{tmp}/lat"],
     ["predict", "{missing}", "{missing}.tif"],
+    ["import-model", "{missing}.pth", "--arch", "resnet18", "--task", "mtc", "--classes", "MoS2,WS2", "--out",
+     "{tmp}/run"],
 ])
 def test_missing_input_is_one_line_exit_2(argv, tmp_path, capsys):
     argv = [a.format(missing=tmp_path / "does-not-exist", tmp=tmp_path) for a in argv]

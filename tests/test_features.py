@@ -20,7 +20,6 @@ from tmdafm_core.features import (
     compute_all,
     compute_table,
     contrast,
-    defect_density,
     dog_blob,
     get_descriptor,
     grain_density,
@@ -164,7 +163,6 @@ def test_fast_dog_blob_counts_like_skimage_blob_dog(seed):
 @pytest.mark.parametrize("material", ["MoS2", "WS2", "WSe2", "MoSe2", "Mo-WSe2"])
 def test_paper_pixels_reproduce_the_papers_functions(material):
     from tests.paper_reference import paper_descriptors
-
     from tmdafm_core.data.synthetic import sample_params
 
     params = sample_params(material, np.random.default_rng(7))

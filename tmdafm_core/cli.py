@@ -245,6 +245,35 @@ def _run_predict(args) -> int:
     return 0
 
 
+# --- import-model -----------------------------------------------------------------------------------------------
+
+def _add_import_model(sub) -> None:
+    p = sub.add_parser("import-model", help="a published / paper-layout state dict as one of our run directories",
+                       description="Reads a torchvision ResNet state dict with the paper's head (fc.0 Linear(in, 100), "
+                                   "fc.3 Linear(100, n)) or a plain fc, and writes a run directory that predict, "
+                                   "latent and load_run use. Preprocessing as the paper: 8-bit images / 255, ImageNet "
+                                   "mean/std, no resize unless --image-size.")
+    p.add_argument("state_dict", type=Path, metavar="STATE_DICT", help="file written by torch.save(model.state_dict())")
+    p.add_argument("--arch", required=True, help="resnet18|34|50|101|152 the state dict belongs to")
+    p.add_argument("--task", choices=("mtc", "mtl"), required=True, help="class (mtc) or element (mtl) outputs")
+    p.add_argument("--classes", type=_comma_list, required=True,
+                   help="comma list of materials in the model's output order (MtC), or the materials it tells "
+                        "apart (MtL), e.g. MoS2,WS2,WSe2,MoSe2,Mo-WSe2")
+    p.add_argument("--elements", type=_comma_list,
+                   help="MtL output order (default: the classes' elements in the paper's order Mo,W,S,Se)")
+    p.add_argument("--image-size", type=int, help="resize images to this side (default: each image's own size)")
+    p.add_argument("--out", type=Path, required=True, metavar="RUN", help="run directory to write (new or empty)")
+
+
+def _run_import_model(args) -> int:
+    from tmdafm_core.imported import import_model
+
+    run = import_model(args.state_dict, args.out, arch=args.arch, task=args.task, classes=args.classes,
+                       elements=args.elements, image_size=args.image_size)
+    print(f"imported {args.state_dict} as {args.arch} {args.task} ({', '.join(args.classes)}) -> {run}")
+    return 0
+
+
 # --- latent -----------------------------------------------------------------------------------------------------
 
 def _add_latent(sub) -> None:
@@ -481,9 +510,7 @@ def _add_ablation(sub) -> None:
 
 
 def _run_ablation(args) -> int:
-    from tmdafm_core.experiments import ABLATION_NAME, ablation_study
-
-    from tmdafm_core.experiments import PAPER_ABLATION_MODEL
+    from tmdafm_core.experiments import ABLATION_NAME, PAPER_ABLATION_MODEL, ablation_study
 
     model = {"arch": args.arch, "weights": args.weights}
     if args.profile == "paper":
@@ -632,6 +659,7 @@ _COMMANDS = {
     "extract": (_add_extract, _run_extract),
     "train-features": (_add_train_features, _run_train_features),
     "predict": (_add_predict, _run_predict),
+    "import-model": (_add_import_model, _run_import_model),
     "features": (_add_features, _run_features),
     "latent": (_add_latent, _run_latent),
     "app": (_add_app, _run_app),

@@ -47,15 +47,19 @@ class Head(nn.Module):
     On its own it is the MLP of the feature-extraction mode (trained on precomputed feature vectors).
     """
 
-    def __init__(self, in_features: int, n_outputs: int, *, dropout: float = 0.0):
+    def __init__(self, in_features: int, n_outputs: int, *, dropout: float = 0.0, latent_dim: int | None = LATENT_DIM):
         super().__init__()
-        self.hidden = nn.Sequential(nn.Linear(in_features, LATENT_DIM), nn.ReLU(inplace=True))
+        self._in_features = int(in_features)
+        # latent_dim=None: a plain torchvision classifier (one Linear on the pooled features, imported models); the
+        # pooled ResNet features are non-negative, so the ReLU in front of the output layer changes nothing.
+        first = nn.Linear(in_features, latent_dim) if latent_dim is not None else nn.Identity()
+        self.hidden = nn.Sequential(first, nn.ReLU(inplace=True))
         self.dropout = nn.Dropout(dropout)
-        self.out = nn.Linear(LATENT_DIM, n_outputs)
+        self.out = nn.Linear(latent_dim if latent_dim is not None else in_features, n_outputs)
 
     @property
     def in_features(self) -> int:
-        return self.hidden[0].in_features
+        return self._in_features
 
     @property
     def n_outputs(self) -> int:
@@ -262,7 +266,7 @@ def _output_rows_by_name(own: dict, checkpoint: dict, output_names) -> dict:
 
 
 def build_model(arch: str, n_outputs: int, *, weights: str | Path = "none", dropout: float = 0.0,
-                output_names=None) -> ResNetClassifier:
+                output_names=None, latent_dim: int | None = LATENT_DIM) -> ResNetClassifier:
     """Build the paper's ResNet classifier.
 
     Parameters
@@ -277,6 +281,8 @@ def build_model(arch: str, n_outputs: int, *, weights: str | Path = "none", drop
     output_names : sequence of str, optional
         Name of each output (class names for MtC, element symbols for MtL). Used with a run checkpoint as
         ``weights``: output rows are then taken from the checkpoint by name, not by position and shape.
+    latent_dim : int or None
+        Width of the head's hidden layer (the paper's 100); None for a plain classifier (imported models).
 
     Returns
     -------
@@ -319,7 +325,8 @@ def build_model(arch: str, n_outputs: int, *, weights: str | Path = "none", drop
         source = str(path)
 
     backbone = get_model(arch, weights=None)
-    model = ResNetClassifier(arch, backbone, Head(backbone_width(arch), int(n_outputs), dropout=dropout))
+    model = ResNetClassifier(arch, backbone, Head(backbone_width(arch), int(n_outputs), dropout=dropout,
+                                                  latent_dim=latent_dim))
     if state is not None:
         _load_backbone_state(model.backbone, state, source)
     if checkpoint is not None:

@@ -49,9 +49,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from .data import FeatureTable, LabelSpace, fold_partitions, load_image, split_dataset
+from .data.images import scale_pixels
 from .models import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    LATENT_DIM,
+    ResNetClassifier,
     build_feature_mlp,
     build_model,
     check_arch,
@@ -164,7 +167,8 @@ def resize_image(image: np.ndarray, size: int) -> torch.Tensor:
     return tensor[0].clamp_(0.0, 1.0)
 
 
-def load_data(manifest: pd.DataFrame, *, image_size: int, progress: bool = False) -> torch.Tensor:
+def load_data(manifest: pd.DataFrame, *, image_size: int, progress: bool = False,
+              scaling: str = "min-max") -> torch.Tensor:
     """Read every image of a manifest once.
 
     Parameters
@@ -175,6 +179,8 @@ def load_data(manifest: pd.DataFrame, *, image_size: int, progress: bool = False
         Side of the square model input in pixels.
     progress : bool
         Show a tqdm bar on stderr.
+    scaling : {"min-max", "paper"}
+        How pixel values become 0..1 (:data:`tmdafm_core.data.images.SCALINGS`).
 
     Returns
     -------
@@ -187,7 +193,7 @@ def load_data(manifest: pd.DataFrame, *, image_size: int, progress: bool = False
     rows = zip(manifest["path"], manifest["pixel_size_nm"], strict=True)
     for i, (path, pixel_nm) in enumerate(tqdm(rows, total=len(manifest), desc="loading images", unit="img",
                                               disable=not progress, leave=False)):
-        image, _ = load_image(path, pixel_size_nm=pixel_nm)
+        image, _ = load_image(path, pixel_size_nm=pixel_nm, scaling=scaling)
         images[i] = resize_image(image, image_size)
     return images
 
@@ -1069,17 +1075,35 @@ class Run:
     fold: int
     path: Path
     device: torch.device
+    scaling: str = "min-max"
 
     @property
     def is_image(self) -> bool:
-        return self.image_size is not None
+        return isinstance(self.model, ResNetClassifier)
+
+    def input_size(self, manifest: pd.DataFrame) -> int:
+        """Model input side for a data set: the run's, or (a model imported without one) the images' own."""
+        if self.image_size is not None:
+            return int(self.image_size)
+        sizes = set(zip(manifest["height"].astype(int), manifest["width"].astype(int), strict=True))
+        if len(sizes) != 1 or len({*next(iter(sizes))}) != 1:
+            raise ValueError(f"{self.path}: this model runs at the images' own size, but the images are "
+                             f"{', '.join(f'{h}x{w}' for h, w in sorted(sizes)[:4])} px; re-import it with "
+                             "--image-size N to resize them all")
+        return next(iter(sizes))[0]
 
     def batches(self, stored: torch.Tensor) -> InputBatches:
         return InputBatches(stored, mean=self.mean, std=self.std, device=self.device, channels_last=self.is_image)
 
 
 def best_fold(run_dir) -> int:
-    """The fold with the highest validation macro-F1 in a run's ``metrics.json`` (ties: lower validation loss)."""
+    """The fold with the highest validation macro-F1 in a run's ``metrics.json`` (ties: lower validation loss).
+
+    An imported model (``tmdafm import-model``) has one fold and no scores: fold 0.
+    """
+    config = Path(run_dir) / CONFIG_NAME
+    if config.is_file() and json.loads(config.read_text()).get("mode") == "imported":
+        return 0
     path = Path(run_dir) / METRICS_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; {run_dir} is not a finished run directory (train it first)")
@@ -1107,7 +1131,8 @@ def load_run(run_dir, fold="best", *, device: str = "cpu") -> Run:
     n_outputs = len(labels.classes) if checkpoint["task"] == "mtc" else len(labels.elements)
     dropout = checkpoint["args"].get("dropout", 0.0)
     if checkpoint["arch"] is not None:
-        model = build_model(checkpoint["arch"], n_outputs, weights="none", dropout=dropout)
+        model = build_model(checkpoint["arch"], n_outputs, weights="none", dropout=dropout,
+                            latent_dim=checkpoint.get("latent_dim", LATENT_DIM))
     else:
         model = build_feature_mlp(checkpoint["in_features"], n_outputs, dropout=dropout)
     model.load_state_dict(checkpoint["model"])
@@ -1116,7 +1141,8 @@ def load_run(run_dir, fold="best", *, device: str = "cpu") -> Run:
     if checkpoint["arch"] is not None:
         model = fold_batchnorm(model).to(torch_device, memory_format=torch.channels_last)
     return Run(model.to(torch_device), labels, checkpoint["task"], checkpoint["image_size"],
-               checkpoint["mean"], checkpoint["std"], fold, run_dir, torch_device)
+               checkpoint["mean"], checkpoint["std"], fold, run_dir, torch_device,
+               scaling=checkpoint.get("scaling", "min-max"))
 
 
 @dataclass
@@ -1160,15 +1186,24 @@ class Predictions:
         return frame
 
 
-def _as_height_map(item, index: int) -> tuple[str, np.ndarray]:
-    from .data import normalize_height
-
+def _as_height_map(item, index: int, scaling: str = "min-max") -> tuple[str, np.ndarray]:
     if isinstance(item, (str, os.PathLike)):
-        return str(item), load_image(item)[0]
+        return str(item), load_image(item, scaling=scaling)[0]
     array = np.asarray(item)
     if array.ndim != 2:
         raise ValueError(f"image {index}: expected a file path or a 2-D array, got an array of shape {array.shape}")
-    return f"array{index}", normalize_height(array, source=f"image {index}")
+    return f"array{index}", scale_pixels(array, scaling=scaling, source=f"image {index}")
+
+
+def _same_shape_batches(tensors: list, batch_size: int):
+    """Consecutive index ranges of at most ``batch_size`` tensors of one shape (a model at native size)."""
+    start = 0
+    while start < len(tensors):
+        stop = start + 1
+        while stop < len(tensors) and stop - start < batch_size and tensors[stop].shape == tensors[start].shape:
+            stop += 1
+        yield start, stop
+        start = stop
 
 
 def predict(run: Run, images, *, cam: bool | str = False, batch_size: int = 32,
@@ -1200,16 +1235,17 @@ def predict(run: Run, images, *, cam: bool | str = False, batch_size: int = 32,
     if cam not in (False, True, "paper", "grad"):
         raise ValueError(f"cam must be False, True, 'paper' or 'grad', got {cam!r}")
     check_latent(latent)
-    loaded = [_as_height_map(item, i) for i, item in enumerate(images)]
+    loaded = [_as_height_map(item, i, run.scaling) for i, item in enumerate(images)]
     if not loaded:
         raise ValueError("no images to predict")
     names = [name for name, _ in loaded]
-    stored = torch.stack([resize_image(image, run.image_size) for _, image in loaded])
-    batches = run.batches(stored)
+    # A model imported without an input size sees every image at its own size.
+    inputs = [resize_image(image, run.image_size) if run.image_size
+              else torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None] for _, image in loaded]
     element_matrix = torch.as_tensor(run.labels.element_matrix) if run.task == "mtl" else None
     logits_all, latent_all, cams = [], [], [] if cam else None
-    for start in range(0, len(loaded), batch_size):
-        x = batches(np.arange(start, min(start + batch_size, len(loaded))))
+    for start, stop in _same_shape_batches(inputs, batch_size):
+        x = run.batches(torch.stack(inputs[start:stop]))(np.arange(stop - start))
         with torch.inference_mode(), _autocast(run.device):
             logits, embedding, maps = run.model.forward_all(x, latent=latent)
         logits_all.append(logits.float().cpu())
@@ -1258,7 +1294,7 @@ def embed(run: Run, data, *, batch_size: int = 64, progress: bool = False, laten
     if run.is_image:
         if not isinstance(data, pd.DataFrame):
             raise ValueError("an image run embeds a manifest DataFrame (read_dataset)")
-        stored = load_data(data, image_size=run.image_size, progress=progress)
+        stored = load_data(data, image_size=run.input_size(data), progress=progress, scaling=run.scaling)
     else:
         stored = torch.as_tensor(np.asarray(data, dtype=np.float32))
         if stored.ndim != 2 or stored.shape[1] != run.model.in_features:

@@ -133,7 +133,22 @@ def normalize_height(height, *, source="image") -> np.ndarray:
     return scaled.astype(np.float32)
 
 
-def load_image(path, *, pixel_size_nm: float | None = None) -> tuple[np.ndarray, float]:
+#: How pixel values become 0..1: ``min-max`` per image (ours), or ``paper``: 8-bit images divided by 255 as the
+#: paper's ``ToTensor`` does (other bit depths min-max), for models imported from the paper's code.
+SCALINGS = ("min-max", "paper")
+
+
+def scale_pixels(array, *, scaling: str = "min-max", source="image") -> np.ndarray:
+    """A 2-D or RGB(A) array as a 2-D float32 image in 0..1 (see :data:`SCALINGS`)."""
+    if scaling not in SCALINGS:
+        raise ValueError(f"scaling must be one of {', '.join(SCALINGS)}, got {scaling!r}")
+    array = np.asarray(array)
+    if scaling == "paper" and array.dtype == np.uint8:
+        return (to_height_gray(array, source=source) / 255.0).astype(np.float32)
+    return normalize_height(to_height_gray(array, source=source), source=source)
+
+
+def load_image(path, *, pixel_size_nm: float | None = None, scaling: str = "min-max") -> tuple[np.ndarray, float]:
     """Read an AFM image as a height map scaled to 0..1.
 
     Parameters
@@ -143,11 +158,13 @@ def load_image(path, *, pixel_size_nm: float | None = None) -> tuple[np.ndarray,
     pixel_size_nm : float, optional
         Pixel size in nm, e.g. from a manifest. Takes precedence over the file's TIFF resolution tags. When neither
         is known the image is assumed to span 1 µm (``1000 / width``).
+    scaling : {"min-max", "paper"}
+        ``min-max``: heights scaled to 0..1 per image; ``paper``: 8-bit images divided by 255 (:data:`SCALINGS`).
 
     Returns
     -------
     image : ndarray of float32, shape (height, width)
-        Heights min-max scaled to 0..1; non-finite pixels filled with the median of the finite ones.
+        Heights scaled to 0..1; non-finite pixels filled with the median of the finite ones.
     pixel_size_nm : float
         Nanometres per pixel.
     """
@@ -175,7 +192,7 @@ def load_image(path, *, pixel_size_nm: float | None = None) -> tuple[np.ndarray,
         raise ValueError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
     if raw.size == 0:
         raise ValueError(f"{path}: image has no pixels")
-    image = normalize_height(to_height_gray(raw, source=str(path)), source=str(path))
+    image = scale_pixels(raw, scaling=scaling, source=str(path))
     if pixel_size_nm is None or not np.isfinite(pixel_size_nm):
         pixel_size_nm = tag_pixel_nm if tag_pixel_nm is not None else DEFAULT_SCAN_SIZE_NM / image.shape[1]
     elif pixel_size_nm <= 0:
