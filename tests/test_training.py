@@ -247,6 +247,39 @@ def test_feature_mlp_learns_a_separable_table(tmp_path):
     assert embed(run, _feature_table().features).shape == (24, 100)
 
 
+def test_inner_split_holds_out_training_samples_only():
+    table = _feature_table(n_per_class=24)
+    split = table.frame.assign(fold=[0, 1] * 24)
+    train = np.flatnonzero((split["split"] == "train").to_numpy())
+    parts = training.inner_split(split, train, fraction=0.25, seed=0)
+    assert set(parts["train"]) | set(parts["val"]) == set(train) and not set(parts["train"]) & set(parts["val"])
+    inner_val = split.iloc[parts["val"]]
+    assert set(inner_val["material"]) == {"MoS2", "WS2"} and (inner_val["split"] == "train").all()
+    assert not set(inner_val["sample_id"]) & set(split.iloc[parts["train"]]["sample_id"])  # by sample
+
+
+def test_feature_mlp_tunes_each_fold_on_its_training_part(tmp_path, monkeypatch):
+    grid = {"lr": [1e-2, 1e-6], "weight_decay": [0.0], "dropout": [0.0]}
+    seen = []
+    real_fit = training.fit_fold
+
+    def spying_fit(data, config, fold, **kwargs):
+        seen.append((config.lr, len(data.partitions["test"])))
+        return real_fit(data, config, fold, **kwargs)
+
+    monkeypatch.setattr(training, "fit_fold", spying_fit)
+    metrics = cross_validate(_feature_table(n_per_class=24), tmp_path / "mlp", folds=2, epochs=20, batch_size=8,
+                             tune=grid)
+    # Per fold: two inner fits (never the test images), then the fold's own fit with the chosen grid point.
+    assert [n_test for _, n_test in seen] == [0, 0, 6, 0, 0, 6]
+    assert all(f["tuned"]["lr"] == 1e-2 for f in metrics["per_fold"])  # 1e-6 cannot learn in 20 epochs
+    assert metrics["accuracy"]["test"]["mean"] > 0.9
+    assert json.loads((tmp_path / "mlp" / "config.json").read_text())["tune"] == grid
+    images = read_dataset(write_stripes(tmp_path / "img"))
+    with pytest.raises(ValueError, match="tune searches the feature-extraction MLP"):
+        cross_validate(images, tmp_path / "img_run", folds=2, tune=True, **TINY)
+
+
 def test_bf16_autocast_on_the_cpu_trains_an_image_run(stripes, tmp_path):
     metrics = cross_validate(stripes, tmp_path / "bf16", folds=2, precision="bf16", **TINY)
     assert json.loads((tmp_path / "bf16" / "config.json").read_text())["precision"] == "bf16"

@@ -651,7 +651,8 @@ def ablation_study(data: pd.DataFrame, out_dir, *, arch: str = "resnet18", weigh
             if mode == "feature-extraction":
                 table = _backbone_features(split, run_dir, arch, weights, options, progress)
                 mlp_options = {k: v for k, v in options.items() if k not in ("arch", "weights", "image_size")}
-                metrics = cross_validate(table, run_dir, task=task, presplit=True, progress=progress, **mlp_options)
+                metrics = cross_validate(table, run_dir, task=task, presplit=True, progress=progress, tune=True,
+                                         **mlp_options)
             else:
                 if before < folds and stored is None:
                     stored, image_size = _load_images(split, options, progress)

@@ -92,6 +92,7 @@ class TrainConfig:
     lr: float = 7.5e-5
     batch_size: int = 32
     dropout: float = 0.0
+    weight_decay: float = 0.0
     image_size: int | None = None
     device: str = "cpu"
     precision: str = "auto"
@@ -115,6 +116,8 @@ class TrainConfig:
             raise ValueError(f"lr must be a positive number, got {self.lr}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.image_size is not None and not 32 <= int(self.image_size) <= 4096:
             raise ValueError(f"image_size must be in 32..4096 px, got {self.image_size}")
         if self.precision not in PRECISIONS:
@@ -439,7 +442,7 @@ def fit_fold(data: FoldData, config: TrainConfig, fold: int, *, progress: bool =
     model, mean, std = _build_fold_model(data, config, n_outputs)
     channels_last = data.stored.ndim == 4
     model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     criterion = _criterion(task)
     batches = InputBatches(data.stored, mean=mean, std=std, device=device, channels_last=channels_last)
     targets = _targets(data.class_index, labels, task)
@@ -575,6 +578,8 @@ def summarize_folds(checkpoints: list[dict]) -> dict:
             entry[metric] = {split: ck["scores"][split][metric] for split in PARTITIONS}
         if ck["task"] == "mtl":
             entry["element_accuracy"] = {split: ck["scores"][split]["element_accuracy"] for split in PARTITIONS}
+        if "tuned" in ck:
+            entry["tuned"] = ck["tuned"]
         if strict:
             entry["paper_rule"] = {metric: {split: ck["scores"][split]["paper_rule"][metric] for split in PARTITIONS}
                                    for metric in ("accuracy", "f1_macro")}
@@ -761,7 +766,60 @@ def _fold_task(spec: dict) -> dict:
     parts = _fold_partitions(split, spec["fold"], spec["train_limits"], config.seed)
     data = FoldData(stored, spec["class_index"], LabelSpace(*spec["labels"]), parts, image_size=spec["image_size"],
                     extra={"head": spec["head"]})
-    return fit_fold(data, config, spec["fold"])
+    return _fit_fold_tuned(data, split, config, spec["fold"], spec["tune"])
+
+
+#: Inner grid of the feature-extraction MLP (``tune=True``): searched per outer fold on its training part only.
+FEATURE_MLP_GRID = {"lr": (1e-3, 3e-4, 1e-4), "weight_decay": (0.0, 1e-3), "dropout": (0.0, 0.5)}
+
+
+def inner_split(split: pd.DataFrame, train: np.ndarray, *, fraction: float = 0.25, seed: int = 0) -> dict:
+    """Training positions split again by sample: about ``fraction`` of each class's samples for inner validation.
+
+    A class with a single training sample stays wholly in inner training. Returns ``{"train", "val", "test"}``
+    position arrays (test empty), for tuning that never sees the fold's validation or the test set.
+    """
+    rng = np.random.default_rng([seed, 4099])
+    frame = split.iloc[train]
+    held = []
+    for _, samples in frame.groupby("material", sort=True)["sample_id"]:
+        unique = np.array(sorted(set(samples)))
+        if len(unique) < 2:
+            continue
+        count = max(1, int(round(fraction * len(unique))))
+        held += list(rng.choice(unique, size=min(count, len(unique) - 1), replace=False))
+    is_val = frame["sample_id"].isin(held).to_numpy()
+    return {"train": train[~is_val], "val": train[is_val], "test": np.zeros(0, dtype=np.int64)}
+
+
+def tune_fold(data: FoldData, split: pd.DataFrame, config: TrainConfig, fold: int, grid: dict) -> tuple:
+    """The grid point with the best inner-validation macro-F1 (ties: lower loss) on one fold's training part.
+
+    Returns ``(config with the chosen lr / weight_decay / dropout, {"lr", "weight_decay", "dropout", "inner_f1"})``.
+    """
+    inner = dataclasses.replace(data, partitions=inner_split(split, data.partitions["train"], seed=config.seed + fold))
+    if len(inner.partitions["val"]) == 0:
+        raise ValueError("tuning needs at least two training samples of some class in every fold; pass --no-tune")
+    best = None
+    for lr, weight_decay, dropout in itertools.product(grid["lr"], grid["weight_decay"], grid["dropout"]):
+        candidate = dataclasses.replace(config, lr=float(lr), weight_decay=float(weight_decay),
+                                        dropout=float(dropout)).validate()
+        val = fit_fold(inner, candidate, fold)["scores"]["val"]
+        key = (-val["f1_macro"], val["loss"])
+        if best is None or key < best[0]:
+            best = (key, candidate, {"lr": candidate.lr, "weight_decay": candidate.weight_decay,
+                                     "dropout": candidate.dropout, "inner_f1": val["f1_macro"]})
+    return best[1], best[2]
+
+
+def _fit_fold_tuned(data: FoldData, split: pd.DataFrame, config: TrainConfig, fold: int, tune: dict | None,
+                    progress: bool = False) -> dict:
+    if tune is None:
+        return fit_fold(data, config, fold, progress=progress)
+    config, chosen = tune_fold(data, split, config, fold, tune)
+    checkpoint = fit_fold(data, config, fold, progress=progress)
+    checkpoint["tuned"] = chosen
+    return checkpoint
 
 
 def cross_validate(data, out_dir, *, arch: str = "resnet18", weights: str = "imagenet-v1", task: str = "mtc",
@@ -771,7 +829,8 @@ def cross_validate(data, out_dir, *, arch: str = "resnet18", weights: str = "ima
                    precision: str = "auto",
                    dask_address: str | None = None, progress: bool = False, labels: LabelSpace | None = None,
                    presplit: bool = False, fold_weights: dict | None = None, train_limits: dict | None = None,
-                   images: torch.Tensor | None = None, save_optimizer: bool = True, head: str = "keep") -> dict:
+                   images: torch.Tensor | None = None, save_optimizer: bool = True, head: str = "keep",
+                   weight_decay: float = 0.0, tune: bool | dict = False) -> dict:
     """Cross-validate a classifier and write its run directory.
 
     Parameters
@@ -827,6 +886,14 @@ def cross_validate(data, out_dir, *, arch: str = "resnet18", weights: str = "ima
     head : {"keep", "reset"}
         With ``fold_weights``: an MtC output layer keeps the rows of the classes the checkpoint knows, or starts
         fresh (``reset``, the paper's sequential training). MtL element outputs carry over either way.
+    weight_decay : float
+        Adam's L2 penalty (the paper: 0).
+    tune : bool or dict
+        Feature tables only: before each fold, choose ``lr``, ``weight_decay`` and ``dropout`` by an inner grouped
+        split of that fold's training images (:func:`inner_split`; never its validation images or the test set)
+        over ``tune`` (a grid ``{"lr": [...], "weight_decay": [...], "dropout": [...]}``, or
+        :data:`FEATURE_MLP_GRID` for ``True``), as the paper grid-searched its MLP per fold. The choice is recorded
+        per fold (``metrics.json`` ``per_fold[k]["tuned"]``).
 
     Returns
     -------
@@ -839,7 +906,12 @@ def cross_validate(data, out_dir, *, arch: str = "resnet18", weights: str = "ima
                          folds=folds, epochs=epochs, lr=lr, batch_size=batch_size, dropout=dropout,
                          image_size=(image_size or default_image_size(frame)) if is_image else None, device=device,
                          precision=precision, seed=seed, select=select, weighted_sampler=weighted_sampler,
-                         test_fraction=test_fraction).validate()
+                         test_fraction=test_fraction, weight_decay=weight_decay).validate()
+    if tune is True:
+        tune = FEATURE_MLP_GRID
+    tune = {k: [float(v) for v in tune[k]] for k in FEATURE_MLP_GRID} if tune else None
+    if tune is not None and is_image:
+        raise ValueError("tune searches the feature-extraction MLP; image runs use grid_search (comma lists)")
     split, labels = prepare_split(data, folds=folds, test_fraction=test_fraction, seed=seed, labels=labels,
                                   presplit=presplit)
     fold_weights = {int(k): str(v) for k, v in (fold_weights or {}).items()}
@@ -862,6 +934,8 @@ def cross_validate(data, out_dir, *, arch: str = "resnet18", weights: str = "ima
     if fold_weights:
         config_document["fold_weights"] = {str(k): v for k, v in sorted(fold_weights.items())}
         config_document["head"] = head
+    if tune is not None:
+        config_document["tune"] = tune
     if train_limits:
         config_document["train_limits"] = {k: int(v) for k, v in train_limits.items()}
     if is_image and config.weights not in ("none", "imagenet-v1", "imagenet-v2"):
@@ -891,7 +965,8 @@ def cross_validate(data, out_dir, *, arch: str = "resnet18", weights: str = "ima
         from .parallel import imap_items
 
         spec = {"split": split, "features": features, "image_size": config.image_size, "class_index": class_index,
-                "labels": (labels.classes, labels.elements), "train_limits": train_limits, "head": head}
+                "labels": (labels.classes, labels.elements), "train_limits": train_limits, "head": head,
+                "tune": tune}
         tasks = [{**spec, "fold": k, "config": _fold_config(config, fold_weights, k).to_dict()} for k in todo]
         # One fold per task; each checkpoint is written as soon as its fold finishes, so an interrupted run resumes.
         for position, checkpoint in imap_items(_fold_task, tasks, dask_address=dask_address, chunk_size=1):
@@ -906,7 +981,8 @@ def cross_validate(data, out_dir, *, arch: str = "resnet18", weights: str = "ima
         for k in todo:
             fold_data = FoldData(stored, class_index, labels, _fold_partitions(split, k, train_limits, config.seed),
                                  image_size=config.image_size, extra={"head": head})
-            checkpoint = fit_fold(fold_data, _fold_config(config, fold_weights, k), k, progress=progress)
+            checkpoint = _fit_fold_tuned(fold_data, split, _fold_config(config, fold_weights, k), k, tune,
+                                         progress=progress)
             _save_fold(checkpoint, run_dir, k, save_optimizer)
             done[k] = checkpoint
 
