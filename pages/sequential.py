@@ -45,19 +45,8 @@ def sequential_rows(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
 
 
 def stage_panels(cache, task: str, mode: str):
-    """Per-stage latent panels of one task and mode, or None when the store has no stage projections."""
-    models = selection.stage_models(cache, task, mode)
-    if not models:
-        return None, None
-    stages = []
-    for model in models:
-        points = selection.load_points(cache, model.key)
-        stages.append((f"{model.n_classes} classes", points))
-    coords = stages[0][1].attrs["coords"]
-    x, y = coords["pca"][:2] if len(coords.get("pca", [])) >= 2 else coords.get("umap2", [None, None])
-    figure = figures.stage_panels_figure(stages, x=x, y=y)
-    data = pd.concat([p[["image", "material", x, y]].assign(stage=t) for t, p in stages], ignore_index=True)
-    return figure, data
+    """Per-stage latent panels of one task and mode (:func:`tmdafm_core.selection.stage_panels`)."""
+    return selection.stage_panels(cache, task, mode)
 
 
 # --- layout -----------------------------------------------------------------------------------------------------

@@ -283,6 +283,41 @@ def _run_import_model(args) -> int:
     return 0
 
 
+# --- reproduce --------------------------------------------------------------------------------------------------
+
+def _add_reproduce(sub) -> None:
+    from tmdafm_core.pipeline import PROFILES
+
+    p = sub.add_parser("reproduce", help="every table and figure of the paper the inputs allow, with the paper's "
+                                         "numbering (CSV, HTML, PNG/SVG/PDF, index.html, README.md)")
+    p.add_argument("data", type=Path, nargs="?", metavar="DATA",
+                   help="labelled data set; default: the profile's synthetic demo set")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (a rerun resumes)")
+    p.add_argument("--profile", choices=tuple(PROFILES), default="demo",
+                   help="demo: 2-core CPU, from scratch; paper: the study's settings (ResNet152 V2, 60 epochs, "
+                        "5 folds; GPU); tiny: a minute (default: demo)")
+    p.add_argument("--cache", type=Path, metavar="CACHE", help="store to fill and reuse (default: DIR/store)")
+    p.add_argument("--descriptors", choices=("physical", "paper"), help="descriptor set (default: the profile's)")
+    p.add_argument("--formats", type=_comma_list, default="png,svg,pdf",
+                   help="static figure formats, drawn with Chromium when found; '' for HTML and CSV only "
+                        "(default: png,svg,pdf)")
+
+
+def _run_reproduce(args) -> int:
+    from tmdafm_core.reproduce import profile_for, reproduce
+
+    if args.data is not None and not args.data.exists():
+        raise FileNotFoundError(f"{args.data}: no such file or folder; give a data set folder or manifest CSV")
+    made, missing = reproduce(args.data, args.out, profile=profile_for(args.profile, descriptors=args.descriptors),
+                              cache=args.cache, formats=tuple(args.formats), progress=True)
+    for artifact in made:
+        print(f"{artifact.key:20s} {artifact.title}")
+    for key, reason in missing.items():
+        print(f"{key:20s} not made: {reason}")
+    print(f"index: {args.out / 'index.html'}; settings: {args.out / 'README.md'}")
+    return 0
+
+
 # --- latent -----------------------------------------------------------------------------------------------------
 
 def _add_latent(sub) -> None:
@@ -669,6 +704,7 @@ _COMMANDS = {
     "train-features": (_add_train_features, _run_train_features),
     "predict": (_add_predict, _run_predict),
     "import-model": (_add_import_model, _run_import_model),
+    "reproduce": (_add_reproduce, _run_reproduce),
     "features": (_add_features, _run_features),
     "latent": (_add_latent, _run_latent),
     "app": (_add_app, _run_app),

@@ -104,6 +104,22 @@ def stage_models(cache_dir, task: str, mode: str) -> list[LatentModel]:
     return [m for m in latent_models(cache_dir) if m.mode == mode and m.task == task]
 
 
+def stage_panels(cache_dir, task: str, mode: str):
+    """Per-stage latent panels of one task and mode (paper Figure 5) and their data, or ``(None, None)`` when the
+    store has no stage projections."""
+    from .figures import stage_panels_figure
+
+    models = stage_models(cache_dir, task, mode)
+    if not models:
+        return None, None
+    stages = [(f"{model.n_classes} classes", load_points(cache_dir, model.key)) for model in models]
+    coords = stages[0][1].attrs["coords"]
+    x, y = coords["pca"][:2] if len(coords.get("pca", [])) >= 2 else coords.get("umap2", [None, None])
+    figure = stage_panels_figure(stages, x=x, y=y)
+    data = pd.concat([p[["image", "material", x, y]].assign(stage=t) for t, p in stages], ignore_index=True)
+    return figure, data
+
+
 def coordinate_columns(frame: pd.DataFrame) -> dict[str, list[str]]:
     """Projection columns by kind: ``{"pca": [PC1..], "umap2": [UMAP1, UMAP2], "umap3": [UMAP3D_1..3]}``."""
     pcs = sorted((c for c in frame.columns if c.startswith("PC") and c[2:].isdigit()), key=lambda c: int(c[2:]))
