@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -124,3 +126,28 @@ def test_cli_import_then_predict(tmp_path, images, capsys):
     assert "p_Mo-WSe2" in out and "scan0.png" in out
     assert main(["import-model", str(tmp_path / "mtc.pth"), "--arch", "resnet18", "--task", "mtc", "--classes",
                  "MoS2,WS2", "--out", str(tmp_path / "run2")]) == 2
+
+
+def test_precompute_uses_an_imported_run_instead_of_training(tmp_path, monkeypatch):
+    import dataclasses
+
+    from tmdafm_core import pipeline, results, training
+
+    torch.save(_paper_model(5).state_dict(), tmp_path / "mtc.pth")
+    run_dir = import_model(tmp_path / "mtc.pth", tmp_path / "run", arch="resnet18", task="mtc", classes=CLASSES)
+    calls = []
+    monkeypatch.setattr(training, "fit_fold", lambda *args, **kwargs: calls.append(args))
+    profile = dataclasses.replace(pipeline.PROFILES["tiny"], umap_dims=())
+    store = tmp_path / "store"
+    statuses = {r.step: r.status for r in pipeline.precompute(store, profile=profile, steps=["latent-mtc"],
+                                                             runs=[run_dir])}
+    assert statuses["mtc"] == "computed" and calls == []  # copied, not trained
+    assert json.loads((store / "runs" / "mtc" / "config.json").read_text())["mode"] == "imported"
+    table = results.predictions(store, "mtc")
+    assert len(table) == profile.n and set(table["predicted"]) <= set(CLASSES)
+    assert results.run_metrics(store, "mtc") is None  # no invented scores
+    again = {r.step: r.status for r in pipeline.precompute(store, profile=profile, steps=["latent-mtc"],
+                                                          runs=[run_dir])}
+    assert again["mtc"] == again["latent-mtc"] == "from cache"
+    with pytest.raises(ValueError, match="not a run directory"):
+        pipeline.precompute(store, profile=profile, steps=["mtc"], runs=[tmp_path])

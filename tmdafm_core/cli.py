@@ -298,6 +298,9 @@ def _add_reproduce(sub) -> None:
                         "5 folds; GPU); tiny: a minute (default: demo)")
     p.add_argument("--cache", type=Path, metavar="CACHE", help="store to fill and reuse (default: DIR/store)")
     p.add_argument("--descriptors", choices=("physical", "paper"), help="descriptor set (default: the profile's)")
+    p.add_argument("--run", action="append", type=Path, metavar="RUN", dest="runs",
+                   help="existing run (tmdafm train or import-model, e.g. the paper's published model) to use as the "
+                        "MtC or MtL run instead of training; repeat for both")
     p.add_argument("--formats", type=_comma_list, default="png,svg,pdf",
                    help="static figure formats, drawn with Chromium when found; '' for HTML and CSV only "
                         "(default: png,svg,pdf)")
@@ -309,7 +312,7 @@ def _run_reproduce(args) -> int:
     if args.data is not None and not args.data.exists():
         raise FileNotFoundError(f"{args.data}: no such file or folder; give a data set folder or manifest CSV")
     made, missing = reproduce(args.data, args.out, profile=profile_for(args.profile, descriptors=args.descriptors),
-                              cache=args.cache, formats=tuple(args.formats), progress=True)
+                              cache=args.cache, formats=tuple(args.formats), progress=True, runs=args.runs)
     for artifact in made:
         print(f"{artifact.key:20s} {artifact.title}")
     for key, reason in missing.items():
@@ -606,6 +609,9 @@ def _add_precompute(sub) -> None:
                         "tiny: 80 images, 1 epoch, under a minute (tests). Options below override it")
     p.add_argument("--steps", type=_comma_list,
                    help="comma list of steps to run (with the steps they read); default: all")
+    p.add_argument("--run", action="append", type=Path, metavar="RUN", dest="runs",
+                   help="use this existing run (tmdafm train or import-model output) as the store's run of its task "
+                        "instead of training one; repeat for MtC and MtL")
     group = p.add_argument_group("profile overrides")
     for field in fields(Profile):
         if field.name == "name":
@@ -625,7 +631,7 @@ def _run_precompute(args) -> int:
     profile = dataclasses.replace(PROFILES[args.profile], **overrides)
     if args.data is not None and not args.data.exists():
         raise FileNotFoundError(f"{args.data}: no such file or folder; give a data set folder or manifest CSV")
-    results = precompute(args.out, args.data, profile=profile, progress=True, steps=args.steps)
+    results = precompute(args.out, args.data, profile=profile, progress=True, steps=args.steps, runs=args.runs)
     print(format_summary(results, args.out))
     return 0
 

@@ -177,6 +177,8 @@ def axis_title(column: str, explained: dict | None = None) -> str:
     if column.startswith("PC"):
         ratio = (explained or {}).get(column)
         return f"{column} score" + (f" ({100 * ratio:.1f} % of variance)" if ratio is not None else "")
+    if not column.startswith("UMAP"):
+        return column
     number = column.split("_")[-1] if column.startswith("UMAP3D_") else column[4:]
     return f"UMAP {number} (arbitrary units)"
 

@@ -523,6 +523,7 @@ class _Context:
         self.cache, self.data, self.profile, self.progress = cache, data, profile, progress
         self.records = read_record(cache)
         self._manifest = None
+        self.given_runs = {}
 
     @property
     def manifest(self) -> pd.DataFrame:
@@ -619,6 +620,12 @@ def _train_run(ctx: _Context, task: str):
     from .training import cross_validate
 
     target = ctx.cache / RUNS_DIR / task
+    if task in ctx.given_runs:  # an existing run stands in for training: a copy, so the store stays whole
+        staging = target.with_name(f".{task}.given")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(ctx.given_runs[task], staging)
+        _swap_in(staging, target)
+        return _files_under(target)
     compat = {"task": task, "train": _run_options(ctx), "inputs": {"dataset": ctx.records["dataset"]["output"]}}
     staging = _staging(target, compat, reuse=True)
     cross_validate(ctx.manifest, staging, task=task, presplit=True, save_optimizer=False, progress=ctx.bars,
@@ -765,6 +772,10 @@ def _settings(ctx: _Context, step: str) -> dict:
 
         return {"code": FEATURE_CODE_VERSION, "paper_pixels": profile.descriptors == "paper"}
     if step in ("mtc", "mtl"):
+        if step in ctx.given_runs:
+            folder = ctx.given_runs[step]
+            return {"task": step, "given": str(folder),
+                    "digests": {p.name: file_digest(p) for p in sorted(folder.iterdir()) if p.is_file()}}
         return {"task": step, "train": _run_options(ctx)}
     if step == "sequential":
         return {"train": ctx.train, "order": ctx.order, "volumes": [str(v) for v in profile.volumes],
@@ -888,7 +899,30 @@ def _with_dependencies(steps) -> list[str]:
     return [step for step in STEPS if step in wanted]
 
 
-def precompute(cache_dir, data=None, *, profile="demo", progress=None, steps=None) -> list[StepResult]:
+def given_runs(paths) -> dict:
+    """``{task: run directory}`` of existing runs (``tmdafm train`` or ``import-model`` output) named by path.
+
+    Each folder's ``config.json`` says its task; two runs of one task, or a folder that is no run, are refused.
+    """
+    import json
+
+    runs = {}
+    for path in map(Path, paths or ()):
+        config = path / "config.json"
+        try:
+            task = json.loads(config.read_text()).get("task")
+        except (OSError, ValueError):
+            raise ValueError(f"{path}: not a run directory (no readable config.json); give a folder written by "
+                             "`tmdafm train` or `tmdafm import-model`") from None
+        if task not in ("mtc", "mtl") or not any(path.glob("fold*.pt")):
+            raise ValueError(f"{path}: not an image run with fold checkpoints (task {task!r})")
+        if task in runs:
+            raise ValueError(f"two {task} runs given ({runs[task]}, {path}); give one per task")
+        runs[task] = path.resolve()
+    return runs
+
+
+def precompute(cache_dir, data=None, *, profile="demo", progress=None, steps=None, runs=None) -> list[StepResult]:
     """Build every artifact the app shows into the store, skipping what is already there and still valid.
 
     Steps (:data:`STEPS`): read or generate the data set and split it → thumbnails and their atlas → physical
@@ -917,6 +951,9 @@ def precompute(cache_dir, data=None, *, profile="demo", progress=None, steps=Non
         ``True``: a line per step and tqdm bars with ETAs on stderr; a callable receives ``(step, done, total)``.
     steps : sequence of str, optional
         Only these steps (and the steps they read); default all.
+    runs : sequence of path, optional
+        Existing run directories (:func:`given_runs`) used as the store's MtC / MtL runs instead of training them
+        (e.g. a model imported with ``tmdafm import-model``); copied into the store.
 
     Returns
     -------
@@ -924,12 +961,14 @@ def precompute(cache_dir, data=None, *, profile="demo", progress=None, steps=Non
         One per step run, in order (:func:`format_summary` prints them).
     """
     profile = _resolve_profile(profile)
+    runs = given_runs(runs)
     cache_dir = Path(cache_dir)
     if cache_dir.exists() and not cache_dir.is_dir():
         raise ValueError(f"{cache_dir}: exists and is not a folder; give a folder for the store")
     wanted = _with_dependencies(STEPS if steps is None else steps)
     results = []
     ctx = _Context(cache_dir, data, profile, progress)
+    ctx.given_runs = runs
     for number, step in enumerate(wanted, 1):
         # One writer per step (a lock per step, not per run: the app's own preparation of the data set and
         # thumbnails goes ahead once another precompute has finished those steps).

@@ -186,6 +186,18 @@ def _table3_4(ctx: _Context) -> list[Artifact]:
     return artifacts
 
 
+def _stored_run_settings(store: Path) -> dict:
+    """What made the store's MtC / MtL runs, from their config.json (trained or imported)."""
+    settings = {}
+    for task in ("mtc", "mtl"):
+        path = store / "runs" / task / "config.json"
+        if path.is_file():
+            config = json.loads(path.read_text())
+            keep = ("mode", "arch", "weights", "epochs", "folds", "lr", "batch_size", "image_size", "source")
+            settings[task] = ", ".join(f"{k}={config[k]}" for k in keep if config.get(k) not in (None, ""))
+    return settings
+
+
 def _table4(ctx: _Context) -> Artifact:
     from .results import metrics_table
 
@@ -193,7 +205,7 @@ def _table4(ctx: _Context) -> Artifact:
     if table.empty:
         raise NotMade("the store holds no MtC/MtL runs")
     return Artifact("table4", "MtC vs MtL: accuracy and macro-F1 per partition (mean, sample std over folds)",
-                    [_write_table(ctx, "table4", table)], _run_settings(ctx.options),
+                    [_write_table(ctx, "table4", table)], _stored_run_settings(ctx.store),
                     ["MtL (paper rule) scores the MtL models by the paper's strict decoding"])
 
 
@@ -226,7 +238,7 @@ def _figure3(ctx: _Context) -> Artifact:
                                    matrix.reset_index(), title)
     if not files:
         raise NotMade("the store holds no MtC/MtL runs")
-    return Artifact("figure3", "Test confusion matrices", files, _run_settings(ctx.options))
+    return Artifact("figure3", "Test confusion matrices", files, _stored_run_settings(ctx.store))
 
 
 def _figure4(ctx: _Context) -> Artifact:
@@ -366,10 +378,11 @@ def _figure_s12(ctx: _Context) -> Artifact:
         axes[name] = scores @ (coef / np.linalg.norm(coef))
     material = "label" if "label" in joined else "material"
     points = pd.DataFrame({"image": joined["image"], "material": joined[material],
-                           f"along {first}": axes[first], f"along {second}": axes[second]})
+                           f"along the {first} regression direction": axes[first],
+                           f"along the {second} regression direction": axes[second]})
     colour = colour_spec(points["material"], kind="category", title="material")
     title = f"Images along the regression directions of {first} and {second} (MtC latent PCs)"
-    figure = latent_scatter_figure(points, x=f"along {first}", y=f"along {second}", colour=colour, title=title)
+    figure = latent_scatter_figure(points, x=points.columns[2], y=points.columns[3], colour=colour, title=title)
     return Artifact("figureS12", title, _write_figure(ctx, "figureS12", figure, points, title),
                     {"latent": "pre-relu", "pcs": len(pcs), "descriptors": [first, second]},
                     ["the two descriptors with the highest regression R; directions fitted on PC scores by least "
@@ -416,8 +429,8 @@ def _readme(made: list[Artifact], missing: dict[str, str], profile, data, store:
 
 # --- the command ------------------------------------------------------------------------------------------------
 
-def reproduce(data, out_dir, *, profile="demo", cache=None, formats=("png", "svg", "pdf"),
-              progress=None) -> tuple[list[Artifact], dict[str, str]]:
+def reproduce(data, out_dir, *, profile="demo", cache=None, formats=("png", "svg", "pdf"), progress=None,
+              runs=None) -> tuple[list[Artifact], dict[str, str]]:
     """Write every table and figure of the paper that the inputs allow into ``out_dir``.
 
     Parameters
@@ -434,6 +447,9 @@ def reproduce(data, out_dir, *, profile="demo", cache=None, formats=("png", "svg
         Static image formats (drawn with a Chromium browser when one is found; empty: HTML and CSV only).
     progress : callable, optional
         ``progress(message)`` for each stage; ``True`` also shows precompute's bars.
+    runs : sequence of path, optional
+        Existing MtC / MtL run directories to use instead of training them (e.g. the paper's published models
+        imported with ``tmdafm import-model``).
 
     Returns
     -------
@@ -448,7 +464,7 @@ def reproduce(data, out_dir, *, profile="demo", cache=None, formats=("png", "svg
     store = Path(cache) if cache is not None else out / "store"
     if callable(progress):
         progress("store: precompute " + profile.name)
-    precompute(store, data, profile=profile, progress=progress if progress is True else None)
+    precompute(store, data, profile=profile, progress=progress if progress is True else None, runs=runs)
     state_path = out / "reproduce.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     state.pop("_static_unavailable", None)
