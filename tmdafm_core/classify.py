@@ -35,9 +35,10 @@ from .selection import percentile_of, read_features
 MAX_FILES = 20
 #: Largest accepted file (bytes).
 MAX_FILE_BYTES = 32 * 2**20
-#: Image sides outside MIN_SIDE_PX..MAX_SIDE_PX px are refused (descriptors need 32 px; 8192 px bounds memory).
+#: Image sides outside MIN_SIDE_PX..MAX_SIDE_PX px are refused (descriptors need 32 px; 4096 px, 16 Mpx, bounds
+#: an upload's memory and time: an 8192 px upload took 76 s and 10 GB).
 MIN_SIDE_PX = MIN_SIZE_PX
-MAX_SIDE_PX = 8192
+MAX_SIDE_PX = 4096
 #: Largest side of the images sent back to the browser (image and CAM overlay).
 DISPLAY_PX = 384
 N_NEIGHBOURS = 6

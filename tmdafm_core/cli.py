@@ -83,6 +83,30 @@ def _comma_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def _fold_choice(text: str):
+    """argparse type of --fold: ``best`` or a fold number."""
+    if text == "best":
+        return text
+    try:
+        fold = int(text)
+    except ValueError:
+        fold = -1
+    if fold < 0:
+        raise argparse.ArgumentTypeError(f"takes a fold number (0, 1, ...) or best, got {text!r}")
+    return fold
+
+
+def _image_side(text: str) -> int:
+    """argparse type of --image-size: a whole number of pixels, 32..4096 (a ResNet needs 32 px or more)."""
+    try:
+        side = int(text)
+    except ValueError:
+        side = 0
+    if not 32 <= side <= 4096:
+        raise argparse.ArgumentTypeError(f"takes a side in pixels from 32 to 4096, got {text!r}")
+    return side
+
+
 def _number_list(kind):
     def parse(text: str):
         try:
@@ -149,7 +173,7 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default="imagenet-v1",
                    help="imagenet-v1, imagenet-v2 (ResNet50/101/152), none (scratch), or a .pth state dict / run "
                         "checkpoint; ImageNet files come from $TORCH_HOME/hub/checkpoints (default: imagenet-v1)")
-    p.add_argument("--image-size", type=int, help="model input side in px (default: the images' size if all "
+    p.add_argument("--image-size", type=_image_side, help="model input side in px (default: the images' size if all "
                                                   "equal and square, else 224)")
 
 
@@ -225,7 +249,8 @@ def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="material and class/element probabilities per image, one row per image")
     p.add_argument("run", type=Path, help="run directory written by `tmdafm train`")
     p.add_argument("images", type=Path, nargs="+", metavar="IMAGE", help="image files")
-    p.add_argument("--fold", default="best", help="fold to use (default: best, the best validation macro-F1)")
+    p.add_argument("--fold", type=_fold_choice, default="best",
+                   help="fold to use (default: best, the best validation macro-F1)")
     p.add_argument("--cam", type=Path, metavar="OUTDIR", help="write class-activation-map overlays (PNG) here")
     p.add_argument("--cam-kind", choices=("paper", "grad"), default="paper",
                    help="paper: summed last feature maps; grad: Grad-CAM of the predicted class (default: paper)")
@@ -240,7 +265,7 @@ def _run_predict(args) -> int:
     from tmdafm_core.data import load_image
     from tmdafm_core.training import load_run, predict
 
-    run = load_run(args.run, args.fold if args.fold == "best" else int(args.fold), device=args.device)
+    run = load_run(args.run, args.fold, device=args.device)
     result = predict(run, [str(p) for p in args.images], cam=args.cam_kind if args.cam else False)
     print(result.to_frame().to_csv(index=False, float_format="%.4f"), end="")
     if args.cam:
@@ -270,7 +295,7 @@ def _add_import_model(sub) -> None:
                         "apart (MtL), e.g. MoS2,WS2,WSe2,MoSe2,Mo-WSe2")
     p.add_argument("--elements", type=_comma_list,
                    help="MtL output order (default: the classes' elements in the paper's order Mo,W,S,Se)")
-    p.add_argument("--image-size", type=int, help="resize images to this side (default: each image's own size)")
+    p.add_argument("--image-size", type=_image_side, help="resize images to this side (default: each image's own size)")
     p.add_argument("--out", type=Path, required=True, metavar="RUN", help="run directory to write (new or empty)")
 
 
@@ -338,7 +363,8 @@ def _add_latent(sub) -> None:
     p.add_argument("--method", choices=("pca", "umap"), default="pca",
                    help="pca: PCA only; umap: PCA plus 2-D and 3-D UMAP (seeded; ~10 s for 1k images) "
                         "(default: pca)")
-    p.add_argument("--fold", default="best", help="fold model of RUN: a number or best (best validation macro-F1)")
+    p.add_argument("--fold", type=_fold_choice, default="best",
+                   help="fold model of RUN: a number or best (best validation macro-F1)")
     p.add_argument("--latent", choices=("pre-relu", "post-relu"), default="pre-relu",
                    help="RUN's latent features: the head's hidden outputs before its ReLU (the paper's) or after "
                         "(default: pre-relu)")
@@ -368,6 +394,9 @@ def _run_latent(args) -> int:
         write_latent_outputs,
     )
 
+    if args.features is not None and not args.features.is_file():  # before the (long) embedding
+        raise FileNotFoundError(f"{args.features}: no such descriptor table (--features); make it with "
+                                "`tmdafm features DATA --out CSV`")
     if args.source.is_dir():
         if args.data is None:
             raise ValueError(f"{args.source} is a run directory: give the DATA to embed after it")
@@ -459,7 +488,7 @@ def _experiment_options(p: argparse.ArgumentParser, *, single_model: bool = True
                                          "(default: imagenet-v1)")
     p.add_argument("--epochs", type=int, help="epochs per fold (default: 60)")
     p.add_argument("--folds", type=int, help="cross-validation folds (default: 5)")
-    p.add_argument("--image-size", type=int, help="model input side in px (default: the images' own size)")
+    p.add_argument("--image-size", type=_image_side, help="model input side in px (default: the images' own size)")
     p.add_argument("--lr", type=float, help="Adam learning rate (default: 7.5e-5)")
     p.add_argument("--batch-size", type=int, help="images per batch (default: 32)")
     p.add_argument("--dropout", type=float, help="dropout of the head (default: 0)")

@@ -12,6 +12,33 @@ from pathlib import Path
 import numpy as np
 
 IMAGE_SUFFIXES = frozenset({".tif", ".tiff", ".png", ".jpg", ".jpeg"})
+#: Largest image (pixels) read, checked from the header before any pixel is decoded: a tiny compressed file can
+#: hold a huge image. ``TMDAFM_MAX_PIXELS`` sets another limit.
+MAX_PIXELS = 64 * 2**20
+
+
+def max_pixels() -> int:
+    import os
+
+    value = os.environ.get("TMDAFM_MAX_PIXELS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else MAX_PIXELS
+
+
+def _check_file(path: Path) -> None:
+    """Refuse what is not a regular file (a FIFO or device named ``x.tif`` would block the reader forever)."""
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{path}: not a regular file (a folder, FIFO, socket or device); give an image file")
+
+
+class ImageTooLarge(ValueError):
+    """An image with more pixels than :func:`max_pixels` allows."""
+
+
+def _check_pixels(height: int, width: int, path: Path) -> None:
+    limit = max_pixels()
+    if int(height) * int(width) > limit:
+        raise ImageTooLarge(f"{path}: {width} x {height} px is more than the {limit / 2**20:.0f} Mpx read at most "
+                         "(crop or downsample it, or set TMDAFM_MAX_PIXELS)")
 
 #: Scan size assumed when neither the file nor the manifest gives the pixel size: the paper's 1 µm crops.
 DEFAULT_SCAN_SIZE_NM = 1000.0
@@ -74,6 +101,7 @@ def probe_image(path) -> tuple[int, int, float | None]:
     path = Path(path)
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"{path}: unsupported image type {path.suffix!r}; use one of {sorted(IMAGE_SUFFIXES)}")
+    _check_file(path)
     try:
         if _is_tiff(path):
             import tifffile
@@ -89,6 +117,7 @@ def probe_image(path) -> tuple[int, int, float | None]:
     except Exception as exc:  # any decoder failure means the same thing to the user
         raise ValueError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
     height, width = _plane_shape(shape, path)
+    _check_pixels(height, width, path)
     return height, width, pixel_nm
 
 
@@ -171,6 +200,7 @@ def load_image(path, *, pixel_size_nm: float | None = None, scaling: str = "min-
     path = Path(path)
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"{path}: unsupported image type {path.suffix!r}; use one of {sorted(IMAGE_SUFFIXES)}")
+    _check_file(path)
     tag_pixel_nm = None
     try:
         if _is_tiff(path):
@@ -178,16 +208,20 @@ def load_image(path, *, pixel_size_nm: float | None = None, scaling: str = "min-
 
             with tifffile.TiffFile(path) as tif:
                 page = tif.pages[0]
+                _check_pixels(*_plane_shape(page.shape, path), path)
                 raw = page.asarray()
                 tag_pixel_nm = tiff_pixel_size_nm(page)
         else:
             from PIL import Image
 
             with Image.open(path) as im:
+                _check_pixels(im.size[1], im.size[0], path)
                 im.load()
                 if im.mode in ("P", "LA", "PA", "1", "CMYK", "YCbCr", "HSV"):
                     im = im.convert("RGBA" if "A" in im.mode else "RGB")
                 raw = np.asarray(im)
+    except ImageTooLarge:
+        raise
     except Exception as exc:  # decoder errors differ per library; the user needs one message
         raise ValueError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
     if raw.size == 0:

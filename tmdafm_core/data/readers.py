@@ -91,7 +91,9 @@ def _image_files(folder: Path, collector: _Collector) -> list[Path]:
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or path.is_dir():
             continue
-        if path.suffix.lower() in IMAGE_SUFFIXES:
+        if not path.is_file():
+            collector.skip(path, "not a regular file (FIFO, socket or device)")
+        elif path.suffix.lower() in IMAGE_SUFFIXES:
             files.append(path)
         elif path.name.lower() not in _IGNORED_NAMES:
             collector.skip(path, f"not an image type (expected one of {sorted(IMAGE_SUFFIXES)})")
@@ -270,8 +272,14 @@ def read_manifest_csv(csv_path, *, strict: bool = False) -> pd.DataFrame:
                 raise ValueError(f"{csv_path}: line {line}: split {split!r} is not one of train/val/test")
             split = _SPLIT_ALIASES[str(split).lower()]
         pixel_nm = row.get("pixel_size_nm", None)
-        if pixel_nm is not None and not pd.isna(pixel_nm) and not float(pixel_nm) > 0:
-            raise ValueError(f"{csv_path}: line {line}: pixel_size_nm must be positive, got {pixel_nm}")
+        if pixel_nm is not None and not pd.isna(pixel_nm):
+            try:
+                pixel_nm = float(pixel_nm)
+            except (TypeError, ValueError):
+                raise ValueError(f"{csv_path}: line {line}: column pixel_size_nm: {pixel_nm!r} is not a number "
+                                 "(nm per pixel)") from None
+            if not (np.isfinite(pixel_nm) and pixel_nm > 0):
+                raise ValueError(f"{csv_path}: line {line}: pixel_size_nm must be positive, got {pixel_nm}")
         collector.add(path, material=material, sample_id=row["sample_id"], split=split, pixel_size_nm=pixel_nm,
                       extra={c: row[c] for c in extra_columns})
     return collector.manifest("manifest-csv")
