@@ -77,7 +77,30 @@ def create_app(cache_dir=None) -> Dash:
     )
     configure(app, cache_dir)
     app.layout = _layout
+    app.server.before_request(_refuse_foreign_host)
     return app
+
+
+#: Host names a loopback app answers to; ``serve`` adds the one it listens on. Any other Host header is refused, so
+#: a web page that rebinds its own domain to 127.0.0.1 (DNS rebinding) cannot drive the app.
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def _host_name(header: str) -> str:
+    header = header.strip().lower()
+    if header.startswith("["):  # [::1]:8050
+        return header[1:].split("]", 1)[0]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def _refuse_foreign_host():
+    from flask import current_app, request
+
+    allowed = current_app.config.get("TMDAFM_ALLOWED_HOSTS", LOOPBACK_HOSTS)
+    if allowed is not None and _host_name(request.host or "") not in allowed:
+        return (f"Host {request.host!r} is not one this app is served as ({', '.join(sorted(allowed))}); "
+                "start it with --host NAME to serve it under another name", 403)
+    return None
 
 
 def _layout() -> html.Div:
@@ -173,6 +196,9 @@ def serve(cache_dir, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, debu
     from tmdafm_core.pipeline import complete_store, store_ready
 
     configure(app, cache_dir, profile=profile)
+    # Listening on every interface is an explicit choice to be reached under any name; otherwise loopback + --host.
+    app.server.config["TMDAFM_ALLOWED_HOSTS"] = None if host in ("0.0.0.0", "::", "") else \
+        LOOPBACK_HOSTS | {_host_name(host)}
     cache = app.server.config["TMDAFM_CACHE"]
     missing = _build.step_states(cache, app.server.config["TMDAFM_PROFILE"])[1]
     if missing:

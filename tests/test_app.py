@@ -174,3 +174,14 @@ def test_poll_reloads_only_a_page_whose_step_landed(tmp_path):
 def test_app_command_rejects_a_bad_port(capsys):
     assert tmdafm(["app", "--port", "70000"]) == 2
     assert "--port must be in 1..65535" in capsys.readouterr().err
+
+
+def test_the_app_answers_only_to_the_hosts_it_is_served_as():
+    import app as app_module
+
+    client = app_module.app.server.test_client()
+    assert client.get("/", headers={"Host": "127.0.0.1:8050"}).status_code == 200
+    assert client.get("/", headers={"Host": "localhost"}).status_code == 200
+    refused = client.get("/", headers={"Host": "attacker.example:8050"})
+    assert refused.status_code == 403 and b"not one this app is served as" in refused.data
+    assert app_module._host_name("[::1]:8050") == "::1"

@@ -159,3 +159,19 @@ def test_graph_config_names_the_png_and_sets_print_scale():
     assert config["toImageButtonOptions"] == {"format": "png", "filename": "tmdafm_scores",
                                               "scale": export.PRINT_SCALE}
     assert config["displaylogo"] is False
+
+
+def test_export_never_renders_sources_the_client_named_and_escapes_the_title():
+    import plotly.graph_objects as go
+
+    from tmdafm_core.export import figure_html, without_external_sources
+
+    figure = go.Figure(go.Scatter(x=[1], y=[1]))
+    figure.add_layout_image(source="file:///etc/passwd", x=0, y=0)
+    figure.add_layout_image(source="http://169.254.169.254/latest/meta-data", x=0, y=0)
+    figure.add_layout_image(source="data:image/png;base64,iVBORw0KGgo=", x=0, y=0)
+    cleaned = without_external_sources(figure)
+    assert [image.source for image in cleaned.layout.images] == ["data:image/png;base64,iVBORw0KGgo="]
+    page = figure_html(figure, title="</title><script>alert(1)</script>")
+    assert "<script>alert(1)</script>" not in page.split("</title>", 1)[0] + "</title>"
+    assert "&lt;/title&gt;&lt;script&gt;" in page

@@ -224,6 +224,61 @@ def test_cli_precompute_prints_the_summary(built, tmp_path, capsys):
     assert main(["precompute", "--out", str(cache), "--steps", "nothing"]) == 2
 
 
+def test_precompute_refuses_a_folder_of_the_users_files(tmp_path, capsys):
+    from tmdafm_core.cli import main
+
+    folder = tmp_path / "my_results"
+    (folder / "thumbnails").mkdir(parents=True)
+    (folder / "thumbnails" / "notes.txt").write_text("mine")
+    (folder / "features.csv").write_text("image,x\n")
+    with pytest.raises(ValueError, match="not empty and not a tmdafm store"):
+        pipeline.precompute(folder, profile=PROFILE, steps=["dataset"])
+    assert main(["precompute", "--out", str(folder), "--profile", "tiny", "--steps", "dataset"]) == 2
+    assert "not empty and not a tmdafm store" in capsys.readouterr().err
+    assert (folder / "thumbnails" / "notes.txt").read_text() == "mine"
+    assert (folder / "features.csv").read_text() == "image,x\n"
+    assert not (folder / "dataset").exists()
+
+
+def test_inside_a_store_only_recorded_files_are_replaced(built, tmp_path):
+    cache = _link_copy(built[0], tmp_path / "cache")
+    assert (cache / pipeline.STORE_MARKER).is_file()
+    (cache / "latent" / "mtc" / "my_analysis.csv").write_text("mine")
+    with pytest.raises(ValueError, match=r"latent/mtc: holds 1 file\(s\) the store did not write"):
+        pipeline.precompute(cache, profile=dataclasses.replace(PROFILE, n_boot=21), steps=["latent-mtc"])
+    assert (cache / "latent" / "mtc" / "my_analysis.csv").read_text() == "mine"
+    (cache / "latent" / "mtc" / "my_analysis.csv").unlink()
+    results = {r.step: r.status for r in pipeline.precompute(cache, profile=dataclasses.replace(PROFILE, n_boot=21),
+                                                             steps=["latent-mtc"])}
+    assert results["latent-mtc"] == "computed"
+
+
+def test_a_checkpoint_damaged_without_changing_its_size_is_found_and_made_again(built, tmp_path):
+    """The audit's case: bytes of a large checkpoint overwritten in place, same size; it used to be "from the cache"
+    and predict printed NaN probabilities."""
+    import torch
+
+    from tmdafm_core.training import load_run, predict
+
+    cache = _link_copy(built[0], tmp_path / "cache")
+    checkpoint = cache / "runs" / "mtc" / "fold0.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    state["model"]["head.out.bias"] = torch.full_like(state["model"]["head.out.bias"], float("nan"))
+    damaged = tmp_path / "damaged.pt"
+    torch.save(state, damaged)
+    size = checkpoint.stat().st_size
+    checkpoint.unlink()  # the store's files are hard links of the module's; replace, do not write through
+    checkpoint.write_bytes(damaged.read_bytes().ljust(size, b"\0")[:size])
+    assert checkpoint.stat().st_size == size
+    run = load_run(cache / "runs" / "mtc", 0)
+    manifest = pipeline.load_manifest(cache)
+    with pytest.raises(ValueError, match="non-finite outputs .* fold0.pt is damaged"):
+        predict(run, list(manifest["path"][:2]))
+    results = {r.step: r for r in pipeline.precompute(cache, profile=PROFILE, steps=["mtc"])}
+    assert results["mtc"].status == "computed"
+    assert results["mtc"].reason == "corrupt: runs/mtc/fold0.pt: content changed since it was written"
+
+
 def test_paper_descriptors_are_built_recorded_and_rebuildable(built, tmp_path, capsys):
     from tmdafm_core.cli import main
     from tmdafm_core.features import FEATURE_COLUMNS, compute_all

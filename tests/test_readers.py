@@ -46,13 +46,13 @@ def test_class_folders(tmp_path):
     for material in ("MoS2", "WSe2"):
         (tmp_path / material).mkdir()
         for i in range(3):
-            Image.fromarray((np.random.default_rng(i).random((20, 30)) * 255).astype(np.uint8)).save(
+            Image.fromarray((np.random.default_rng(i).random((40, 60)) * 255).astype(np.uint8)).save(
                 tmp_path / material / f"scan{i}.png")
     manifest = read_dataset(tmp_path)
     assert manifest.attrs["source"] == "class-folders"
     assert sorted(manifest["material"].unique()) == ["MoS2", "WSe2"]
     assert manifest["sample_id"].nunique() == 6  # no sample ids in the names: one sample per image
-    assert manifest.attrs["notes"] and manifest["pixel_size_nm"].iloc[0] == pytest.approx(1000 / 30)
+    assert manifest.attrs["notes"] and manifest["pixel_size_nm"].iloc[0] == pytest.approx(1000 / 60)
 
 
 def test_class_folder_with_no_images_is_an_error(tmp_path):
@@ -74,7 +74,7 @@ def test_manifest_csv_with_extra_columns(tmp_path):
     images.mkdir()
     rows = []
     for i, material in enumerate(["MoS2", "WS2", "MoS2", "Mo-WSe2"]):
-        save_tiff(images / f"{i}.tif", np.random.default_rng(i).random((16, 16)), pixel_size_nm=2.0)
+        save_tiff(images / f"{i}.tif", np.random.default_rng(i).random((32, 32)), pixel_size_nm=2.0)
         rows.append({"path": f"img/{i}.tif", "material": material, "sample_id": f"s{i // 2}",
                      "split": ["train", "val", "test", "train"][i], "pixel_size_nm": 8.0, "truth_x": i * 1.5})
     pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
@@ -101,7 +101,7 @@ def test_manifest_csv_errors(tmp_path, change, match):
 
 
 def test_manifest_csv_missing_file_is_skipped(tmp_path):
-    save_tiff(tmp_path / "0.tif", np.zeros((4, 4)), pixel_size_nm=1.0)
+    save_tiff(tmp_path / "0.tif", np.zeros((32, 32)), pixel_size_nm=1.0)
     pd.DataFrame({"path": ["0.tif", "gone.tif"], "material": ["MoS2", "WS2"], "sample_id": ["a", "b"]}).to_csv(
         tmp_path / "m.csv", index=False)
     manifest = read_dataset(tmp_path / "m.csv")
@@ -112,7 +112,7 @@ def test_manifest_csv_missing_file_is_skipped(tmp_path):
 
 def test_plain_image_folder(tmp_path):
     for i in range(3):
-        Image.fromarray(np.full((5, 5), i * 40, np.uint8)).save(tmp_path / f"scan {i}.png")
+        Image.fromarray(np.full((40, 40), i * 40, np.uint8)).save(tmp_path / f"scan {i}.png")
     manifest = read_dataset(tmp_path)
     assert manifest.attrs["source"] == "images"
     assert manifest["material"].isna().all() and manifest["split"].isna().all()

@@ -342,3 +342,18 @@ def test_paper_mtl_rule_calls_an_impossible_element_vector_unknown():
     assert decode_classes(logits, "mtl", matrix).tolist() == [0, 0, 1]
     scores = classification_scores(np.array([0, 0, 1]), decode_strict(logits, matrix).numpy(), 3)
     assert scores["accuracy"] == pytest.approx(1 / 3)  # unknown counts as an error
+
+
+def test_predict_skips_bad_files_and_refuses_tiny_images(mtc_run, stripes, tmp_path, capsys):
+    good = str(stripes["path"].iloc[0])
+    (tmp_path / "broken.tif").write_bytes(b"II*\x00" + b"\x00" * 20)
+    save_tiff(tmp_path / "tiny.tif", np.random.default_rng(0).random((1, 1)), pixel_size_nm=4.0)
+    run = load_run(mtc_run[0])
+    with pytest.raises(ValueError, match="too small to classify"):
+        predict(run, [str(tmp_path / "tiny.tif")])
+    result = predict(run, [good, str(tmp_path / "broken.tif"), str(tmp_path / "tiny.tif")], on_error="skip")
+    assert result.images == [good] and [p.rsplit("/", 1)[-1] for p, _ in result.skipped] == ["broken.tif", "tiny.tif"]
+    assert main(["predict", str(mtc_run[0]), good, str(tmp_path / "tiny.tif")]) == 0
+    captured = capsys.readouterr()
+    assert "tiny.tif: 1 x 1 px is too small" in captured.err and len(captured.out.strip().splitlines()) == 2
+    assert main(["predict", str(mtc_run[0]), good, str(tmp_path / "tiny.tif"), "--strict"]) == 2

@@ -145,6 +145,8 @@ def _training_options(p: argparse.ArgumentParser) -> None:
                         "AVX512-BF16/AMX) (default: auto)")
     p.add_argument("--seed", type=int, default=0, help="seed of split, initialisation, sampling, flips (default: 0)")
     p.add_argument("--dask", metavar="ADDR", help="run the folds as tasks on this Dask scheduler")
+    p.add_argument("--allow-duplicates", action="store_true",
+                   help="train although some images repeat others (same file or identical content)")
 
 
 def _fit(data, args, **model_options) -> int:
@@ -153,7 +155,7 @@ def _fit(data, args, **model_options) -> int:
     options = dict(task=args.task, folds=args.folds, epochs=args.epochs, device=args.device,
                    precision=args.precision, seed=args.seed,
                    select=args.select, weighted_sampler=args.weighted_sampler, test_fraction=args.test_fraction,
-                   dask_address=args.dask, progress=True, **model_options)
+                   dask_address=args.dask, progress=True, allow_duplicates=args.allow_duplicates, **model_options)
     if len(args.lr) * len(args.dropout) * len(args.batch_size) > 1 and not model_options.get("tune"):
         table = grid_search(data, args.out, lr=args.lr, dropout=args.dropout, batch_size=args.batch_size, **options)
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
@@ -255,6 +257,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--cam-kind", choices=("paper", "grad"), default="paper",
                    help="paper: summed last feature maps; grad: Grad-CAM of the predicted class (default: paper)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    _strict_flag(p)
 
 
 def _run_predict(args) -> int:
@@ -266,11 +269,14 @@ def _run_predict(args) -> int:
     from tmdafm_core.training import load_run, predict
 
     run = load_run(args.run, args.fold, device=args.device)
-    result = predict(run, [str(p) for p in args.images], cam=args.cam_kind if args.cam else False)
+    result = predict(run, [str(p) for p in args.images], cam=args.cam_kind if args.cam else False,
+                     on_error="raise" if args.strict else "skip")
+    for path, reason in result.skipped:
+        _say(f"skipped {path}: {reason}")
     print(result.to_frame().to_csv(index=False, float_format="%.4f"), end="")
     if args.cam:
         args.cam.mkdir(parents=True, exist_ok=True)
-        for path, heat in zip(args.images, result.cams, strict=True):
+        for path, heat in zip(map(Path, result.images), result.cams, strict=True):
             image, _ = load_image(path)
             target = args.cam / f"{path.stem}_cam.png"
             Image.fromarray(overlay(image, heat)).save(target)
@@ -466,7 +472,10 @@ def _run_features(args) -> int:
     if args.pixel_size_nm is not None:
         manifest = manifest.assign(pixel_size_nm=float(args.pixel_size_nm))
     table = compute_table(manifest, jobs=args.jobs, dask_address=args.dask, cache=args.cache, progress=True,
-                          paper_pixels=args.paper_pixels)
+                          paper_pixels=args.paper_pixels, strict=args.strict)
+    _report_skipped(table)
+    if table.empty:
+        raise ValueError(f"{args.data}: no image could be measured; first: {table.attrs['skipped'][0][1]}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     table[["image", *FEATURE_COLUMNS]].to_csv(args.out, index=False)
     print(f"wrote {len(table)} images x {len(FEATURE_COLUMNS)} features to {args.out}")

@@ -127,13 +127,30 @@ def static_images(figure, formats=STATIC_FORMATS, *, scale: float = PRINT_SCALE,
 
 def figure_html(figure, *, title: str | None = None) -> str:
     """The figure as a self-contained interactive HTML page (plotly.js inlined: opens offline)."""
+    import html
+
     import plotly.graph_objects as go
 
     figure = go.Figure(figure)
     return figure.to_html(include_plotlyjs=True, full_html=True, config={"displaylogo": False},
                           div_id="figure", default_width="100%",
                           default_height=f"{_figure_size(figure)[1]}px") \
-        .replace("<head>", f"<head><title>{title or 'tmdafm figure'}</title>", 1)
+        .replace("<head>", f"<head><title>{html.escape(title or 'tmdafm figure')}</title>", 1)
+
+
+def without_external_sources(figure):
+    """The figure with every layout image that is not an inline ``data:`` URI removed.
+
+    A figure sent back by a browser may name ``file://`` or ``http://`` sources; the server's Chromium would read
+    them into the exported PNG/SVG (a local file or an internal URL leaking into a download).
+    """
+    import plotly.graph_objects as go
+
+    figure = go.Figure(figure)
+    kept = [image for image in figure.layout.images
+            if isinstance(image.source, str) and image.source.startswith("data:")]
+    figure.layout.images = kept
+    return figure
 
 
 def _plain(value):
@@ -216,7 +233,7 @@ def export_zip(figure, name: str, *, data: pd.DataFrame | None = None, formats=S
     import plotly.graph_objects as go
 
     stem = safe_name(name)
-    figure = go.Figure(figure)
+    figure = without_external_sources(go.Figure(figure))
     title = figure.layout.title.text if figure.layout.title and figure.layout.title.text else stem
     files: dict[str, bytes] = {f"{stem}.html": figure_html(figure, title=title).encode()}
     notes = []

@@ -56,6 +56,7 @@ from .store import (
     exclusive,
     file_digest,
     file_entries,
+    file_problem,
     make_key,
     open_store,
     read_json,
@@ -804,12 +805,9 @@ _STEP_PATHS = {"dataset": f"{DATASET_DIR}/{MANIFEST_NAME}", "thumbnails": f"{THU
 
 def _drop_damaged(cache: Path, files: dict) -> None:
     """Delete the recorded files that are no longer as written, so the resumable steps make them again."""
-    for name, (size, digest) in files.items():
+    for name, entry in files.items():
         path = cache / name
-        if not path.is_file():
-            continue
-        if (path.stat().st_size != size or (digest is not None and file_digest(path) != digest)
-                or (digest is None and check_file(path))):
+        if path.is_file() and file_problem(path, entry):
             path.unlink()
 
 
@@ -872,6 +870,10 @@ def _run_step(ctx: _Context, step: str) -> StepResult:
         return StepResult(step, "from cache", "", 0.0, path)
     if ctx.progress is True:
         print(f"tmdafm precompute: {step}: computing ({reason})", file=sys.stderr, flush=True)
+    foreign = _foreign_files(ctx, step) if ctx.records else []
+    if foreign:
+        raise ValueError(f"{ctx.cache / _STEP_OUTPUTS[step]}: holds {len(foreign)} file(s) the store did not write "
+                         f"(e.g. {foreign[0]}); move them out of the store, then run precompute again")
     _report(ctx.progress, f"{step}: computing ({reason})", 0, 1)
     if reason.startswith("corrupt"):
         _drop_damaged(ctx.cache, ctx.records[step].get("files", {}))
@@ -922,6 +924,46 @@ def given_runs(paths) -> dict:
     return runs
 
 
+#: Written when a store is created: ``precompute`` only ever writes into a folder that holds it (or that is empty).
+STORE_MARKER = ".tmdafm-store"
+#: Where each step writes; only files the store recorded there are ever replaced or removed.
+_STEP_OUTPUTS = {"thumbnails": THUMBNAILS_DIR, "descriptors": FEATURES_NAME, "mtc": f"{RUNS_DIR}/mtc",
+                 "mtl": f"{RUNS_DIR}/mtl", "sequential": SEQUENTIAL_DIR, "latent-mtc": f"{LATENT_DIR}/mtc",
+                 "latent-mtl": f"{LATENT_DIR}/mtl", "latent-sequential": f"{LATENT_DIR}/{SEQUENTIAL_DIR}"}
+
+
+def claim_store(cache_dir) -> Path:
+    """Make ``cache_dir`` a store, or check that it is one; refuse a non-empty folder that is not a store.
+
+    A store is recognised by :data:`STORE_MARKER` (or, made by an earlier version, by its ``store.json``).
+    """
+    cache_dir = Path(cache_dir)
+    if cache_dir.exists() and not cache_dir.is_dir():
+        raise ValueError(f"{cache_dir}: exists and is not a folder; give a folder for the store")
+    marker = cache_dir / STORE_MARKER
+    if not marker.is_file():
+        # Hidden entries are the app's build status and locks, which may come first.
+        visible = cache_dir.is_dir() and any(not p.name.startswith(".") for p in cache_dir.iterdir())
+        if visible and not (cache_dir / "store.json").is_file():
+            raise ValueError(f"{cache_dir}: not empty and not a tmdafm store (no {STORE_MARKER}); give a new or "
+                             "empty folder (or an existing store) so that none of your files is replaced")
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        write_json(marker, {"tmdafm_store": 1})
+    return cache_dir
+
+
+def _foreign_files(ctx, step: str) -> list[str]:
+    """Files (not hidden) where ``step`` writes that no step of the store recorded: someone else's."""
+    target = ctx.cache / _STEP_OUTPUTS.get(step, "")
+    if step not in _STEP_OUTPUTS or not target.exists():
+        return []
+    recorded = {name for record in ctx.records.values() for name in record.get("files", {})}
+    present = [target] if target.is_file() else [p for p in target.rglob("*") if p.is_file()]
+    return [p.relative_to(ctx.cache).as_posix() for p in present
+            if not any(part.startswith(".") for part in p.relative_to(ctx.cache).parts)
+            and p.relative_to(ctx.cache).as_posix() not in recorded]
+
+
 def precompute(cache_dir, data=None, *, profile="demo", progress=None, steps=None, runs=None) -> list[StepResult]:
     """Build every artifact the app shows into the store, skipping what is already there and still valid.
 
@@ -962,9 +1004,10 @@ def precompute(cache_dir, data=None, *, profile="demo", progress=None, steps=Non
     """
     profile = _resolve_profile(profile)
     runs = given_runs(runs)
-    cache_dir = Path(cache_dir)
-    if cache_dir.exists() and not cache_dir.is_dir():
-        raise ValueError(f"{cache_dir}: exists and is not a folder; give a folder for the store")
+    cache_dir = claim_store(cache_dir)
+    if (cache_dir / "store.json").is_file() and not read_record(cache_dir):
+        print(f"tmdafm precompute: {cache_dir / 'store.json'} is unreadable: every step is made again",
+              file=sys.stderr, flush=True)
     wanted = _with_dependencies(STEPS if steps is None else steps)
     results = []
     ctx = _Context(cache_dir, data, profile, progress)

@@ -8,9 +8,9 @@ Two layers:
   never returns a stale value;
 * the step record ``CACHE/store.json`` (:func:`read_record`, :func:`update_step`): for each pipeline step its status,
   its key (a hash of its settings and of the outputs of the steps it reads), the settings themselves, the inputs,
-  every file it wrote with its size (and content digest for files up to :data:`DIGEST_LIMIT`), its run time and
-  when it finished. :func:`check_files` re-checks those files, so a truncated or altered file is found before it
-  is served.
+  every file it wrote with its size, content digest and modification time, its run time and when it finished.
+  :func:`check_files` re-checks those files (a file whose size or modification time changed is hashed again, so a
+  truncated or altered file is found before it is served, even one altered without changing its size).
 
 Every file is written atomically (:func:`write_atomic`: a temporary file in the same folder, then ``os.replace``),
 so a reader sees the old file or the new one, never half of one, and a crash leaves no half-written file behind
@@ -33,7 +33,8 @@ DEFAULT_CACHE_DIR = "cache"
 CACHE_ENV = "TMDAFM_CACHE"
 RECORD_NAME = "store.json"
 _MEMO_FOLDER = "diskcache"
-#: Files up to this size are checked by content digest; larger ones (checkpoints) by size and structure.
+#: Records written before every file had a digest left larger files (checkpoints) without one: those are still
+#: checked by size and structure.
 DIGEST_LIMIT = 4 << 20
 _RECORD_FORMAT = 1
 
@@ -139,14 +140,36 @@ def step_done(cache_dir, step: str) -> bool:
 
 
 def file_entries(cache_dir, paths) -> dict[str, list]:
-    """``{path relative to cache_dir: [size, digest or None]}`` of files (digest only up to :data:`DIGEST_LIMIT`)."""
+    """``{path relative to cache_dir: [size, content digest, modification time in ns]}`` of files."""
     cache_dir = Path(cache_dir).resolve()
     entries = {}
     for path in paths:
         path = Path(path).resolve()
-        size = path.stat().st_size
-        entries[path.relative_to(cache_dir).as_posix()] = [size, file_digest(path) if size <= DIGEST_LIMIT else None]
+        stat = path.stat()
+        entries[path.relative_to(cache_dir).as_posix()] = [stat.st_size, file_digest(path), stat.st_mtime_ns]
     return entries
+
+
+def file_problem(path: Path, entry) -> str | None:
+    """How a stored file differs from its record entry (:func:`file_entries`), or None when it is as written.
+
+    The content is hashed again whenever size or modification time differ from the record (writing into a file
+    changes its time), so the check stays fast for an untouched store of gigabytes of checkpoints.
+    """
+    size, digest = entry[0], entry[1]
+    try:
+        stat = path.stat()
+    except OSError:
+        return "missing"
+    if stat.st_size != size:
+        return f"{stat.st_size} bytes, {size} were written"
+    if digest is None:  # a record from before every file had a digest
+        return check_file(path)
+    if len(entry) > 2 and stat.st_mtime_ns == entry[2]:
+        return None
+    if file_digest(path) != digest:
+        return "content changed since it was written"
+    return None
 
 
 def check_file(path) -> str | None:
@@ -183,21 +206,10 @@ def check_file(path) -> str | None:
 def check_files(cache_dir, files: dict) -> str | None:
     """The first problem with the files of a step record (missing, other size or content, unreadable), or None."""
     cache_dir = Path(cache_dir)
-    for name, (size, digest) in files.items():
-        path = cache_dir / name
-        try:
-            actual = path.stat().st_size
-        except OSError:
-            return f"{name}: missing"
-        if actual != size:
-            return f"{name}: {actual} bytes, {size} were written"
-        if digest is not None:
-            if file_digest(path) != digest:
-                return f"{name}: content changed since it was written"
-        else:
-            problem = check_file(path)
-            if problem:
-                return f"{name}: {problem}"
+    for name, entry in files.items():
+        problem = file_problem(cache_dir / name, entry)
+        if problem:
+            return f"{name}: {problem}"
     return None
 
 

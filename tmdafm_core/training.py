@@ -830,7 +830,8 @@ def cross_validate(data, out_dir, *, arch: str = "resnet18", weights: str = "ima
                    dask_address: str | None = None, progress: bool = False, labels: LabelSpace | None = None,
                    presplit: bool = False, fold_weights: dict | None = None, train_limits: dict | None = None,
                    images: torch.Tensor | None = None, save_optimizer: bool = True, head: str = "keep",
-                   weight_decay: float = 0.0, tune: bool | dict = False) -> dict:
+                   weight_decay: float = 0.0, tune: bool | dict = False,
+                   allow_duplicates: bool = False) -> dict:
     """Cross-validate a classifier and write its run directory.
 
     Parameters
@@ -888,6 +889,10 @@ def cross_validate(data, out_dir, *, arch: str = "resnet18", weights: str = "ima
         fresh (``reset``, the paper's sequential training). MtL element outputs carry over either way.
     weight_decay : float
         Adam's L2 penalty (the paper: 0).
+    allow_duplicates : bool
+        Train although some images repeat others (the same file or identical content,
+        :func:`tmdafm_core.data.readers.find_duplicates`); by default that is refused, since a repeat can be
+        trained on and scored on.
     tune : bool or dict
         Feature tables only: before each fold, choose ``lr``, ``weight_decay`` and ``dropout`` by an inner grouped
         split of that fold's training images (:func:`inner_split`; never its validation images or the test set)
@@ -912,6 +917,12 @@ def cross_validate(data, out_dir, *, arch: str = "resnet18", weights: str = "ima
     tune = {k: [float(v) for v in tune[k]] for k in FEATURE_MLP_GRID} if tune else None
     if tune is not None and is_image:
         raise ValueError("tune searches the feature-extraction MLP; image runs use grid_search (comma lists)")
+    if is_image and not allow_duplicates and "path" in frame.columns:
+        from .data.readers import duplicates_message, find_duplicates
+
+        repeats = find_duplicates(frame)
+        if repeats:
+            raise ValueError(duplicates_message(repeats) + "; remove them or pass --allow-duplicates")
     split, labels = prepare_split(data, folds=folds, test_fraction=test_fraction, seed=seed, labels=labels,
                                   presplit=presplit)
     fold_weights = {int(k): str(v) for k, v in (fold_weights or {}).items()}
@@ -1228,7 +1239,9 @@ class Predictions:
     Attributes
     ----------
     images : list of str
-        Names of the inputs (file paths, or ``array<i>`` for arrays).
+        Names of the inputs (file paths, or ``array<i>`` for arrays) that were classified.
+    skipped : list of (str, str)
+        Inputs left out and why (``on_error="skip"``).
     materials : list of str
         Predicted material (MtL: the most likely valid material).
     class_probabilities : ndarray, shape (N, n_classes)
@@ -1250,6 +1263,7 @@ class Predictions:
     cams: list | None
     classes: tuple
     elements: tuple
+    skipped: list = field(default_factory=list)
 
     def to_frame(self) -> pd.DataFrame:
         """One row per image: ``image``, ``material``, ``p_<class>`` and (MtL) ``p_<element>`` columns."""
@@ -1262,13 +1276,23 @@ class Predictions:
         return frame
 
 
+#: The smallest side a model is given (a ResNet's five downsamplings; descriptors need as much).
+MIN_INPUT_PX = 32
+
+
 def _as_height_map(item, index: int, scaling: str = "min-max") -> tuple[str, np.ndarray]:
     if isinstance(item, (str, os.PathLike)):
-        return str(item), load_image(item, scaling=scaling)[0]
-    array = np.asarray(item)
-    if array.ndim != 2:
-        raise ValueError(f"image {index}: expected a file path or a 2-D array, got an array of shape {array.shape}")
-    return f"array{index}", scale_pixels(array, scaling=scaling, source=f"image {index}")
+        name, image = str(item), load_image(item, scaling=scaling)[0]
+    else:
+        array = np.asarray(item)
+        if array.ndim != 2:
+            raise ValueError(f"image {index}: expected a file path or a 2-D array, got an array of shape "
+                             f"{array.shape}")
+        name, image = f"array{index}", scale_pixels(array, scaling=scaling, source=f"image {index}")
+    if min(image.shape) < MIN_INPUT_PX:
+        raise ValueError(f"{name}: {image.shape[1]} x {image.shape[0]} px is too small to classify (at least "
+                         f"{MIN_INPUT_PX} px a side)")
+    return name, image
 
 
 def _same_shape_batches(tensors: list, batch_size: int):
@@ -1282,8 +1306,15 @@ def _same_shape_batches(tensors: list, batch_size: int):
         start = stop
 
 
+def _check_finite(values: torch.Tensor, run: Run) -> None:
+    """NaN/inf outputs come from a damaged checkpoint; never report them as a prediction."""
+    if not torch.isfinite(values).all():
+        raise ValueError(f"{run.path}: fold {run.fold} gives non-finite outputs (NaN/inf); its checkpoint "
+                         f"fold{run.fold}.pt is damaged: retrain the run or restore the file")
+
+
 def predict(run: Run, images, *, cam: bool | str = False, batch_size: int = 32,
-            latent: str = "pre-relu") -> Predictions:
+            latent: str = "pre-relu", on_error: str = "raise") -> Predictions:
     """Classify images with a trained image run.
 
     Parameters
@@ -1299,6 +1330,9 @@ def predict(run: Run, images, *, cam: bool | str = False, batch_size: int = 32,
         Images per forward pass.
     latent : {"pre-relu", "post-relu"}
         Which head activations ``Predictions.embeddings`` holds (the paper's: pre-ReLU).
+    on_error : {"raise", "skip"}
+        An unreadable or too small (< 32 px) image stops the call, or is left out and listed in
+        ``Predictions.skipped`` (ValueError when none is left).
 
     Returns
     -------
@@ -1311,9 +1345,20 @@ def predict(run: Run, images, *, cam: bool | str = False, batch_size: int = 32,
     if cam not in (False, True, "paper", "grad"):
         raise ValueError(f"cam must be False, True, 'paper' or 'grad', got {cam!r}")
     check_latent(latent)
-    loaded = [_as_height_map(item, i, run.scaling) for i, item in enumerate(images)]
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    loaded, skipped = [], []
+    for i, item in enumerate(images):
+        try:
+            loaded.append(_as_height_map(item, i, run.scaling))
+        except ValueError as exc:
+            if on_error == "raise":
+                raise
+            name = str(item) if isinstance(item, (str, os.PathLike)) else f"array{i}"
+            skipped.append((name, str(exc).removeprefix(f"{name}: ")))
     if not loaded:
-        raise ValueError("no images to predict")
+        detail = f"; {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
+        raise ValueError(f"no images to predict{detail}")
     names = [name for name, _ in loaded]
     # A model imported without an input size sees every image at its own size.
     inputs = [resize_image(image, run.image_size) if run.image_size
@@ -1334,6 +1379,7 @@ def predict(run: Run, images, *, cam: bool | str = False, batch_size: int = 32,
                 heat, _ = grad_cam(run.model, x[j:j + 1], element_matrix=element_matrix, size=image.shape)
                 cams.append(heat[0].cpu().numpy())
     logits = torch.cat(logits_all)
+    _check_finite(logits, run)
     scores = class_log_scores(logits, element_matrix=element_matrix)
     return Predictions(
         images=names,
@@ -1344,6 +1390,7 @@ def predict(run: Run, images, *, cam: bool | str = False, batch_size: int = 32,
         cams=cams,
         classes=run.labels.classes,
         elements=run.labels.elements,
+        skipped=skipped,
     )
 
 
@@ -1383,6 +1430,7 @@ def embed(run: Run, data, *, batch_size: int = 64, progress: bool = False, laten
             with _autocast(run.device):
                 values = run.model.embed(batches(np.arange(start, min(start + batch_size, len(stored)))),
                                          latent=latent)
+            _check_finite(values, run)
             chunks.append(values.float().cpu().numpy())
     return np.concatenate(chunks) if chunks else np.zeros((0, 100), dtype=np.float32)
 

@@ -109,6 +109,10 @@ def probe_image(path) -> tuple[int, int, float | None]:
             with tifffile.TiffFile(path) as tif:
                 page = tif.pages[0]
                 shape, pixel_nm = page.shape, tiff_pixel_size_nm(page)
+                end = max((o + c for o, c in zip(page.dataoffsets, page.databytecounts, strict=False)), default=0)
+                if end > path.stat().st_size:
+                    raise ValueError(f"truncated: its pixel data end at byte {end}, the file has "
+                                     f"{path.stat().st_size}")
         else:
             from PIL import Image
 

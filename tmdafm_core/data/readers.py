@@ -27,6 +27,10 @@ from .labels import parse_elements
 
 MANIFEST_COLUMNS = ("image", "path", "material", "sample_id", "split", "height", "width", "pixel_size_nm")
 MANIFEST_CSV_NAME = "manifest.csv"
+#: Images smaller than this on a side are skipped: the descriptors and a ResNet need 32 px.
+MIN_IMAGE_PX = 32
+#: Folders archive tools add beside the data (never a class).
+_IGNORED_FOLDERS = {"__macosx"}
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "train", "valid": "train", "validation": "train",
                   "test": "test", "holdout": "test", "held-out": "test"}
 _IGNORED_NAMES = {MANIFEST_CSV_NAME, "readme", "readme.md", "readme.txt", "license", "thumbs.db", "desktop.ini"}
@@ -42,15 +46,20 @@ class _Collector:
         self.skipped: list[tuple[str, str]] = []
 
     def skip(self, path: Path, reason: str) -> None:
+        # A name that is not valid UTF-8 is shown with replacement characters (printing it would fail).
+        shown = str(path).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
         if self.strict:
-            raise ValueError(f"{path}: {reason} (remove --strict to skip such files)")
-        self.skipped.append((str(path), reason))
+            raise ValueError(f"{shown}: {reason} (remove --strict to skip such files)")
+        self.skipped.append((shown, reason))
 
     def add(self, path: Path, *, material, sample_id, split, pixel_size_nm=None, extra=None) -> None:
         try:
             height, width, tag_pixel_nm = probe_image(path)
         except ValueError as exc:
             self.skip(path, str(exc).removeprefix(f"{path}: "))
+            return
+        if min(height, width) < MIN_IMAGE_PX:
+            self.skip(path, f"too small: {width} x {height} px (at least {MIN_IMAGE_PX} px a side)")
             return
         if pixel_size_nm is None or pd.isna(pixel_size_nm):
             pixel_size_nm = tag_pixel_nm if tag_pixel_nm is not None else DEFAULT_SCAN_SIZE_NM / width
@@ -90,6 +99,11 @@ def _image_files(folder: Path, collector: _Collector) -> list[Path]:
     files = []
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or path.is_dir():
+            continue
+        try:
+            path.name.encode("utf-8")
+        except UnicodeEncodeError:
+            collector.skip(path, "file name is not valid UTF-8 (rename it)")
             continue
         if not path.is_file():
             collector.skip(path, "not a regular file (FIFO, socket or device)")
@@ -199,17 +213,20 @@ def read_class_folders(folder, *, strict: bool = False) -> pd.DataFrame:
     """
     folder = Path(folder)
     collector = _Collector(folder, strict)
-    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
+                        and p.name.lower() not in _IGNORED_FOLDERS)
     notes = []
     for class_dir in class_dirs:
         material = class_dir.name
         try:
             parse_elements(material)
         except ValueError as exc:
-            raise ValueError(f"{class_dir}: folder name is not a material ({exc})") from None
+            collector.skip(class_dir, f"folder name is not a material ({exc})")
+            continue
         files = _image_files(class_dir, collector)
         if not files:
-            raise ValueError(f"{class_dir}: class folder {material!r} holds no images")
+            collector.skip(class_dir, f"class folder {material!r} holds no images")
+            continue
         # The material is the folder's; the sample id sits where the names' convention puts it (field 2 when the
         # names carry no material).
         sample_at = NAMING_CONVENTIONS[naming_convention([p.name for p in files]) or "material-first"][1]
@@ -417,7 +434,8 @@ def read_feature_table(path, *, sample_col: str | None = None, label_col: str | 
     if isinstance(feature_cols, str):
         feature_cols = [feature_cols]
     if feature_cols is None:
-        array_like = [c for c in table.columns if c not in reserved and table[c].dtype == object
+        # pandas 3 reads text as the "str" dtype, not object: look at the values, not the dtype.
+        array_like = [c for c in table.columns if c not in reserved and not pd.api.types.is_numeric_dtype(table[c])
                       and isinstance(table[c].iloc[0], (list, tuple, np.ndarray, str))
                       and (not isinstance(table[c].iloc[0], str) or table[c].iloc[0].lstrip().startswith("["))]
         if len(array_like) == 1:
@@ -427,6 +445,17 @@ def read_feature_table(path, *, sample_col: str | None = None, label_col: str | 
             feature_cols = [c for c in table.columns if c not in reserved and pd.api.types.is_numeric_dtype(table[c])]
             if feature_cols:
                 guessed.append(f"features: {len(feature_cols)} numeric columns (guessed)")
+            # A column of numbers with a stray text cell reads as text: say so instead of dropping it silently.
+            for column in table.columns:
+                if column in reserved or column in feature_cols or column == "split":
+                    continue
+                numbers = pd.to_numeric(table[column], errors="coerce")
+                bad = numbers.isna() & table[column].notna()
+                if numbers.notna().sum() > bad.sum() and bad.any():
+                    row = int(np.flatnonzero(bad.to_numpy())[0])
+                    guessed.append(f"column {column!r} left out of the features: row {row} holds "
+                                   f"{table[column].iloc[row]!r}, not a number (fix it, or name the columns with "
+                                   "--feature-cols)")
     missing = [c for c in feature_cols if c not in table.columns]
     if missing:
         raise ValueError(f"{path}: feature column(s) {missing} not found")
@@ -476,6 +505,40 @@ def read_feature_table(path, *, sample_col: str | None = None, label_col: str | 
     return FeatureTable(frame.reset_index(drop=True), features, names, guessed)
 
 
+# --- duplicates -------------------------------------------------------------------------------------------------
+
+def find_duplicates(manifest: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """Images listed twice: the same file, or files with identical content (byte digest).
+
+    Returns ``(image, image it repeats, "same file" | "identical content")`` for every repeat, in manifest order.
+    A repeat lets the same picture be trained on and scored on (train/test leakage).
+    """
+    from ..store import file_digest
+
+    first_by_path, first_by_digest, repeats = {}, {}, []
+    for image, path in zip(manifest["image"].astype(str), manifest["path"].astype(str), strict=True):
+        resolved = str(Path(path).resolve())
+        if resolved in first_by_path:
+            repeats.append((image, first_by_path[resolved], "same file"))
+            continue
+        first_by_path[resolved] = image
+        try:
+            digest = file_digest(resolved)
+        except OSError:
+            continue
+        if digest in first_by_digest:
+            repeats.append((image, first_by_digest[digest], "identical content"))
+        else:
+            first_by_digest[digest] = image
+    return repeats
+
+
+def duplicates_message(repeats, *, limit: int = 3) -> str:
+    shown = "; ".join(f"{a} = {b} ({why})" for a, b, why in repeats[:limit])
+    more = f" and {len(repeats) - limit} more" if len(repeats) > limit else ""
+    return f"{len(repeats)} image(s) repeat another: {shown}{more}"
+
+
 # --- summary ----------------------------------------------------------------------------------------------------
 
 def dataset_summary(manifest: pd.DataFrame) -> str:
@@ -515,6 +578,10 @@ def dataset_summary(manifest: pd.DataFrame) -> str:
         few = few[few < 2]
         if len(few):
             checks.append(f"material(s) with a single sample: {', '.join(few.index)} (grouped splits need >= 2)")
+    repeats = find_duplicates(manifest)
+    if repeats:
+        checks.append(duplicates_message(repeats) + ": the same picture can land in training and test; remove "
+                      "the repeats (training refuses them unless --allow-duplicates)")
     skipped = manifest.attrs.get("skipped", [])
     if skipped:
         checks.append(f"{len(skipped)} file(s) skipped (listed above)")

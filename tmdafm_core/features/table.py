@@ -25,16 +25,19 @@ def _feature_key(digest: str, pixel_size_nm: float, paper_pixels: bool) -> str:
                     _parameters())
 
 
-def _compute_one(task: tuple) -> list[float]:
-    """Worker: load one image and compute its descriptors (module-level so that processes can pickle it)."""
+def _compute_one(task: tuple) -> list[float] | str:
+    """Worker: load one image and compute its descriptors (module-level so that processes can pickle it).
+
+    Returns the values, or the reason the image cannot be used (one bad file must not stop a whole table).
+    """
     from ..data import load_image
 
     path, pixel_size_nm, paper_pixels = task
-    image, pixel_size_nm = load_image(path, pixel_size_nm=pixel_size_nm)
     try:
+        image, pixel_size_nm = load_image(path, pixel_size_nm=pixel_size_nm)
         values = compute_all(image, pixel_size_nm, paper_pixels=paper_pixels)
-    except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from None
+    except (ValueError, OSError) as exc:
+        return str(exc).removeprefix(f"{path}: ")
     return [values[name] for name in FEATURE_COLUMNS]
 
 
@@ -46,7 +49,7 @@ def _pixel_size(value) -> float | None:
 
 
 def compute_table(manifest: pd.DataFrame, *, jobs: int | None = None, dask_address: str | None = None,
-                  cache=None, progress: bool = True, paper_pixels: bool = False) -> pd.DataFrame:
+                  cache=None, progress: bool = True, paper_pixels: bool = False, strict: bool = False) -> pd.DataFrame:
     """Physical descriptors of every image in a manifest.
 
     Each image is looked up in the store by its file content, pixel size, the descriptors' parameters and
@@ -69,12 +72,15 @@ def compute_table(manifest: pd.DataFrame, *, jobs: int | None = None, dask_addre
         tqdm progress bar on stderr while computing.
     paper_pixels : bool
         The paper's pixel-based numbers (see :mod:`tmdafm_core.features.descriptors`).
+    strict : bool
+        Raise on the first image that cannot be read or measured, instead of leaving it out.
 
     Returns
     -------
     DataFrame
-        ``image`` then the 14 :data:`FEATURE_COLUMNS` (float), one row per manifest row, in manifest order;
-        ``sample_id``, ``material`` and ``split`` follow when the manifest has them.
+        ``image`` then the 14 :data:`FEATURE_COLUMNS` (float), one row per usable manifest row, in manifest order;
+        ``sample_id``, ``material`` and ``split`` follow when the manifest has them. ``attrs["skipped"]`` lists
+        ``(path, reason)`` of the images left out.
     """
     from ..parallel import imap_items
     from ..store import Store, file_digest, open_store
@@ -86,6 +92,12 @@ def compute_table(manifest: pd.DataFrame, *, jobs: int | None = None, dask_addre
     sizes = ([_pixel_size(v) for v in manifest["pixel_size_nm"]] if "pixel_size_nm" in manifest.columns
              else [None] * len(paths))
     values = np.full((len(paths), len(FEATURE_COLUMNS)), np.nan)
+    failed: dict[int, str] = {}
+
+    def fail(row: int, reason: str) -> None:
+        if strict:
+            raise ValueError(f"{paths[row]}: {reason} (remove --strict to skip such files)")
+        failed[row] = reason
 
     store = None if cache is False else cache if isinstance(cache, Store) else open_store(cache)
     try:
@@ -94,9 +106,16 @@ def compute_table(manifest: pd.DataFrame, *, jobs: int | None = None, dask_addre
         if store is not None:
             for row, (path, size) in enumerate(zip(paths, sizes, strict=True)):
                 # The key needs the pixel size actually used; files without one default to 1 µm across.
-                keys[row] = _feature_key(file_digest(path), size if size is not None else math.nan, paper_pixels)
-            found = store.get_many(keys)
+                try:
+                    digest = file_digest(path)
+                except OSError as exc:
+                    fail(row, f"not readable ({exc.strerror or exc})")
+                    continue
+                keys[row] = _feature_key(digest, size if size is not None else math.nan, paper_pixels)
+            found = store.get_many([k for k in keys if k is not None])
             for row, key in enumerate(keys):
+                if key is None:
+                    continue
                 if key in found:
                     values[row] = found[key]
                 else:
@@ -112,6 +131,9 @@ def compute_table(manifest: pd.DataFrame, *, jobs: int | None = None, dask_addre
             stream = tqdm(stream, total=len(todo), desc="features", unit="img")
         for index, result in stream:
             row = todo[index]
+            if isinstance(result, str):
+                fail(row, result)
+                continue
             values[row] = result
             if store is not None:
                 store.put(keys[row], result)
@@ -124,6 +146,9 @@ def compute_table(manifest: pd.DataFrame, *, jobs: int | None = None, dask_addre
     for column in ("sample_id", "material", "split"):
         if column in manifest.columns:
             table[column] = manifest[column].to_numpy()
+    if failed:
+        table = table.drop(index=sorted(failed)).reset_index(drop=True)
+    table.attrs["skipped"] = [(paths[row], reason) for row, reason in sorted(failed.items())]
     return table
 
 
