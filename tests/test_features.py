@@ -325,9 +325,12 @@ def test_compute_table_rejects_manifest_without_paths():
 
 def test_unreadable_small_image_names_the_file(tmp_path):
     save_tiff(tmp_path / "tiny.tif", np.zeros((16, 16)), pixel_size_nm=4.0)
-    manifest = read_dataset(tmp_path)
+    with pytest.raises(ValueError, match="tiny.tif: too small: 16 x 16 px"):  # refused where images are read
+        read_dataset(tmp_path)
+    manifest = pd.DataFrame({"image": ["tiny.tif"], "path": [str(tmp_path / "tiny.tif")], "pixel_size_nm": [4.0]})
     with pytest.raises(ValueError, match="tiny.tif"):
-        compute_table(manifest, jobs=1, cache=False, progress=False)
+        compute_table(manifest, jobs=1, cache=False, progress=False, strict=True)
+    assert compute_table(manifest, jobs=1, cache=False, progress=False).attrs["skipped"][0][0].endswith("tiny.tif")
 
 
 def test_scale_to_unit_max_divides_by_the_column_maximum():

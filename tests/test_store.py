@@ -76,17 +76,18 @@ def test_check_file_rejects_truncated_files_of_each_type(tmp_path, name, content
     assert problem in store.check_file(path)
 
 
-def test_big_files_are_checked_by_structure(tmp_path, monkeypatch):
+def test_big_files_are_checked_by_content_and_old_records_by_structure(tmp_path):
     import torch
 
-    monkeypatch.setattr(store, "DIGEST_LIMIT", 10)
     path = tmp_path / "fold0.pt"
     torch.save({"model": torch.zeros(100)}, path)
     entries = store.file_entries(tmp_path, [path])
-    assert entries["fold0.pt"][1] is None and store.check_files(tmp_path, entries) is None
+    assert entries["fold0.pt"][1] is not None and store.check_files(tmp_path, entries) is None
     data = path.read_bytes()
     path.write_bytes(data[:-40] + b"\0" * 40)  # same size, central directory destroyed
-    assert "unreadable" in store.check_files(tmp_path, entries)
+    assert "content changed" in store.check_files(tmp_path, entries)
+    legacy = {"fold0.pt": [len(data), None]}  # a record from before every file had a digest
+    assert "unreadable" in store.check_files(tmp_path, legacy)
 
 
 def _writer(folder: str, rounds: int) -> None:

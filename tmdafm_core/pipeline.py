@@ -314,9 +314,9 @@ def prepare_dataset(cache_dir, data=None, *, profile="demo", progress=None) -> p
         as :func:`load_manifest` returns it.
     """
     profile = _resolve_profile(profile)
-    cache_dir = Path(cache_dir)
     if data is not None and not Path(data).exists():
         raise FileNotFoundError(f"{data}: no such file or folder; give a data set folder or manifest CSV")
+    cache_dir = claim_store(cache_dir)
     settings = _dataset_settings(profile, data, cache_dir)
     dataset_dir = cache_dir / DATASET_DIR
     with _exclusive(cache_dir, "dataset"):
@@ -525,6 +525,7 @@ class _Context:
         self.records = read_record(cache)
         self._manifest = None
         self.given_runs = {}
+        self.guard_foreign = False
 
     @property
     def manifest(self) -> pd.DataFrame:
@@ -870,7 +871,7 @@ def _run_step(ctx: _Context, step: str) -> StepResult:
         return StepResult(step, "from cache", "", 0.0, path)
     if ctx.progress is True:
         print(f"tmdafm precompute: {step}: computing ({reason})", file=sys.stderr, flush=True)
-    foreign = _foreign_files(ctx, step) if ctx.records else []
+    foreign = _foreign_files(ctx, step) if ctx.guard_foreign else []
     if foreign:
         raise ValueError(f"{ctx.cache / _STEP_OUTPUTS[step]}: holds {len(foreign)} file(s) the store did not write "
                          f"(e.g. {foreign[0]}); move them out of the store, then run precompute again")
@@ -1012,6 +1013,8 @@ def precompute(cache_dir, data=None, *, profile="demo", progress=None, steps=Non
     results = []
     ctx = _Context(cache_dir, data, profile, progress)
     ctx.given_runs = runs
+    # Without a record (a new store, or a lost store.json) nothing tells the store's files from others'.
+    ctx.guard_foreign = bool(ctx.records)
     for number, step in enumerate(wanted, 1):
         # One writer per step (a lock per step, not per run: the app's own preparation of the data set and
         # thumbnails goes ahead once another precompute has finished those steps).
