@@ -15,6 +15,7 @@ import argparse
 import atexit
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -25,7 +26,7 @@ from dash import Dash, DiskcacheManager, Input, Output, State, dcc, html
 
 from pages import _build
 from tmdafm_core.cli import DEFAULT_HOST, DEFAULT_PORT, PROFILE_ENV, add_app_arguments, app_profile
-from tmdafm_core.store import default_cache_dir
+from tmdafm_core.store import default_cache_dir, store_problem
 
 SELECTION_STORE = "selection"  # id of the shared selection (tmdafm_core.selection documents its data)
 
@@ -126,7 +127,14 @@ def _build_parts() -> list:
     children, class_name = _build.banner(status) if polling or failed_here else ([], "build-banner hidden")
     if start:
         children, class_name = _build.starting_banner()
-    parts = [
+    parts = []
+    damaged = store_problem(cache) if not polling else None
+    if damaged:  # files changed after they were written: say so on every page rather than serve them silently
+        parts.append(html.Div(className="build-banner failed", role="alert", id="store-damaged", children=[
+            html.Strong("This store's files are not as they were written: "), damaged,
+            ". What the pages show may be damaged or altered; rebuild it with ",
+            html.Code(f"tmdafm precompute --out {cache}"), "."]))
+    parts += [
         html.Div(children, id="build-banner", className=class_name, role="status"),
         dcc.Location(id="build-url"),
         dcc.Interval(id="build-poll", interval=_build.POLL_MS, disabled=not polling),
@@ -195,6 +203,8 @@ def serve(cache_dir, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, debu
     """Serve the app over the store at ``cache_dir`` until interrupted."""
     from tmdafm_core.pipeline import complete_store, store_ready
 
+    # On SIGTERM (kill, systemd, docker stop) exit through Python so atexit removes the private job folder.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     configure(app, cache_dir, profile=profile)
     # Listening on every interface is an explicit choice to be reached under any name; otherwise loopback + --host.
     app.server.config["TMDAFM_ALLOWED_HOSTS"] = None if host in ("0.0.0.0", "::", "") else \

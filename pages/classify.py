@@ -134,10 +134,13 @@ def layout(**_query):
         html.Section(className="card", children=[
             html.H2("Classify new AFM images"),
             *([missing_card(missing, cache)] if missing else []),
-            dcc.Upload(id="classify-upload", multiple=True, max_size=classify.MAX_FILE_BYTES,
-                       className="upload-zone", disabled=bool(missing),
-                       children=html.Div([html.Strong("Drop images here"), " or click to choose: TIFF (8/16-bit, "
-                                          "float), PNG, JPEG"])),
+            # The browser drops a file over max_size without a callback; assets/classify.js says so instead.
+            html.Div(**{"data-max-bytes": str(classify.MAX_FILE_BYTES)}, children=dcc.Upload(
+                id="classify-upload", multiple=True, max_size=classify.MAX_FILE_BYTES,
+                className="upload-zone", disabled=bool(missing),
+                children=html.Div([html.Strong("Drop images here"), " or click to choose: TIFF (8/16-bit, "
+                                   "float), PNG, JPEG"]))),
+            html.P(id="classify-upload-refused", className="file-message error", style={"whiteSpace": "pre-line"}),
             html.P(limits, className="caption"),
         ]),
         dcc.Loading(html.Div(id="classify-results"), type="dot"),

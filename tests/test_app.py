@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -106,6 +107,22 @@ def test_a_restart_after_a_complete_build_starts_nothing(tmdafm_app, built):
     assert time.perf_counter() - started < 20
 
 
+def test_a_store_changed_after_it_was_written_is_announced_on_every_page(tmdafm_app, built, tmp_path):
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(built[0], cache)
+    tmdafm_app.configure(tmdafm_app.app, cache, profile=MICRO)
+    with tmdafm_app.app.server.test_request_context("/"):
+        assert "store-damaged" not in _ids(tmdafm_app._layout())
+    features = cache / "features.csv"
+    features.write_text(features.read_text().replace("0.", "9.", 1))  # same store, one value altered
+    with tmdafm_app.app.server.test_request_context("/"):
+        layout = tmdafm_app._layout()
+    assert "store-damaged" in _ids(layout)
+    assert "descriptors: features.csv: content changed" in json.dumps(layout.to_plotly_json(), default=str)
+
+
 def test_a_second_build_while_one_holds_the_lock_starts_nothing(tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir()
@@ -185,3 +202,36 @@ def test_the_app_answers_only_to_the_hosts_it_is_served_as():
     refused = client.get("/", headers={"Host": "attacker.example:8050"})
     assert refused.status_code == 403 and b"not one this app is served as" in refused.data
     assert app_module._host_name("[::1]:8050") == "::1"
+
+
+def test_sigterm_removes_the_apps_private_job_folder(tmp_path):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    root = Path(__file__).resolve().parents[1]
+    server = subprocess.Popen([sys.executable, str(root / "app.py"), "--cache", str(tmp_path / "store"), "--port",
+                               str(port)], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        line = ""
+        while "tmdafm app on" not in line and time.monotonic() < deadline:
+            line = server.stderr.readline()
+            if not line and server.poll() is not None:
+                break
+        assert "tmdafm app on" in line, "the app did not start"
+        assert list(tmp_path.glob("tmdafm-dash-jobs-*"))
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    assert not list(tmp_path.glob("tmdafm-dash-jobs-*"))

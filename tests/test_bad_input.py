@@ -191,3 +191,46 @@ def test_array_valued_csv_column_is_detected_under_pandas_3(tmp_path):
     (tmp_path / "t.csv").write_text('image,sample_id,material,vec\na,s1,MoS2,"[1, 2, 3]"\nb,s2,WS2,"[4, 5, 6]"\n')
     table = read_feature_table(tmp_path / "t.csv")
     assert table.features.shape == (2, 3) and table.feature_names[0] == "vec_0"
+
+
+def test_leftovers_of_a_killed_writer_are_cleaned_and_a_failed_run_does_not_block_a_retry(tmp_path):
+    import subprocess
+
+    from tmdafm_core.training import remove_stale_temporaries
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f".fold0.pt.{dead.pid}.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    alive = tmp_path / f".fold1.pt.{os.getpid()}.tmp"
+    alive.write_bytes(b"being written")
+    assert remove_stale_temporaries(tmp_path) == [stale]
+    assert not stale.exists() and alive.exists()
+
+
+def test_a_run_folder_with_no_finished_fold_does_not_block_other_settings(tmp_path):
+    import json
+
+    from tmdafm_core.training import _check_resumable
+
+    (tmp_path / "config.json").write_text(json.dumps({"lr": 0.1}))
+    _check_resumable(tmp_path, {"lr": 0.2})  # the failed attempt left only its config
+    (tmp_path / "fold0.pt").write_bytes(b"x")
+    with pytest.raises(ValueError, match="holds a run with other settings"):
+        _check_resumable(tmp_path, {"lr": 0.2})
+
+
+def test_a_large_scan_is_scaled_without_full_size_float64_copies():
+    import tracemalloc
+
+    from tmdafm_core.data import normalize_height
+
+    raw = (np.random.default_rng(0).random((2000, 2000)) * 65535).astype(np.uint16)
+    tracemalloc.start()
+    try:
+        scaled = normalize_height(raw)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert scaled.dtype == np.float32 and scaled.min() == 0.0 and scaled.max() == 1.0
+    assert peak < 1.25 * scaled.nbytes  # before: a float64 copy and a float64 result besides (5x)

@@ -85,7 +85,7 @@ def test_each_sequential_fold_starts_from_the_same_fold_one_class_fewer(study):
         config = json.loads((run / "config.json").read_text())
         for fold in (0, 1):
             start = str(previous / f"fold{fold}.pt")
-            assert config["fold_weights"][str(fold)] == start
+            assert (run / config["fold_weights"][str(fold)]).resolve() == (previous / f"fold{fold}.pt").resolve()
             checkpoint = load_checkpoint(run / f"fold{fold}.pt")
             assert checkpoint["weights_source"] == start
             assert checkpoint["args"]["weights"] == start

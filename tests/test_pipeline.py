@@ -224,6 +224,14 @@ def test_cli_precompute_prints_the_summary(built, tmp_path, capsys):
     assert main(["precompute", "--out", str(cache), "--steps", "nothing"]) == 2
 
 
+def test_sequential_configs_point_at_start_checkpoints_that_exist_in_the_store(built):
+    cache = built[0]
+    configs = [json.loads(p.read_text()) | {"_dir": p.parent} for p in (cache / "sequential").rglob("config.json")]
+    starts = [(c["_dir"] / path).resolve() for c in configs for path in c.get("fold_weights", {}).values()]
+    assert starts and all(path.is_file() and cache.resolve() in path.parents for path in starts)
+    assert not any(".partial" in str(path) for path in starts)
+
+
 def test_precompute_refuses_a_folder_of_the_users_files(tmp_path, capsys):
     from tmdafm_core.cli import main
 

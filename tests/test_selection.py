@@ -238,3 +238,24 @@ def test_ten_thousand_points_build_and_a_colour_change_is_a_small_patch(latent_p
     full = len(pio.to_json(figure))
     patch = len(json.dumps(latent_page.colour_patch(points, "predicted").to_plotly_json()))
     assert len(figure.data[0].x) == n and patch < full / 8
+
+
+@pytest.mark.parametrize("damage", [b"", b"\xff\xfe garbage \x00\x01", b"image,sample_id\nx,y\n"])
+def test_a_damaged_projection_says_rebuild_instead_of_failing(store, tmp_path, latent_page, damage):
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(store, cache)
+    (cache / "latent" / "mtc" / "projection.csv").write_bytes(damage)
+    with pytest.raises(ValueError, match=r"projection.csv: damaged .*tmdafm precompute --out"):
+        selection.load_points(cache, "mtc")
+    import app as app_module
+
+    app_module.configure(app_module.app, cache)
+    try:
+        with app_module.app.server.app_context():
+            page = latent_page.layout()
+    finally:
+        app_module.configure(app_module.app, None)
+    text = json.dumps(page.to_plotly_json(), default=str)
+    assert "could not read the store" in text and "damaged" in text

@@ -161,7 +161,14 @@ def load_points(cache_dir, model: str = "mtc") -> pd.DataFrame:
     """
     cache_dir = Path(cache_dir)
     chosen = find_model(cache_dir, model)
-    projection = pd.read_csv(chosen.folder / "projection.csv", dtype={"image": str, "sample_id": str})
+    path = chosen.folder / "projection.csv"
+    rebuild = f"rebuild it with `tmdafm precompute --out {shlex.quote(str(cache_dir))}`"
+    try:
+        projection = pd.read_csv(path, dtype={"image": str, "sample_id": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"{path}: damaged ({type(exc).__name__}); {rebuild}") from None
+    if "image" not in projection or not any(coordinate_columns(projection).values()) or projection.empty:
+        raise ValueError(f"{path}: damaged (no images or no coordinate columns); {rebuild}")
     notes = []
     try:
         manifest = load_manifest(cache_dir)[["image", "material", "split", "sample_id"]]

@@ -203,6 +203,17 @@ def check_file(path) -> str | None:
     return None
 
 
+def store_problem(cache_dir) -> str | None:
+    """The first finished step whose recorded files are no longer as written (``"<step>: <file>: <problem>"``), or
+    None. Cheap on an untouched store: files whose size and time stamp match the record are not hashed again."""
+    for step, record in read_record(cache_dir).items():
+        if record.get("status") == "done":
+            problem = check_files(cache_dir, record.get("files", {}))
+            if problem:
+                return f"{step}: {problem}"
+    return None
+
+
 def check_files(cache_dir, files: dict) -> str | None:
     """The first problem with the files of a step record (missing, other size or content, unreadable), or None."""
     cache_dir = Path(cache_dir)

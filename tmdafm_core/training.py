@@ -512,6 +512,23 @@ def checkpoint_path(run_dir, fold: int) -> Path:
     return Path(run_dir) / f"fold{fold}.pt"
 
 
+def remove_stale_temporaries(run_dir) -> list[Path]:
+    """Delete ``.<name>.<pid>.tmp`` files left by writers that died (kill -9) before renaming them into place."""
+    removed = []
+    for path in Path(run_dir).glob(".*.tmp"):
+        pid = path.name.rsplit(".", 2)[-2] if path.name.count(".") >= 3 else ""
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+        except PermissionError:
+            pass  # alive, another user's
+    return removed
+
+
 def save_checkpoint(checkpoint: dict, path) -> None:
     """Write a checkpoint atomically: a temporary file in the same folder, then ``os.replace``."""
     path = Path(path)
@@ -624,6 +641,8 @@ def _check_resumable(run_dir: Path, config_document: dict) -> None:
             from None
     changed = sorted(k for k in set(previous) | set(config_document) if k not in _RESUME_FREE
                      and previous.get(k) != config_document.get(k))
+    if changed and not any(run_dir.glob("fold*.pt")):
+        return  # an earlier attempt that finished no fold (e.g. it failed at once) holds nothing to keep
     if changed:
         key = changed[0]
         raise ValueError(f"{run_dir} holds a run with other settings ({key}: {previous.get(key)!r} there, "
@@ -943,7 +962,10 @@ def cross_validate(data, out_dir, *, arch: str = "resnet18", weights: str = "ima
     if head not in HEAD_STARTS:
         raise ValueError(f"head must be one of {', '.join(HEAD_STARTS)}, got {head!r}")
     if fold_weights:
-        config_document["fold_weights"] = {str(k): v for k, v in sorted(fold_weights.items())}
+        # Relative to the run folder: a study trained in a staging folder and moved into place (the store) keeps
+        # pointing at its real start checkpoints, and resumes after the move.
+        config_document["fold_weights"] = {str(k): os.path.relpath(Path(v).resolve(), Path(out_dir).resolve())
+                                           for k, v in sorted(fold_weights.items())}
         config_document["head"] = head
     if tune is not None:
         config_document["tune"] = tune
@@ -965,6 +987,7 @@ def cross_validate(data, out_dir, *, arch: str = "resnet18", weights: str = "ima
             raise ValueError(f"images has shape {tuple(images.shape)}, expected {expected} (load_data of the same "
                              "rows at image_size)")
     run_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(run_dir)
     _write_json(run_dir / CONFIG_NAME, config_document)
     split_columns = [c for c in ("image", "sample_id", "material", "split", "fold") if c in split.columns]
     split[split_columns].to_csv(run_dir / SPLITS_NAME, index=False)

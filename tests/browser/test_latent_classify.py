@@ -75,3 +75,19 @@ def test_classify_an_uploaded_tiff(dash_duo, tmdafm_app, store, tmp_path):
     dash_duo.wait_for_element("#classify-scatter .main-svg", timeout=10)
     assert "sample_upload.tif" in dash_duo.find_element("#results-table").text
     assert _severe(dash_duo) == []
+
+
+def test_an_upload_over_the_size_limit_is_refused_with_a_message(dash_duo, tmdafm_app, store, tmp_path):
+    from tmdafm_core import classify
+
+    big = tmp_path / "forty_megabytes.tif"
+    with open(big, "wb") as handle:
+        handle.truncate(classify.MAX_FILE_BYTES + 8 * 2**20)
+    tmdafm_app.configure(tmdafm_app.app, store)
+    dash_duo.start_server(tmdafm_app.app)
+    dash_duo.wait_for_page(url=f"{dash_duo.server_url}/classify")
+    upload = dash_duo.wait_for_element("#classify-upload input[type=file]", timeout=10)
+    upload.send_keys(str(big))
+    dash_duo.wait_for_contains_text("#classify-upload-refused", "forty_megabytes.tif: 40.0 MiB is over the 32.0 MiB",
+                                    timeout=10)
+    assert _severe(dash_duo) == []

@@ -145,7 +145,7 @@ def to_height_gray(array, *, source="image") -> np.ndarray:
         array = array[..., :3].astype(np.float64) @ _LUMA_WEIGHTS
     if array.ndim != 2:
         raise ValueError(f"{source}: expected a 2-D grayscale or RGB(A) image, got an array of shape {array.shape}")
-    return array.astype(np.float64, copy=False)
+    return array  # grayscale as read: normalize_height makes the one float copy
 
 
 def normalize_height(height, *, source="image") -> np.ndarray:
@@ -154,16 +154,28 @@ def normalize_height(height, *, source="image") -> np.ndarray:
     NaN/inf pixels (dropouts in raw scans) are filled with the median of the finite pixels before scaling, so that
     no descriptor sees them. A constant image becomes all zeros.
     """
-    height = np.asarray(height, dtype=np.float64)
-    finite = np.isfinite(height)
-    if not finite.any():
-        raise ValueError(f"{source}: no finite pixel values (all NaN/inf)")
-    if not finite.all():
-        height = np.where(finite, height, np.median(height[finite]))
-    low, high = height.min(), height.max()
+    height = np.asarray(height)
+    if height.dtype.kind not in "fiub":
+        raise ValueError(f"{source}: pixel values of type {height.dtype} are not numbers")
+    # One float32 result and no full-size float64 temporaries (a 64 Mpx scan would need 1 GB for each): the
+    # subtraction runs in float64 chunk by chunk inside the ufunc and is stored as float32.
+    scaled = np.empty(height.shape, dtype=np.float32)
+    if height.dtype.kind == "f":
+        finite = np.isfinite(height)
+        if not finite.any():
+            raise ValueError(f"{source}: no finite pixel values (all NaN/inf)")
+        if not finite.all():
+            fill = np.median(height[finite])
+            height = np.where(finite, height, fill)
+    low, high = float(height.min()), float(height.max())
     span = high - low
-    scaled = (height - low) / span if span > 0 else np.zeros_like(height)
-    return scaled.astype(np.float32)
+    if span <= 0:
+        scaled.fill(0.0)
+        return scaled
+    compute = np.float32 if height.dtype == np.float32 or height.dtype == np.float16 else np.float64
+    np.subtract(height, low, out=scaled, dtype=compute, casting="unsafe")
+    scaled /= np.float32(span)
+    return scaled
 
 
 #: How pixel values become 0..1: ``min-max`` per image (ours), or ``paper``: 8-bit images divided by 255 as the
