@@ -140,7 +140,7 @@ def layout(**_query):
                 className="upload-zone", disabled=bool(missing),
                 children=html.Div([html.Strong("Drop images here"), " or click to choose: TIFF (8/16-bit, "
                                    "float), PNG, JPEG"]))),
-            html.P(id="classify-upload-refused", className="file-message error", style={"whiteSpace": "pre-line"}),
+            html.P(id="classify-upload-refused", className="upload-refused error", style={"whiteSpace": "pre-line"}),
             html.P(limits, className="caption"),
         ]),
         dcc.Loading(html.Div(id="classify-results"), type="dot"),
