@@ -53,11 +53,18 @@ def stage_panels(cache, task: str, mode: str):
 
 def _study_facts(cache, table: pd.DataFrame):
     classes = results.sequential_order(cache, table)
+    semantics = results.sequential_semantics(cache)
+    head = ("with a fresh output layer, as the paper's code" if semantics["head"] == "reset"
+            else "keeping the output rows of the known classes")
+    volume = ("images of the newly added class kept for training and validation together, drawn at random (the "
+              "paper's); its test images and the other classes stay whole" if semantics["volume_mode"] == "paper"
+              else "training images kept of the newly added class, whole samples first (its validation and test "
+                   "images and the other classes stay whole)")
     return _ui.caption(
         f"Classes added in this order: {' → '.join(classes)}. ImageNet: every "
         "stage starts from the base weights; Sequential: each stage starts from the fold model of the stage with "
-        "one class fewer, trained at full volume. Volume: training images kept of the newly added class (the "
-        "others stay whole). Error bars: standard deviation over folds.")
+        f"one class fewer, trained at full volume, {head}. Volume: {volume}. Error bars: sample standard "
+        "deviation over folds.")
 
 
 def _figure4(cache, table: pd.DataFrame):

@@ -306,6 +306,16 @@ def test_sequential_page_rows_and_stage_panels(app_context, store):
     cache, _ = store
     text = _text(sequential.layout())
     assert "Figure 4" in text and "MoS2 → WS2 → WSe2" in text
+    study = cache / "sequential" / "study.json"
+    original = study.read_text() if study.is_file() else None
+    document = json.loads(original) if original else {"order": ["MoS2", "WS2", "WSe2"]}
+    assert "whole samples first" in text or "drawn at random" in text
+    study.write_text(json.dumps({**document, "train": {"head": "reset", "volume_mode": "paper"}}))
+    try:
+        text = _text(sequential.layout())
+    finally:
+        study.write_text(original) if original else study.unlink()
+    assert "fresh output layer" in text and "drawn at random (the paper's)" in text
     rows = sequential.sequential_rows(results.sequential_results(cache), "test")
     assert list(rows["volume"][:3]) == ["2", "4", "full"] and len(rows) == 2 * 2 * 3
     figure, data = sequential.stage_panels(cache, "mtc", "sequential")

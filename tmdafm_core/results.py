@@ -260,6 +260,16 @@ def sequential_order(cache_dir, results: pd.DataFrame | None = None) -> list[str
     return list(results.sort_values("n_classes").drop_duplicates("n_classes")["new_class"].astype(str))
 
 
+def sequential_semantics(cache_dir) -> dict:
+    """How the stored study grew its head and cut its volumes: ``{"head", "volume_mode"}`` from ``study.json``.
+
+    Studies written before these settings existed used ``keep`` and ``train-samples``.
+    """
+    study = _read_json(Path(cache_dir) / "sequential" / "study.json") or {}
+    train = study.get("train") or {}
+    return {"head": train.get("head", "keep"), "volume_mode": train.get("volume_mode", "train-samples")}
+
+
 def volume_order(volumes) -> list[str]:
     """Training volumes from smallest to ``full`` (numbers ascending, then ``full``)."""
     volumes = list(dict.fromkeys(str(v) for v in volumes))
