@@ -86,8 +86,11 @@ def _confusion(cache, task: str):
     matrix = results.confusion(cache, task)
     name = results.TASK_NAMES[task]
     if matrix is None:
+        imported = results.imported_run(cache, task)
+        note = (f"The {name} model was imported from {imported.get('source')} and not evaluated here: no scores."
+                if imported else f"No {name} run in the store.")
         # The hidden graph keeps the click callback's inputs in the layout.
-        return _ui.card(f"{name} confusion matrix", _ui.caption(f"No {name} run in the store."),
+        return _ui.card(f"{name} confusion matrix", _ui.caption(note),
                         dcc.Graph(id=f"confusion-{task}", style={"display": "none"}))
     graph = dcc.Graph(id=f"confusion-{task}", figure=figures.confusion_figure(matrix),
                       config=_export.graph_config(f"tmdafm_confusion_{task}",
@@ -130,13 +133,20 @@ def _architectures(cache):
 def performance_body(cache) -> list:
     metrics = results.metrics_table(cache)
     tasks = [t for t in results.TASKS if results.run_metrics(cache, t) is not None]
-    missing = results.missing(cache, [t for t in results.TASKS if t not in tasks])
+    imported = [t for t in results.TASKS if t not in tasks and results.imported_run(cache, t)]
+    missing = results.missing(cache, [t for t in results.TASKS if t not in tasks and t not in imported])
+    notes = [_ui.card("Imported models", _ui.caption(
+        f"{', '.join(results.TASK_NAMES[t] for t in imported)}: imported with `tmdafm import-model` and not "
+        "evaluated here, so they have no cross-validated scores; their predictions and latent space are on the "
+        "other pages."), id="performance-imported")] if imported else []
+    if metrics.empty and imported:
+        return notes + [html.Div(className="grid two", children=[_confusion(cache, t) for t in results.TASKS])]
     if metrics.empty:
         return [_ui.missing_card("No trained models in the store yet", missing, card_id="performance-missing",
                                  what="This page shows the cross-validated MtC and MtL runs. Build them with the "
                                       f"commands below, or everything at once with "
                                       f"`{results.precompute_command(cache)}`.")]
-    sections = []
+    sections = list(notes)
     if missing:
         sections.append(_ui.missing_card("Partly built", missing, card_id="performance-missing",
                                          what="Some runs are not in the store yet:"))

@@ -371,3 +371,15 @@ def test_metrics_table_shows_the_papers_mtl_rule_beside_ours(app_context, tmp_pa
     from pages import performance
 
     assert performance.scores_rows(table)[5]["f1"] == "70.0 ± 1.0"
+
+
+def test_performance_says_an_imported_model_has_no_scores_instead_of_missing(app_context, tmp_path):
+    from pages import performance
+
+    (tmp_path / "runs" / "mtc").mkdir(parents=True)
+    (tmp_path / "runs" / "mtc" / "config.json").write_text(json.dumps({"mode": "imported", "task": "mtc",
+                                                                         "source": "/models/paper_mtc.pth"}))
+    text = _text(performance.performance_body(tmp_path))
+    assert "imported with `tmdafm import-model` and not evaluated here" in text
+    assert "imported from /models/paper_mtc.pth" in text
+    assert "MtC run (material classes)" not in text  # not offered for building as if it were missing

@@ -80,6 +80,13 @@ def run_metrics(cache_dir, task: str) -> dict | None:
     return _read_json(Path(cache_dir) / "runs" / task / "metrics.json")
 
 
+def imported_run(cache_dir, task: str) -> dict | None:
+    """The config of the store's run of ``task`` when it was imported (``tmdafm import-model``: no scores), else
+    None."""
+    config = _read_json(Path(cache_dir) / "runs" / task / "config.json")
+    return config if config and config.get("mode") == "imported" else None
+
+
 def metrics_table(cache_dir) -> pd.DataFrame:
     """Scores of the store's runs: one row per task x partition.
 
