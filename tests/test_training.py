@@ -357,3 +357,27 @@ def test_predict_skips_bad_files_and_refuses_tiny_images(mtc_run, stripes, tmp_p
     captured = capsys.readouterr()
     assert "tiny.tif: 1 x 1 px is too small" in captured.err and len(captured.out.strip().splitlines()) == 2
     assert main(["predict", str(mtc_run[0]), good, str(tmp_path / "tiny.tif"), "--strict"]) == 2
+
+
+def test_the_fold_ensemble_averages_the_folds_and_reports_their_agreement(mtc_run, stripes, capsys):
+    from tmdafm_core.training import load_ensemble, predict_ensemble
+
+    runs = load_ensemble(mtc_run[0])
+    assert sorted(r.fold for r in runs) == [0, 1] and runs[0].fold == load_run(mtc_run[0]).fold  # best first
+    paths = list(stripes["path"][:4])
+    ensemble = predict_ensemble(runs, paths)
+    each = [predict(run, paths) for run in runs]
+    mean = np.mean([p.class_probabilities for p in each], axis=0)
+    np.testing.assert_allclose(ensemble.class_probabilities, mean, rtol=1e-6)
+    chosen = mean.argmax(axis=1)
+    votes = np.mean([p.class_probabilities.argmax(axis=1) == chosen for p in each], axis=0)
+    np.testing.assert_allclose(ensemble.agreement, votes)
+    spread = np.std([p.class_probabilities[np.arange(4), chosen] for p in each], axis=0)
+    np.testing.assert_allclose(ensemble.spread, spread, rtol=1e-6)
+    np.testing.assert_allclose(ensemble.embeddings, each[0].embeddings)  # the best fold's latent space
+    assert main(["predict", str(mtc_run[0]), *paths[:2]]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header == "image,material,p_MoS2,p_WS2,agreement,spread"
+    assert main(["predict", str(mtc_run[0]), paths[0], "--fold", "1"]) == 0
+    assert "agreement" not in capsys.readouterr().out
+    assert main(["latent", str(mtc_run[0]), stripes.attrs["root"], "--out", "x", "--fold", "all"]) == 2

@@ -84,8 +84,8 @@ def _comma_list(text: str) -> list[str]:
 
 
 def _fold_choice(text: str):
-    """argparse type of --fold: ``best`` or a fold number."""
-    if text == "best":
+    """argparse type of --fold: ``best``, ``all`` (where a command takes it) or a fold number."""
+    if text in ("best", "all"):
         return text
     try:
         fold = int(text)
@@ -251,8 +251,10 @@ def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="material and class/element probabilities per image, one row per image")
     p.add_argument("run", type=Path, help="run directory written by `tmdafm train`")
     p.add_argument("images", type=Path, nargs="+", metavar="IMAGE", help="image files")
-    p.add_argument("--fold", type=_fold_choice, default="best",
-                   help="fold to use (default: best, the best validation macro-F1)")
+    p.add_argument("--fold", type=_fold_choice, default="all",
+                   help="all: average the probabilities of every fold model and report their agreement (columns "
+                        "agreement, spread); best: the fold with the best validation macro-F1; or a fold number "
+                        "(default: all)")
     p.add_argument("--cam", type=Path, metavar="OUTDIR", help="write class-activation-map overlays (PNG) here")
     p.add_argument("--cam-kind", choices=("paper", "grad"), default="paper",
                    help="paper: summed last feature maps; grad: Grad-CAM of the predicted class (default: paper)")
@@ -266,11 +268,14 @@ def _run_predict(args) -> int:
 
     from tmdafm_core.cam import overlay
     from tmdafm_core.data import load_image
-    from tmdafm_core.training import load_run, predict
+    from tmdafm_core.training import load_ensemble, load_run, predict, predict_ensemble
 
-    run = load_run(args.run, args.fold, device=args.device)
-    result = predict(run, [str(p) for p in args.images], cam=args.cam_kind if args.cam else False,
-                     on_error="raise" if args.strict else "skip")
+    options = dict(cam=args.cam_kind if args.cam else False, on_error="raise" if args.strict else "skip")
+    if args.fold == "all":
+        result = predict_ensemble(load_ensemble(args.run, device=args.device), [str(p) for p in args.images],
+                                  **options)
+    else:
+        result = predict(load_run(args.run, args.fold, device=args.device), [str(p) for p in args.images], **options)
     for path, reason in result.skipped:
         _say(f"skipped {path}: {reason}")
     print(result.to_frame().to_csv(index=False, float_format="%.4f"), end="")
@@ -400,6 +405,8 @@ def _run_latent(args) -> int:
         write_latent_outputs,
     )
 
+    if args.fold == "all":
+        raise ValueError("--fold all averages predictions; a latent space is one fold's: give best or a number")
     if args.features is not None and not args.features.is_file():  # before the (long) embedding
         raise FileNotFoundError(f"{args.features}: no such descriptor table (--features); make it with "
                                 "`tmdafm features DATA --out CSV`")

@@ -1265,6 +1265,9 @@ class Predictions:
         Names of the inputs (file paths, or ``array<i>`` for arrays) that were classified.
     skipped : list of (str, str)
         Inputs left out and why (``on_error="skip"``).
+    agreement, spread : ndarray, shape (N,), or None
+        Fold ensembles only (:func:`predict_ensemble`): share of folds that pick the ensemble's material, and the
+        standard deviation over folds of its probability.
     materials : list of str
         Predicted material (MtL: the most likely valid material).
     class_probabilities : ndarray, shape (N, n_classes)
@@ -1287,6 +1290,8 @@ class Predictions:
     classes: tuple
     elements: tuple
     skipped: list = field(default_factory=list)
+    agreement: np.ndarray | None = None
+    spread: np.ndarray | None = None
 
     def to_frame(self) -> pd.DataFrame:
         """One row per image: ``image``, ``material``, ``p_<class>`` and (MtL) ``p_<element>`` columns."""
@@ -1296,6 +1301,9 @@ class Predictions:
         if self.element_probabilities is not None:
             for i, name in enumerate(self.elements):
                 frame[f"p_{name}"] = self.element_probabilities[:, i]
+        if self.agreement is not None:
+            frame["agreement"] = self.agreement
+            frame["spread"] = self.spread
         return frame
 
 
@@ -1361,19 +1369,27 @@ def predict(run: Run, images, *, cam: bool | str = False, batch_size: int = 32,
     -------
     Predictions
     """
-    from .cam import grad_cam, maps_to_cam
+    _check_predict_options(run, cam, latent)
+    loaded, skipped = _load_inputs(images, run.scaling, on_error)
+    return _predict_loaded(run, loaded, skipped, cam=cam, batch_size=batch_size, latent=latent)
 
+
+def _check_predict_options(run: Run, cam, latent: str) -> None:
     if not run.is_image:
         raise ValueError(f"{run.path}: a feature-table run classifies feature vectors, not images")
     if cam not in (False, True, "paper", "grad"):
         raise ValueError(f"cam must be False, True, 'paper' or 'grad', got {cam!r}")
     check_latent(latent)
+
+
+def _load_inputs(images, scaling: str, on_error: str) -> tuple[list, list]:
+    """``([(name, height map 0..1)], [(name, why skipped)])`` of paths or arrays, read once for every fold."""
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     loaded, skipped = [], []
     for i, item in enumerate(images):
         try:
-            loaded.append(_as_height_map(item, i, run.scaling))
+            loaded.append(_as_height_map(item, i, scaling))
         except ValueError as exc:
             if on_error == "raise":
                 raise
@@ -1382,6 +1398,12 @@ def predict(run: Run, images, *, cam: bool | str = False, batch_size: int = 32,
     if not loaded:
         detail = f"; {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
         raise ValueError(f"no images to predict{detail}")
+    return loaded, skipped
+
+
+def _predict_loaded(run: Run, loaded: list, skipped: list, *, cam, batch_size: int, latent: str) -> Predictions:
+    from .cam import grad_cam, maps_to_cam
+
     names = [name for name, _ in loaded]
     # A model imported without an input size sees every image at its own size.
     inputs = [resize_image(image, run.image_size) if run.image_size
@@ -1415,6 +1437,62 @@ def predict(run: Run, images, *, cam: bool | str = False, batch_size: int = 32,
         elements=run.labels.elements,
         skipped=skipped,
     )
+
+
+def load_ensemble(run_dir, *, device: str = "cpu") -> list[Run]:
+    """Every fold model of a run, the best validation fold first (what :func:`predict_ensemble` averages)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: no such run directory")
+    folds = sorted(int(p.stem[4:]) for p in run_dir.glob("fold*.pt") if p.stem[4:].isdigit())
+    if not folds:
+        raise FileNotFoundError(f"{run_dir}: no fold checkpoints (fold<k>.pt); train the run first")
+    best = best_fold(run_dir)
+    return [load_run(run_dir, fold, device=device) for fold in [best] + [f for f in folds if f != best]]
+
+
+def predict_ensemble(runs, images, *, cam: bool | str = False, batch_size: int = 32, latent: str = "pre-relu",
+                     on_error: str = "raise") -> Predictions:
+    """Classify images with every fold model of a run and average their probabilities (the paper reports test
+    results over its fold models).
+
+    Parameters
+    ----------
+    runs : list of Run
+        From :func:`load_ensemble` (best fold first); all of one run (same classes, input size and scaling).
+    images, cam, batch_size, latent, on_error
+        As in :func:`predict`; the images are read once. Activation maps and embeddings are the best fold's
+        (each fold has its own latent space; an average of them means nothing).
+
+    Returns
+    -------
+    Predictions
+        ``class_probabilities`` (and MtL ``element_probabilities``) are the means over folds; ``materials`` their
+        argmax; ``agreement`` the share of folds whose own prediction is that material; ``spread`` the standard
+        deviation (ddof 0) over folds of that material's probability.
+    """
+    runs = list(runs)
+    if not runs:
+        raise ValueError("no fold models to predict with")
+    first = runs[0]
+    if any((r.labels, r.task, r.image_size, r.scaling) != (first.labels, first.task, first.image_size, first.scaling)
+           for r in runs):
+        raise ValueError("the fold models differ in classes, task, input size or scaling; give the folds of one run")
+    for run in runs:
+        _check_predict_options(run, cam if run is first else False, latent)
+    loaded, skipped = _load_inputs(images, first.scaling, on_error)
+    each = [_predict_loaded(run, loaded, skipped, cam=cam if run is first else False, batch_size=batch_size,
+                            latent=latent) for run in runs]
+    probabilities = np.stack([p.class_probabilities for p in each])  # (folds, images, classes)
+    mean = probabilities.mean(axis=0)
+    chosen = mean.argmax(axis=1)
+    rows = np.arange(len(chosen))
+    votes = np.stack([p.class_probabilities.argmax(axis=1) for p in each]) == chosen[None, :]
+    elements = None if first.task != "mtl" else np.stack([p.element_probabilities for p in each]).mean(axis=0)
+    return dataclasses.replace(
+        each[0], materials=[first.labels.classes[i] for i in chosen], class_probabilities=mean,
+        element_probabilities=elements, agreement=votes.mean(axis=0),
+        spread=probabilities[:, rows, chosen].std(axis=0))
 
 
 def embed(run: Run, data, *, batch_size: int = 64, progress: bool = False, latent: str = "pre-relu") -> np.ndarray:
