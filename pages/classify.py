@@ -61,7 +61,10 @@ def result_card(cache, result, index: int, colours: dict):
     material = result["material"]
     probs = figures.probability_figure(result["class_probabilities"], title="MtC class probability",
                                        colours=colours)
-    graphs = [dcc.Graph(figure=probs, config={"displayModeBar": False})]
+    graphs = [dcc.Graph(figure=probs, config={"displayModeBar": False}),
+              html.P(f"Mean of {result['folds']} fold models; {round(result['agreement'] * result['folds'])} of "
+                     f"{result['folds']} pick {material}. Not calibrated; no check yet that the image resembles "
+                     "the training images.", className="caption agreement")]
     if result["element_probabilities"]:
         graphs.append(dcc.Graph(figure=figures.probability_figure(result["element_probabilities"],
                                                                   title="MtL element probability"),

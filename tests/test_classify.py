@@ -165,9 +165,20 @@ def test_bad_files_get_messages_while_the_others_classify(store):
     assert set(good["coordinates"]) == {f"PC{i + 1}" for i in range(10)}
     assert len(good["neighbours"]) == classify.N_NEIGHBOURS and good["neighbour_space"] == "full latent space"
     assert good["cam_uri"].startswith("data:image/png;base64,")
+    # The fold ensemble: the mean of every fold model's probabilities, and how many folds agree.
+    from tmdafm_core.training import load_ensemble, predict, predict_ensemble
+
+    runs = load_ensemble(store / "runs" / "mtc")
+    assert good["folds"] == len(runs) >= 2
+    image, _ = classify.decode_image(_good(0))
+    expected = predict_ensemble(runs, [image])
+    assert good["class_probabilities"]["MoS2"] == pytest.approx(expected.class_probabilities[0, 0], abs=1e-5)
+    assert good["agreement"] == pytest.approx(expected.agreement[0])
+    mean = np.mean([predict(run, [image]).class_probabilities[0] for run in runs], axis=0)
+    assert list(good["class_probabilities"].values()) == pytest.approx(list(mean), abs=1e-5)
     assert sorted(p for p in store.rglob("*") if p.is_file()) == files_before  # nothing written
     table = classify.results_table(results)
-    assert list(table.columns[:3]) == ["file", "status", "material"]
+    assert list(table.columns[:3]) == ["file", "status", "material"] and "agreement" in table
     assert table["status"].tolist()[:2] == ["classified", "file is empty"]
     assert table.loc[0, "nearest_images"].count(";") == classify.N_NEIGHBOURS - 1
 

@@ -192,8 +192,13 @@ def cam_view(image: np.ndarray, heat: np.ndarray, image_size: int | None, *, max
 
 @dataclass
 class _Loaded:
-    run: object
+    runs: list  # every fold model, the best validation fold first
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def run(self):
+        """The best fold (its latent space places images; the store's predictions are its)."""
+        return self.runs[0]
 
 
 def _run_files_stamp(run_dir: Path) -> tuple:
@@ -206,13 +211,14 @@ _LOAD_LOCK = threading.Lock()
 
 @lru_cache(maxsize=8)
 def _load_run(run_dir: str, stamp: tuple) -> _Loaded:
-    from .training import load_run
+    from .training import load_ensemble
 
-    return _Loaded(load_run(run_dir))
+    return _Loaded(load_ensemble(run_dir))
 
 
 def loaded_run(run_dir) -> _Loaded:
-    """The best fold of a run, loaded once per checkpoint version and shared between threads (with its lock)."""
+    """Every fold of a run (best first), loaded once per checkpoint version and shared between threads (with its
+    lock)."""
     run_dir = Path(run_dir)
     with _LOAD_LOCK:
         return _load_run(str(run_dir.resolve()), _run_files_stamp(run_dir))
@@ -275,12 +281,12 @@ class Classifier:
             for name in features.columns if name != "image"}
 
     def _predict(self, loaded: _Loaded | None, image: np.ndarray, *, cam: bool):
-        from .training import predict
+        from .training import predict_ensemble
 
         if loaded is None:
             return None
         with loaded.lock:  # one forward pass per model at a time: CPU-bound anyway, and CAMs stay per request
-            return predict(loaded.run, [image], cam=cam)
+            return predict_ensemble(loaded.runs, [image], cam=cam)
 
     def place(self, embedding: np.ndarray) -> dict[str, float]:
         """Coordinates of one embedding in the saved projection (PCs, and the 2-D UMAP when saved; no refit)."""
@@ -317,6 +323,7 @@ class Classifier:
             "element_probabilities": None if mtl is None else
             dict(zip(mtl.elements, map(float, mtl.element_probabilities[0]), strict=True)),
             "mtl_material": None if mtl is None else mtl.materials[0],
+            "agreement": float(mtc.agreement[0]), "folds": len(self.mtc.runs),
             "height": int(image.shape[0]), "width": int(image.shape[1]), "pixel_size_nm": float(pixel_nm),
             "descriptors": {key: {"value": float(value),
                                   "percentile": percentile_of(self.descriptor_values.get(key, np.empty(0)), value)}
@@ -393,6 +400,7 @@ def results_table(results) -> pd.DataFrame:
         if result["ok"]:
             row["material"] = result["material"]
             row.update({f"p_{k}": v for k, v in result["class_probabilities"].items()})
+            row["agreement"] = result["agreement"]
             if result["element_probabilities"]:
                 row.update({f"p_{k}": v for k, v in result["element_probabilities"].items()})
             row.update({k: v["value"] for k, v in result["descriptors"].items()})
