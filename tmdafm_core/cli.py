@@ -97,14 +97,14 @@ def _fold_choice(text: str):
 
 
 def _image_side(text: str) -> int:
-    """argparse type of --image-size: a whole number of pixels, 32..4096 (a ResNet needs 32 px or more)."""
+    """argparse type of --image-size: a whole number of pixels (:func:`tmdafm_core.data.images.check_input_side`)."""
+    from tmdafm_core.data.images import MAX_INPUT_PX, MIN_SIDE_PX, check_input_side
+
     try:
-        side = int(text)
+        return check_input_side(int(text))
     except ValueError:
-        side = 0
-    if not 32 <= side <= 4096:
-        raise argparse.ArgumentTypeError(f"takes a side in pixels from 32 to 4096, got {text!r}")
-    return side
+        raise argparse.ArgumentTypeError(f"takes a side in pixels from {MIN_SIDE_PX} to {MAX_INPUT_PX}, "
+                                         f"got {text!r}") from None
 
 
 def _number_list(kind):
@@ -343,11 +343,12 @@ def _add_reproduce(sub) -> None:
 
 
 def _run_reproduce(args) -> int:
-    from tmdafm_core.reproduce import profile_for, reproduce
+    from tmdafm_core.pipeline import named_profile
+    from tmdafm_core.reproduce import reproduce
 
     if args.data is not None and not args.data.exists():
         raise FileNotFoundError(f"{args.data}: no such file or folder; give a data set folder or manifest CSV")
-    made, missing = reproduce(args.data, args.out, profile=profile_for(args.profile, descriptors=args.descriptors),
+    made, missing = reproduce(args.data, args.out, profile=named_profile(args.profile, descriptors=args.descriptors),
                               cache=args.cache, formats=tuple(args.formats), progress=True, runs=args.runs)
     for artifact in made:
         print(f"{artifact.key:20s} {artifact.title}")
@@ -711,13 +712,11 @@ def add_app_arguments(p) -> None:
 
 def app_profile(args):
     """The precompute profile the app's options name: ``--profile``, with ``--descriptors`` when not the default."""
-    import dataclasses
-
-    from tmdafm_core.pipeline import PROFILES
+    from tmdafm_core.pipeline import named_profile
 
     if args.descriptors == "physical":
         return args.profile
-    return dataclasses.replace(PROFILES[args.profile], descriptors=args.descriptors)
+    return named_profile(args.profile, descriptors=args.descriptors)
 
 
 def _add_app(sub) -> None:

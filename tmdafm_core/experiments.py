@@ -55,6 +55,7 @@ import pandas as pd
 from .data import PAPER_MATERIALS, FeatureTable, LabelSpace
 from .models import ARCHITECTURES, WEIGHT_CHOICES
 from .training import (
+    HEAD_STARTS,
     METRICS_NAME,
     PARTITIONS,
     TASKS,
@@ -356,8 +357,8 @@ def sequential_study(data: pd.DataFrame, out_dir, *, order=PAPER_MATERIALS, volu
             raise ValueError(f"sequential_study sets {reserved!r} itself; do not pass it")
     if volume_mode not in VOLUME_MODES:
         raise ValueError(f"volume_mode must be one of {', '.join(VOLUME_MODES)}, got {volume_mode!r}")
-    if head not in ("reset", "keep"):
-        raise ValueError(f"head must be 'reset' or 'keep', got {head!r}")
+    if head not in HEAD_STARTS:
+        raise ValueError(f"head must be one of {', '.join(HEAD_STARTS)}, got {head!r}")
     order = parse_order(order, data["material"].dropna())
     volumes = parse_volumes(volumes)
     tasks = _tasks(task)
@@ -401,18 +402,18 @@ def _new_class_pool(split: pd.DataFrame, new_class: str, seed: int) -> np.ndarra
     return np.random.default_rng([seed, 7919]).permutation(pool)
 
 
-def _stage_rows(split: pd.DataFrame, classes, volume=FULL, options: dict | None = None) -> np.ndarray:
+def _stage_rows(split: pd.DataFrame, classes, volume, options: dict) -> np.ndarray:
     """Rows of a stage's classes; with the paper's volume mode, only ``volume`` random train + validation images
     of the new class (its test images stay)."""
     rows = np.flatnonzero(split["material"].isin(classes).to_numpy())
-    if volume == FULL or (options or {}).get("volume_mode", "paper") != "paper":
+    if volume == FULL or options["volume_mode"] != "paper":
         return rows
     dropped = _new_class_pool(split, classes[-1], options.get("seed", 0))[int(volume):]
     return np.setdiff1d(rows, dropped)
 
 
 def _train_limits(stage: Stage, options: dict) -> dict | None:
-    if stage.volume == FULL or options.get("volume_mode", "paper") == "paper":
+    if stage.volume == FULL or options["volume_mode"] == "paper":
         return None
     return {stage.new_class: int(stage.volume)}
 
@@ -436,7 +437,7 @@ def _train_stage(stage: Stage, split, stored, image_size, elements, options, pro
 
 def _cut_keeps_all(split: pd.DataFrame, options: dict, classes, volume) -> bool:
     """Whether cutting the new class to ``volume`` leaves the stage's training (and validation) images as they are."""
-    if options.get("volume_mode", "paper") == "paper":
+    if options["volume_mode"] == "paper":
         return len(_new_class_pool(split, classes[-1], options.get("seed", 0))) <= int(volume)
     is_new = (split["material"] == classes[-1]).to_numpy()
     return all(is_new[fold_training_positions(split, fold)].sum() <= int(volume) for fold in range(options["folds"]))

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from .data import LabelSpace, parse_elements
+from .data.images import check_input_side
 from .models import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -120,8 +121,8 @@ def import_model(state_dict, out_dir, *, arch: str, task: str, classes, elements
     missing = {e for m in classes for e in parse_elements(m)} - set(labels.elements)
     if missing:
         raise ValueError(f"--elements lacks {', '.join(sorted(missing))}, present in the classes")
-    if image_size is not None and not 32 <= int(image_size) <= 4096:
-        raise ValueError(f"image_size must be in 32..4096 px, got {image_size}")
+    if image_size is not None:
+        check_input_side(image_size)
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out}: exists and is not empty; give a new folder for the imported run")

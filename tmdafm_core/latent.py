@@ -579,7 +579,7 @@ def bootstrap_pearson(a: np.ndarray, b: np.ndarray, *, n_boot: int = 1000, seed:
     return np.clip(out, -1.0, 1.0)
 
 
-def _fit_linear(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def fit_linear(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Least-squares coefficients of every column of y on x with an intercept, shape (1 + x columns, y columns)."""
     design = np.column_stack([np.ones(len(x)), x])
     return np.linalg.lstsq(design, y, rcond=None)[0]
@@ -626,11 +626,11 @@ def regression_tables(scores: np.ndarray, descriptors: np.ndarray, *, descriptor
     GroupKFold over ``groups``). The PCA itself is fitted on every image: it never sees a descriptor, so only the
     regression is cross-validated.
     """
-    coef = _fit_linear(scores, descriptors)
+    coef = fit_linear(scores, descriptors)
     r = _column_r(descriptors, _predict_linear(coef, scores), descriptor_ok)
     out_of_fold = np.empty_like(descriptors)
     for train, test in _cv_splits(len(scores), cv_folds, groups, seed):
-        out_of_fold[test] = _predict_linear(_fit_linear(scores[train], descriptors[train]), scores[test])
+        out_of_fold[test] = _predict_linear(fit_linear(scores[train], descriptors[train]), scores[test])
     r_cv = _column_r(descriptors, out_of_fold, descriptor_ok)
     return {"coef": coef[1:], "r": r, "r_cv": r_cv}
 

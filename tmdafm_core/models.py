@@ -67,9 +67,7 @@ class Head(nn.Module):
 
     def embed(self, features: torch.Tensor, *, latent: str = "pre-relu") -> torch.Tensor:
         """Latent features (N, 100): the hidden Linear layer's outputs before (paper) or after its ReLU."""
-        check_latent(latent)
-        pre = self.hidden[0](features)
-        return pre if latent == "pre-relu" else torch.relu(pre)
+        return latent_view(self.hidden[0](features), latent)
 
     def classify(self, latent: torch.Tensor) -> torch.Tensor:
         """Logits (N, outputs) from pre-ReLU latent features (ReLU is idempotent, so post-ReLU ones work too)."""
@@ -116,7 +114,7 @@ class ResNetClassifier(nn.Module):
         """``(logits, latent, feature_maps)`` of one forward pass (``latent`` as in :meth:`Head.embed`)."""
         maps = self.feature_maps(images)
         pre = self.head.embed(self.pool(maps))
-        return self.head.classify(pre), (pre if latent == "pre-relu" else torch.relu(pre)), maps
+        return self.head.classify(pre), latent_view(pre, latent), maps
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone_features(images))
@@ -156,6 +154,11 @@ def check_latent(latent: str) -> str:
     if latent not in LATENT_KINDS:
         raise ValueError(f"unknown latent kind {latent!r}; use one of {', '.join(LATENT_KINDS)}")
     return latent
+
+
+def latent_view(pre: torch.Tensor, latent: str) -> torch.Tensor:
+    """The latent features of kind ``latent`` from the hidden layer's pre-ReLU outputs."""
+    return pre if check_latent(latent) == "pre-relu" else torch.relu(pre)
 
 
 def check_arch(arch: str) -> str:

@@ -43,7 +43,7 @@ import shutil
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -178,6 +178,12 @@ PROFILES = {
     "tiny": Profile("tiny", n=80, size=32, n_folds=2, epochs=1, image_size=32, order=("MoS2", "WS2", "WSe2"),
                     volumes=("full", 8), umap_dims=(2,), n_boot=50),
 }
+
+
+def named_profile(name: str, *, descriptors: str | None = None) -> Profile:
+    """The profile ``name`` of :data:`PROFILES`, with another descriptor set when ``descriptors`` is given."""
+    profile = _resolve_profile(name)
+    return replace(profile, descriptors=descriptors) if descriptors else profile
 
 
 def _resolve_profile(profile) -> Profile:
@@ -484,6 +490,8 @@ DEPENDS = {"dataset": (), "thumbnails": ("dataset",), "descriptors": ("dataset",
            "latent-mtl": ("mtl", "descriptors"), "latent-sequential": ("sequential", "dataset")}
 _KEY_FILE = ".precompute.json"  # inside a run / study folder: what it was trained with, to resume or reuse it
 _LATENT_FORMAT = 2  # 2: latent features are the head's pre-ReLU outputs (the paper's), no longer post-ReLU
+#: How the store's sequential study grows its head and cuts its volumes: the paper's way (sequential_study).
+_SEQUENTIAL_SEMANTICS = {"head": "reset", "volume_mode": "paper"}
 
 
 def write_atlas(cache_dir) -> Path:
@@ -520,12 +528,13 @@ class StepResult:
 
 
 class _Context:
-    def __init__(self, cache: Path, data, profile: Profile, progress):
+    def __init__(self, cache: Path, data, profile: Profile, progress, given_runs: dict | None = None):
         self.cache, self.data, self.profile, self.progress = cache, data, profile, progress
         self.records = read_record(cache)
         self._manifest = None
-        self.given_runs = {}
-        self.guard_foreign = False
+        self.given_runs = given_runs or {}
+        # Without a record (a new store, or a lost store.json) nothing tells the store's files from others'.
+        self.guard_foreign = bool(self.records)
 
     @property
     def manifest(self) -> pd.DataFrame:
@@ -642,9 +651,9 @@ def _step_sequential(ctx: _Context):
     target = ctx.cache / SEQUENTIAL_DIR
     # Runs trained with the same options on the same data are kept when only the order or volumes change.
     compat = {"train": ctx.train, "inputs": {"dataset": ctx.records["dataset"]["output"]},
-              "semantics": {"head": "reset", "volume_mode": "paper"}}
+              "semantics": _SEQUENTIAL_SEMANTICS}
     options = dict(order=ctx.order, volumes=ctx.profile.volumes, task=ctx.profile.sequential_task, modes=MODES,
-                   progress=ctx.bars, **ctx.train)
+                   progress=ctx.bars, **_SEQUENTIAL_SEMANTICS, **ctx.train)
     staging = _staging(target, compat, reuse=True)
     try:
         sequential_study(ctx.manifest, staging, **options)
@@ -781,7 +790,7 @@ def _settings(ctx: _Context, step: str) -> dict:
         return {"task": step, "train": _run_options(ctx)}
     if step == "sequential":
         return {"train": ctx.train, "order": ctx.order, "volumes": [str(v) for v in profile.volumes],
-                "task": profile.sequential_task, "head": "reset", "volume_mode": "paper"}
+                "task": profile.sequential_task, **_SEQUENTIAL_SEMANTICS}
     if step in ("latent-mtc", "latent-mtl"):
         return {"n_components": LATENT_COMPONENTS, "umap_dims": list(profile.umap_dims), "n_boot": profile.n_boot,
                 "seed": profile.seed, "device": ctx.train.get("device", "cpu"), "format": _LATENT_FORMAT}
@@ -907,16 +916,13 @@ def given_runs(paths) -> dict:
 
     Each folder's ``config.json`` says its task; two runs of one task, or a folder that is no run, are refused.
     """
-    import json
-
     runs = {}
     for path in map(Path, paths or ()):
-        config = path / "config.json"
-        try:
-            task = json.loads(config.read_text()).get("task")
-        except (OSError, ValueError):
+        config = read_json(path / "config.json")
+        if not isinstance(config, dict):
             raise ValueError(f"{path}: not a run directory (no readable config.json); give a folder written by "
-                             "`tmdafm train` or `tmdafm import-model`") from None
+                             "`tmdafm train` or `tmdafm import-model`")
+        task = config.get("task")
         if task not in ("mtc", "mtl") or not any(path.glob("fold*.pt")):
             raise ValueError(f"{path}: not an image run with fold checkpoints (task {task!r})")
         if task in runs:
@@ -1011,10 +1017,7 @@ def precompute(cache_dir, data=None, *, profile="demo", progress=None, steps=Non
               file=sys.stderr, flush=True)
     wanted = _with_dependencies(STEPS if steps is None else steps)
     results = []
-    ctx = _Context(cache_dir, data, profile, progress)
-    ctx.given_runs = runs
-    # Without a record (a new store, or a lost store.json) nothing tells the store's files from others'.
-    ctx.guard_foreign = bool(ctx.records)
+    ctx = _Context(cache_dir, data, profile, progress, given_runs=runs)
     for number, step in enumerate(wanted, 1):
         # One writer per step (a lock per step, not per run: the app's own preparation of the data set and
         # thumbnails goes ahead once another precompute has finished those steps).

@@ -28,7 +28,6 @@ what could not be made and why (S13 among them: its content is not recorded in o
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import html
 import json
@@ -243,7 +242,7 @@ def _figure3(ctx: _Context) -> Artifact:
 
 def _figure4(ctx: _Context) -> Artifact:
     from .figures import sequential_figure
-    from .results import sequential_results
+    from .results import sequential_results, sequential_semantics
 
     table = sequential_results(ctx.store)
     if table is None:
@@ -251,7 +250,7 @@ def _figure4(ctx: _Context) -> Artifact:
     title = "Macro-F1 against the new class's training volume"
     return Artifact("figure4", title, _write_figure(ctx, "figure4", sequential_figure(table), table, title),
                     {**_run_settings(ctx.options), "volumes": list(map(str, ctx.profile.volumes)),
-                     "head": "reset", "volume_mode": "paper"})
+                     **sequential_semantics(ctx.store)})
 
 
 def _figure5(ctx: _Context) -> Artifact:
@@ -357,25 +356,24 @@ def _figure_s1(ctx: _Context) -> Artifact:
 
 def _figure_s12(ctx: _Context) -> Artifact:
     from .figures import colour_spec, latent_scatter_figure
-    from .latent import max_scale
+    from .latent import fit_linear, max_scale, read_descriptors
     from .results import latent_tables
+    from .selection import coordinate_columns
 
     tables = latent_tables(ctx.store, "mtc")
     features_path = ctx.store / "features.csv"
     if not tables or "table5" not in tables or not features_path.is_file():
         raise NotMade("the store holds no MtC latent analysis with descriptors")
     projection = tables["projection"]
-    pcs = [c for c in projection.columns if c.startswith("PC")]
+    pcs = coordinate_columns(projection)["pca"]
     table5 = tables["table5"].sort_values("regression_r", ascending=False)
     first, second = list(table5["descriptor"][:2])
-    descriptors = pd.read_csv(features_path, dtype={"image": str}).set_index("image")
-    joined = projection.join(max_scale(descriptors[[first, second]]), on="image").dropna(subset=[first, second])
+    descriptors = max_scale(read_descriptors(features_path).set_index("image")[[first, second]])
+    joined = projection.join(descriptors, on="image").dropna(subset=[first, second])
     scores = joined[pcs].to_numpy(np.float64)
-    design = np.column_stack([scores, np.ones(len(scores))])
-    axes = {}
-    for name in (first, second):
-        coef = np.linalg.lstsq(design, joined[name].to_numpy(np.float64), rcond=None)[0][:-1]
-        axes[name] = scores @ (coef / np.linalg.norm(coef))
+    coef = fit_linear(scores, joined[[first, second]].to_numpy(np.float64))[1:]  # row 0: the intercepts
+    directions = coef / np.linalg.norm(coef, axis=0)
+    axes = dict(zip((first, second), (scores @ directions).T, strict=True))
     material = "label" if "label" in joined else "material"
     points = pd.DataFrame({"image": joined["image"], "material": joined[material],
                            f"along the {first} regression direction": axes[first],
@@ -485,12 +483,3 @@ def reproduce(data, out_dir, *, profile="demo", cache=None, formats=("png", "svg
     state_path.write_text(json.dumps(ctx.state, indent=2) + "\n")
     return made, missing
 
-
-def profile_for(name: str, *, descriptors: str | None = None):
-    """A precompute profile by name, with another descriptor set when given."""
-    from .pipeline import PROFILES
-
-    if name not in PROFILES:
-        raise ValueError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
-    profile = PROFILES[name]
-    return dataclasses.replace(profile, descriptors=descriptors) if descriptors else profile

@@ -33,9 +33,6 @@ DEFAULT_CACHE_DIR = "cache"
 CACHE_ENV = "TMDAFM_CACHE"
 RECORD_NAME = "store.json"
 _MEMO_FOLDER = "diskcache"
-#: Records written before every file had a digest left larger files (checkpoints) without one: those are still
-#: checked by size and structure.
-DIGEST_LIMIT = 4 << 20
 _RECORD_FORMAT = 1
 
 
@@ -150,11 +147,24 @@ def file_entries(cache_dir, paths) -> dict[str, list]:
     return entries
 
 
+#: Digests this process computed, by (path, size, modification time, inode): a store copied without its time
+#: stamps is hashed once per process, not on every check (the app checks on every page).
+_SEEN_DIGESTS: dict[tuple, str] = {}
+
+
+def _digest_of(path: Path, stat) -> str:
+    key = (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if key not in _SEEN_DIGESTS:
+        _SEEN_DIGESTS[key] = file_digest(path)
+    return _SEEN_DIGESTS[key]
+
+
 def file_problem(path: Path, entry) -> str | None:
     """How a stored file differs from its record entry (:func:`file_entries`), or None when it is as written.
 
     The content is hashed again whenever size or modification time differ from the record (writing into a file
-    changes its time), so the check stays fast for an untouched store of gigabytes of checkpoints.
+    changes its time), so the check stays fast for an untouched store of gigabytes of checkpoints. Records written
+    before every file had a digest (``[size, None]``) are checked by size and structure.
     """
     size, digest = entry[0], entry[1]
     try:
@@ -163,11 +173,11 @@ def file_problem(path: Path, entry) -> str | None:
         return "missing"
     if stat.st_size != size:
         return f"{stat.st_size} bytes, {size} were written"
-    if digest is None:  # a record from before every file had a digest
+    if digest is None:
         return check_file(path)
     if len(entry) > 2 and stat.st_mtime_ns == entry[2]:
         return None
-    if file_digest(path) != digest:
+    if _digest_of(path, stat) != digest:
         return "content changed since it was written"
     return None
 

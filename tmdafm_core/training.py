@@ -49,7 +49,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .data import FeatureTable, LabelSpace, fold_partitions, load_image, split_dataset
-from .data.images import scale_pixels
+from .data.images import MIN_SIDE_PX, check_input_side, scale_pixels
 from .models import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -118,8 +118,8 @@ class TrainConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if self.image_size is not None and not 32 <= int(self.image_size) <= 4096:
-            raise ValueError(f"image_size must be in 32..4096 px, got {self.image_size}")
+        if self.image_size is not None:
+            check_input_side(self.image_size)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         resolve_device(self.device)
@@ -1122,9 +1122,7 @@ def extract(manifest: pd.DataFrame, *, arch: str = "resnet18", weights: str = "i
 
     torch_device = resolve_device(device)
     model = build_model(arch, 1, weights=weights).to(torch_device, memory_format=torch.channels_last).eval()
-    image_size = int(image_size or default_image_size(manifest))
-    if not 32 <= image_size <= 4096:
-        raise ValueError(f"image_size must be in 32..4096 px, got {image_size}")
+    image_size = check_input_side(image_size or default_image_size(manifest))
     batches = InputBatches(load_data(manifest, image_size=image_size, progress=progress), mean=IMAGENET_MEAN,
                            std=IMAGENET_STD, device=torch_device)
     chunks = []
@@ -1307,10 +1305,6 @@ class Predictions:
         return frame
 
 
-#: The smallest side a model is given (a ResNet's five downsamplings; descriptors need as much).
-MIN_INPUT_PX = 32
-
-
 def _as_height_map(item, index: int, scaling: str = "min-max") -> tuple[str, np.ndarray]:
     if isinstance(item, (str, os.PathLike)):
         name, image = str(item), load_image(item, scaling=scaling)[0]
@@ -1320,9 +1314,9 @@ def _as_height_map(item, index: int, scaling: str = "min-max") -> tuple[str, np.
             raise ValueError(f"image {index}: expected a file path or a 2-D array, got an array of shape "
                              f"{array.shape}")
         name, image = f"array{index}", scale_pixels(array, scaling=scaling, source=f"image {index}")
-    if min(image.shape) < MIN_INPUT_PX:
+    if min(image.shape) < MIN_SIDE_PX:
         raise ValueError(f"{name}: {image.shape[1]} x {image.shape[0]} px is too small to classify (at least "
-                         f"{MIN_INPUT_PX} px a side)")
+                         f"{MIN_SIDE_PX} px a side)")
     return name, image
 
 

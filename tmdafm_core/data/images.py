@@ -15,6 +15,16 @@ IMAGE_SUFFIXES = frozenset({".tif", ".tiff", ".png", ".jpg", ".jpeg"})
 #: Largest image (pixels) read, checked from the header before any pixel is decoded: a tiny compressed file can
 #: hold a huge image. ``TMDAFM_MAX_PIXELS`` sets another limit.
 MAX_PIXELS = 64 * 2**20
+#: Smallest image side any step uses (the descriptors' scales span tens of pixels; a ResNet halves its input five
+#: times) and largest model input side.
+MIN_SIDE_PX, MAX_INPUT_PX = 32, 4096
+
+
+def check_input_side(size) -> int:
+    """A model input side in pixels, checked against ``MIN_SIDE_PX..MAX_INPUT_PX``."""
+    if not MIN_SIDE_PX <= int(size) <= MAX_INPUT_PX:
+        raise ValueError(f"image_size must be in {MIN_SIDE_PX}..{MAX_INPUT_PX} px, got {size}")
+    return int(size)
 
 
 def max_pixels() -> int:

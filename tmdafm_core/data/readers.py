@@ -22,13 +22,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .images import DEFAULT_SCAN_SIZE_NM, IMAGE_SUFFIXES, probe_image
+from .images import DEFAULT_SCAN_SIZE_NM, IMAGE_SUFFIXES, MIN_SIDE_PX, probe_image
 from .labels import parse_elements
 
 MANIFEST_COLUMNS = ("image", "path", "material", "sample_id", "split", "height", "width", "pixel_size_nm")
 MANIFEST_CSV_NAME = "manifest.csv"
-#: Images smaller than this on a side are skipped: the descriptors and a ResNet need 32 px.
-MIN_IMAGE_PX = 32
 #: Folders archive tools add beside the data (never a class).
 _IGNORED_FOLDERS = {"__macosx"}
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "train", "valid": "train", "validation": "train",
@@ -58,8 +56,8 @@ class _Collector:
         except ValueError as exc:
             self.skip(path, str(exc).removeprefix(f"{path}: "))
             return
-        if min(height, width) < MIN_IMAGE_PX:
-            self.skip(path, f"too small: {width} x {height} px (at least {MIN_IMAGE_PX} px a side)")
+        if min(height, width) < MIN_SIDE_PX:
+            self.skip(path, f"too small: {width} x {height} px (at least {MIN_SIDE_PX} px a side)")
             return
         if pixel_size_nm is None or pd.isna(pixel_size_nm):
             pixel_size_nm = tag_pixel_nm if tag_pixel_nm is not None else DEFAULT_SCAN_SIZE_NM / width
