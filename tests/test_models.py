@@ -39,8 +39,14 @@ def test_head_and_outputs_have_the_papers_shape():
     assert model.head.dropout.p == 0.25
     assert (model.head.out.in_features, model.head.out.out_features) == (LATENT_DIM, 5)
     x = torch.randn(2, 3, 64, 64)
-    logits, latent, maps = model.forward_all(x)
+    logits, latent, maps, statistics = model.forward_all(x)
     assert logits.shape == (2, 5) and latent.shape == (2, LATENT_DIM) and maps.shape == (2, 512, 2, 2)
+    assert statistics.shape == (2, 2 * 64)  # resnet18's first stage has 64 channels: their means, then stds
+    b = model.backbone
+    with torch.no_grad():
+        first = b.layer1(b.maxpool(b.relu(b.bn1(b.conv1(x)))))
+    torch.testing.assert_close(statistics[:, :64], first.mean(dim=(2, 3)))
+    torch.testing.assert_close(statistics[:, 64:], first.std(dim=(2, 3), correction=0))
     torch.testing.assert_close(model(x), logits)
     torch.testing.assert_close(model.embed(x), latent)
 
@@ -53,7 +59,7 @@ def test_latent_features_are_the_hidden_layer_before_its_relu_as_in_the_paper():
         expected = model.head.hidden[0](model.backbone_features(x))
         pre = model.embed(x)
         post = model.embed(x, latent="post-relu")
-        _, from_forward, _ = model.forward_all(x, latent="post-relu")
+        from_forward = model.forward_all(x, latent="post-relu").latent
         logits = model.head.out(torch.relu(expected))
     torch.testing.assert_close(pre, expected)
     assert (pre < 0).any() and (post >= 0).all()

@@ -78,7 +78,14 @@ def test_run_directory_and_metrics_schema(mtc_run):
     on_disk = json.loads((run_dir / "metrics.json").read_text())
     assert on_disk == json.loads(json.dumps(metrics))
     assert list(on_disk) == ["task", "classes", "elements", "folds", "accuracy", "f1_macro",
-                             "confusion_test_percent", "per_fold"]
+                             "confusion_test_percent", "per_fold", "calibration", "novelty"]
+    calibration = on_disk["calibration"]
+    assert len(calibration["temperature"]) == 2 and all(t > 0 for t in calibration["temperature"])
+    for key in ("ece", "ece_uncalibrated", "brier", "brier_uncalibrated"):
+        assert set(calibration[key]) == {"val", "test"}
+    assert len(calibration["reliability"]["edges"]) == calibration["bins"] + 1 == 16
+    assert sum(calibration["reliability"]["test"]["count"]) == 2 * 16  # both folds' 16 test images
+    assert on_disk["novelty"]["method"] == "stage1-mahalanobis" and on_disk["novelty"]["quantile"] == 0.99
     assert on_disk["task"] == "mtc" and on_disk["classes"] == ["MoS2", "WS2"] and on_disk["folds"] == 2
     assert on_disk["elements"] == ["Mo", "W", "S"]
     for metric in ("accuracy", "f1_macro"):
@@ -211,7 +218,8 @@ def test_predict_gives_probabilities_embeddings_and_cams(mtc_run, stripes):
     truth = list(stripes["material"][:3])
     assert result.materials[:3] == truth
     frame = result.to_frame()
-    assert list(frame.columns) == ["image", "material", "p_MoS2", "p_WS2"]
+    assert list(frame.columns) == ["image", "material", "p_MoS2", "p_WS2", "novelty", "unfamiliar"]
+    assert result.calibrated and not result.notes and np.isfinite(result.novelty).all()
     grad = predict(run, paths[:1], cam="grad")
     assert grad.cams[0].shape == (32, 32)
 
@@ -375,9 +383,10 @@ def test_the_fold_ensemble_averages_the_folds_and_reports_their_agreement(mtc_ru
     spread = np.std([p.class_probabilities[np.arange(4), chosen] for p in each], axis=0)
     np.testing.assert_allclose(ensemble.spread, spread, rtol=1e-6)
     np.testing.assert_allclose(ensemble.embeddings, each[0].embeddings)  # the best fold's latent space
+    np.testing.assert_allclose(ensemble.novelty, np.mean([p.novelty for p in each], axis=0), rtol=1e-6)
     assert main(["predict", str(mtc_run[0]), *paths[:2]]) == 0
     header = capsys.readouterr().out.splitlines()[0]
-    assert header == "image,material,p_MoS2,p_WS2,agreement,spread"
+    assert header == "image,material,p_MoS2,p_WS2,agreement,spread,novelty,unfamiliar"
     assert main(["predict", str(mtc_run[0]), paths[0], "--fold", "1"]) == 0
     assert "agreement" not in capsys.readouterr().out
     assert main(["latent", str(mtc_run[0]), stripes.attrs["root"], "--out", "x", "--fold", "all"]) == 2

@@ -258,6 +258,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--cam", type=Path, metavar="OUTDIR", help="write class-activation-map overlays (PNG) here")
     p.add_argument("--cam-kind", choices=("paper", "grad"), default="paper",
                    help="paper: summed last feature maps; grad: Grad-CAM of the predicted class (default: paper)")
+    p.add_argument("--out", type=Path, metavar="CSV", help="also write the table to this CSV file")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     _strict_flag(p)
 
@@ -268,6 +269,7 @@ def _run_predict(args) -> int:
 
     from tmdafm_core.cam import overlay
     from tmdafm_core.data import load_image
+    from tmdafm_core.store import write_atomic
     from tmdafm_core.training import load_ensemble, load_run, predict, predict_ensemble
 
     options = dict(cam=args.cam_kind if args.cam else False, on_error="raise" if args.strict else "skip")
@@ -278,7 +280,17 @@ def _run_predict(args) -> int:
         result = predict(load_run(args.run, args.fold, device=args.device), [str(p) for p in args.images], **options)
     for path, reason in result.skipped:
         _say(f"skipped {path}: {reason}")
-    print(result.to_frame().to_csv(index=False, float_format="%.4f"), end="")
+    for note in result.notes:
+        _say(note)
+    table = result.to_frame().to_csv(index=False, float_format="%.4f")
+    print(table, end="")
+    if args.out:
+        write_atomic(args.out, lambda tmp: tmp.write_text(table))
+        _say(f"predictions: {args.out}")
+    flagged = int(result.unfamiliar.sum())
+    if flagged:
+        _say(f"{flagged} of {len(result.images)} images are unlike the training images (unfamiliar): their "
+             "predictions are unreliable")
     if args.cam:
         args.cam.mkdir(parents=True, exist_ok=True)
         for path, heat in zip(map(Path, result.images), result.cams, strict=True):

@@ -25,6 +25,7 @@ a path
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -77,11 +78,30 @@ class Head(nn.Module):
         return self.classify(self.embed(features))
 
 
+class ForwardOutputs(NamedTuple):
+    """What :meth:`ResNetClassifier.forward_all` returns."""
+
+    logits: torch.Tensor  # (N, outputs)
+    latent: torch.Tensor  # (N, 100)
+    maps: torch.Tensor  # (N, C, h, w), last residual stage
+    statistics: torch.Tensor  # (N, 2 C1), first residual stage: channel means then channel standard deviations
+
+
+def stage_statistics(activations: torch.Tensor) -> torch.Tensor:
+    """Per-channel mean and standard deviation of feature maps: (N, C, h, w) -> (N, 2 C), means first.
+
+    Of the first residual stage they describe an image's local texture (edges, grain, noise) independently of where
+    things are; :mod:`tmdafm_core.novelty` compares them with the training images'.
+    """
+    flat = activations.float().flatten(2)
+    return torch.cat([flat.mean(dim=2), flat.std(dim=2, correction=0)], dim=1)
+
+
 class ResNetClassifier(nn.Module):
     """A torchvision ResNet backbone (classifier removed) followed by :class:`Head`.
 
     ``forward`` gives logits; :meth:`embed` the 100-d latent features; :meth:`feature_maps` the last convolutional
-    stage (for class activation maps); :meth:`forward_all` all three from one pass.
+    stage (for class activation maps); :meth:`forward_all` all of them from one pass.
     """
 
     def __init__(self, arch: str, backbone: nn.Module, head: Head):
@@ -93,9 +113,13 @@ class ResNetClassifier(nn.Module):
 
     def feature_maps(self, images: torch.Tensor) -> torch.Tensor:
         """Activations of the last residual stage, shape (N, C, h, w) (C = 512 or 2048, h = w = size / 32)."""
+        return self._stages(images)[1]
+
+    def _stages(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Outputs of the first and of the last residual stage."""
         b = self.backbone
-        x = b.maxpool(b.relu(b.bn1(b.conv1(images))))
-        return b.layer4(b.layer3(b.layer2(b.layer1(x))))
+        first = b.layer1(b.maxpool(b.relu(b.bn1(b.conv1(images)))))
+        return first, b.layer4(b.layer3(b.layer2(first)))
 
     @staticmethod
     def pool(maps: torch.Tensor) -> torch.Tensor:
@@ -109,12 +133,12 @@ class ResNetClassifier(nn.Module):
     def embed(self, images: torch.Tensor, *, latent: str = "pre-relu") -> torch.Tensor:
         return self.head.embed(self.backbone_features(images), latent=latent)
 
-    def forward_all(self, images: torch.Tensor, *, latent: str = "pre-relu"
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(logits, latent, feature_maps)`` of one forward pass (``latent`` as in :meth:`Head.embed`)."""
-        maps = self.feature_maps(images)
+    def forward_all(self, images: torch.Tensor, *, latent: str = "pre-relu") -> ForwardOutputs:
+        """Logits, latent features (as in :meth:`Head.embed`), last feature maps and the first stage's texture
+        statistics (:func:`stage_statistics`, what novelty is judged by) of one forward pass."""
+        first, maps = self._stages(images)
         pre = self.head.embed(self.pool(maps))
-        return self.head.classify(pre), latent_view(pre, latent), maps
+        return ForwardOutputs(self.head.classify(pre), latent_view(pre, latent), maps, stage_statistics(first))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone_features(images))

@@ -347,20 +347,31 @@ def train_one_epoch(model, optimizer, criterion, batches: InputBatches, targets:
 @torch.inference_mode()
 def evaluate(model, criterion, batches: InputBatches, targets: torch.Tensor, class_index: np.ndarray,
              index: np.ndarray, *, task: str, element_matrix, batch_size: int, n_classes: int,
-             precision: str = "auto") -> dict:
+             precision: str = "auto", keep_outputs: bool = False) -> dict:
     """Loss, accuracy, macro-F1 and confusion of the images at ``index`` in eval mode (no augmentation).
 
-    MtL adds ``element_accuracy``: the share of element presence calls (p > 0.5) that are right.
+    MtL adds ``element_accuracy``: the share of element presence calls (p > 0.5) that are right. ``keep_outputs``
+    adds ``logits`` (N, outputs) and, for image models, ``statistics`` (:func:`~tmdafm_core.models.
+    stage_statistics`, N x F) as float32 arrays: what calibration and the novelty reference are fitted on.
     """
     model.eval()
     device = batches.device
     total_loss, predictions, strict, element_hits = 0.0, [], [], 0.0
+    kept_logits, kept_statistics = [], []
+    with_statistics = keep_outputs and isinstance(model, ResNetClassifier)
     for start in range(0, len(index), batch_size):
         part = index[start:start + batch_size]
         y = targets[part].to(device)
         with _autocast(device, precision):
-            logits = model(batches(part))
+            if with_statistics:
+                outputs = model.forward_all(batches(part))
+                logits = outputs.logits
+                kept_statistics.append(outputs.statistics.float().cpu())
+            else:
+                logits = model(batches(part))
         logits = logits.float()
+        if keep_outputs:
+            kept_logits.append(logits.cpu())
         total_loss += float(criterion(logits, y)) * len(part)
         predictions.append(decode_classes(logits, task, element_matrix).cpu())
         if task == "mtl":
@@ -369,6 +380,10 @@ def evaluate(model, criterion, batches: InputBatches, targets: torch.Tensor, cla
     predicted = torch.cat(predictions).numpy() if predictions else np.zeros(0, dtype=np.int64)
     scores = classification_scores(class_index[index], predicted, n_classes)
     result = {"loss": total_loss / len(index) if len(index) else float("nan"), **scores, "predicted": predicted}
+    if keep_outputs:
+        result["logits"] = torch.cat(kept_logits).numpy() if kept_logits else np.zeros((0, targets.shape[-1]),
+                                                                                       dtype=np.float32)
+        result["statistics"] = torch.cat(kept_statistics).numpy() if kept_statistics else None
     if task == "mtl":
         n_calls = len(index) * targets.shape[1]
         result["element_accuracy"] = element_hits / n_calls if n_calls else float("nan")
@@ -468,14 +483,17 @@ def fit_fold(data: FoldData, config: TrainConfig, fold: int, *, progress: bool =
         epochs.set_postfix(val_f1=f"{val['f1_macro']:.3f}", best=best_epoch)
 
     model.load_state_dict(best_state)
-    scores = {}
+    scores, outputs = {}, {}
     for split in PARTITIONS:
-        result = evaluate(model, criterion, batches, targets, data.class_index, parts[split], **common)
+        result = evaluate(model, criterion, batches, targets, data.class_index, parts[split], keep_outputs=True,
+                          **common)
+        outputs[split] = {key: result.pop(key) for key in ("logits", "statistics")}
         result.pop("predicted")
         result["confusion"] = result["confusion"].tolist()
         scores[split] = result
     best_optimizer = _to_cpu(best_optimizer)
     return {
+        **held_out_trust(outputs, {split: data.class_index[parts[split]] for split in PARTITIONS}, labels, task),
         "model": {k: v.contiguous() for k, v in best_state.items()},
         "optimizer": best_optimizer,
         "epoch": best_epoch,
@@ -494,6 +512,42 @@ def fit_fold(data: FoldData, config: TrainConfig, fold: int, *, progress: bool =
         "history": history,
         "complete": True,
     }
+
+
+def held_out_trust(outputs: dict, true: dict, labels: LabelSpace, task: str) -> dict:
+    """What makes one fold model's predictions trustworthy, from its outputs on its own partitions.
+
+    Parameters
+    ----------
+    outputs : dict
+        Per partition (``train``, ``val``, ``test``): ``logits`` (N, outputs) and ``statistics`` (N, F) or None
+        (feature-table runs), as :func:`evaluate` keeps them.
+    true : dict
+        Per partition: true class index per image.
+    labels : LabelSpace
+    task : {"mtc", "mtl"}
+
+    Returns
+    -------
+    dict
+        ``calibration``: :func:`tmdafm_core.calibration.calibration_report` (temperature fitted on validation
+        images only); ``novelty`` (image models): :func:`tmdafm_core.novelty.fit_reference` on the training
+        images, thresholded on the validation images, with the share of validation and test images it flags
+        (``flagged``); tensors, so the checkpoint loads with ``weights_only=True``.
+    """
+    from .calibration import calibration_report
+    from .novelty import fit_reference, novelty_scores, unfamiliar
+
+    report = {"calibration": calibration_report({p: outputs[p]["logits"] for p in ("val", "test")},
+                                                {p: true[p] for p in ("val", "test")}, task=task,
+                                                element_matrix=labels.element_matrix if task == "mtl" else None)}
+    if outputs["train"]["statistics"] is not None:
+        reference = fit_reference(outputs["train"]["statistics"], outputs["val"]["statistics"])
+        reference["flagged"] = {p: float(unfamiliar(novelty_scores(reference, outputs[p]["statistics"])).mean())
+                                for p in ("val", "test") if len(outputs[p]["statistics"])}
+        report["novelty"] = {key: torch.from_numpy(value) if isinstance(value, np.ndarray) else value
+                             for key, value in reference.items()}
+    return report
 
 
 def _to_cpu(value):
@@ -613,6 +667,16 @@ def summarize_folds(checkpoints: list[dict]) -> dict:
     }
     if first["task"] == "mtl":
         document["decoding"] = "valid-material"
+    if all("calibration" in ck for ck in checkpoints):
+        from .calibration import summarize_calibration
+
+        document["calibration"] = summarize_calibration([ck["calibration"] for ck in checkpoints])
+    if all("novelty" in ck for ck in checkpoints):
+        references = [ck["novelty"] for ck in checkpoints]
+        document["novelty"] = {
+            "method": first["novelty"]["method"], "quantile": first["novelty"]["quantile"],
+            "flagged": {p: float(np.mean([r["flagged"].get(p, np.nan) for r in references])) for p in ("val", "test")},
+        }
     if strict:
         document["paper_rule"] = {
             "rule": MTL_RULES["paper"],
@@ -1172,6 +1236,14 @@ class Run:
     path : Path
         Run directory.
     device : torch.device
+    scaling : {"min-max", "paper"}
+        How pixel values become 0..1.
+    temperature : float
+        Logits are divided by it before probabilities are formed (calibration fitted on the fold's validation
+        images; 1.0 for a run that has none).
+    novelty : dict or None
+        The fold's :func:`tmdafm_core.novelty.fit_reference` (None: trained before references were kept, or
+        imported).
     """
 
     model: nn.Module
@@ -1184,10 +1256,27 @@ class Run:
     path: Path
     device: torch.device
     scaling: str = "min-max"
+    temperature: float = 1.0
+    novelty: dict | None = None
+    calibrated: bool = False
 
     @property
     def is_image(self) -> bool:
         return isinstance(self.model, ResNetClassifier)
+
+    @property
+    def trust_note(self) -> str | None:
+        """Why this model's probabilities are not calibrated or its novelty is unknown, with the cure; None when
+        both are there."""
+        if self.calibrated and (self.novelty is not None or not self.is_image):
+            return None
+        config = self.path / CONFIG_NAME
+        if config.is_file() and json.loads(config.read_text()).get("mode") == "imported":
+            return (f"{self.path}: an imported model has no validation images to calibrate on and no training images "
+                    "to judge novelty against: probabilities are uncalibrated and novelty is unknown")
+        return (f"{self.path}: fold {self.fold} was trained before tmdafm kept calibration and a novelty reference: "
+                "probabilities are uncalibrated and novelty is unknown; retrain it (`tmdafm train DATA --out "
+                "NEW_FOLDER` with its settings) or rebuild the store (`tmdafm precompute --out STORE`)")
 
     def input_size(self, manifest: pd.DataFrame) -> int:
         """Model input side for a data set: the run's, or (a model imported without one) the images' own."""
@@ -1248,9 +1337,14 @@ def load_run(run_dir, fold="best", *, device: str = "cpu") -> Run:
     model.eval()
     if checkpoint["arch"] is not None:
         model = fold_batchnorm(model).to(torch_device, memory_format=torch.channels_last)
+    calibration, novelty = checkpoint.get("calibration"), checkpoint.get("novelty")
+    if novelty is not None:
+        novelty = {key: value.numpy() if isinstance(value, torch.Tensor) else value for key, value in novelty.items()}
     return Run(model.to(torch_device), labels, checkpoint["task"], checkpoint["image_size"],
                checkpoint["mean"], checkpoint["std"], fold, run_dir, torch_device,
-               scaling=checkpoint.get("scaling", "min-max"))
+               scaling=checkpoint.get("scaling", "min-max"),
+               temperature=float(calibration["temperature"]) if calibration else 1.0, novelty=novelty,
+               calibrated=calibration is not None)
 
 
 @dataclass
@@ -1269,9 +1363,17 @@ class Predictions:
     materials : list of str
         Predicted material (MtL: the most likely valid material).
     class_probabilities : ndarray, shape (N, n_classes)
-        MtC: softmax. MtL: the decoded class likelihoods normalised over the valid materials.
+        MtC: softmax. MtL: the decoded class likelihoods normalised over the valid materials. Of the logits divided
+        by the fold's temperature (calibrated, see ``calibrated``).
     element_probabilities : ndarray, shape (N, n_elements) or None
-        MtL only: sigmoid of each element output.
+        MtL only: sigmoid of each element output (divided by the temperature).
+    novelty : ndarray, shape (N,)
+        :func:`tmdafm_core.novelty.novelty_scores` (ensembles: the mean over folds); above 1 the image is unlike
+        the training images (``unfamiliar``). NaN when the run keeps no reference (see ``notes``).
+    calibrated : bool
+        Whether every model used had a fitted temperature.
+    notes : list of str
+        Why probabilities are uncalibrated or novelty unknown (:attr:`Run.trust_note`), once per run.
     embeddings : ndarray of float32, shape (N, 100)
         The latent features.
     cams : list of ndarray (H, W) in 0..1, or None
@@ -1290,9 +1392,20 @@ class Predictions:
     skipped: list = field(default_factory=list)
     agreement: np.ndarray | None = None
     spread: np.ndarray | None = None
+    novelty: np.ndarray | None = None
+    calibrated: bool = False
+    notes: list = field(default_factory=list)
+
+    @property
+    def unfamiliar(self) -> np.ndarray:
+        """Whether each image is further from the training images than the held-out threshold (False if unknown)."""
+        from .novelty import unfamiliar
+
+        return unfamiliar(self.novelty if self.novelty is not None else np.full(len(self.images), np.nan))
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per image: ``image``, ``material``, ``p_<class>`` and (MtL) ``p_<element>`` columns."""
+        """One row per image: ``image``, ``material``, ``p_<class>``, (MtL) ``p_<element>``, (ensembles)
+        ``agreement`` and ``spread``, then ``novelty`` and ``unfamiliar`` (empty when unknown)."""
         frame = pd.DataFrame({"image": self.images, "material": self.materials})
         for i, name in enumerate(self.classes):
             frame[f"p_{name}"] = self.class_probabilities[:, i]
@@ -1302,6 +1415,9 @@ class Predictions:
         if self.agreement is not None:
             frame["agreement"] = self.agreement
             frame["spread"] = self.spread
+        novelty = self.novelty if self.novelty is not None else np.full(len(self.images), np.nan)
+        frame["novelty"] = novelty
+        frame["unfamiliar"] = pd.array([None if np.isnan(v) else bool(v > 1.0) for v in novelty], dtype="boolean")
         return frame
 
 
@@ -1403,13 +1519,14 @@ def _predict_loaded(run: Run, loaded: list, skipped: list, *, cam, batch_size: i
     inputs = [resize_image(image, run.image_size) if run.image_size
               else torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None] for _, image in loaded]
     element_matrix = torch.as_tensor(run.labels.element_matrix) if run.task == "mtl" else None
-    logits_all, latent_all, cams = [], [], [] if cam else None
+    logits_all, latent_all, statistics_all, cams = [], [], [], [] if cam else None
     for start, stop in _same_shape_batches(inputs, batch_size):
         x = run.batches(torch.stack(inputs[start:stop]))(np.arange(stop - start))
         with torch.inference_mode(), _autocast(run.device):
-            logits, embedding, maps = run.model.forward_all(x, latent=latent)
+            logits, embedding, maps, statistics = run.model.forward_all(x, latent=latent)
         logits_all.append(logits.float().cpu())
         latent_all.append(embedding.float().cpu())
+        statistics_all.append(statistics.float().cpu())
         if cam in (True, "paper"):
             for j, (_, image) in enumerate(loaded[start:start + len(x)]):
                 cams.append(maps_to_cam(maps[j:j + 1].float(), size=image.shape)[0].cpu().numpy())
@@ -1419,7 +1536,13 @@ def _predict_loaded(run: Run, loaded: list, skipped: list, *, cam, batch_size: i
                 cams.append(heat[0].cpu().numpy())
     logits = torch.cat(logits_all)
     _check_finite(logits, run)
+    logits = logits / run.temperature
     scores = class_log_scores(logits, element_matrix=element_matrix)
+    novelty = None
+    if run.novelty is not None:
+        from .novelty import novelty_scores
+
+        novelty = novelty_scores(run.novelty, torch.cat(statistics_all).numpy())
     return Predictions(
         images=names,
         materials=[run.labels.classes[i] for i in scores.argmax(dim=1).tolist()],
@@ -1430,6 +1553,9 @@ def _predict_loaded(run: Run, loaded: list, skipped: list, *, cam, batch_size: i
         classes=run.labels.classes,
         elements=run.labels.elements,
         skipped=skipped,
+        novelty=novelty,
+        calibrated=run.calibrated,
+        notes=[run.trust_note] if run.trust_note else [],
     )
 
 
@@ -1461,9 +1587,11 @@ def predict_ensemble(runs, images, *, cam: bool | str = False, batch_size: int =
     Returns
     -------
     Predictions
-        ``class_probabilities`` (and MtL ``element_probabilities``) are the means over folds; ``materials`` their
-        argmax; ``agreement`` the share of folds whose own prediction is that material; ``spread`` the standard
-        deviation (ddof 0) over folds of that material's probability.
+        ``class_probabilities`` (and MtL ``element_probabilities``) are the means over folds of each fold's
+        calibrated probabilities; ``materials`` their argmax; ``agreement`` the share of folds whose own prediction
+        is that material; ``spread`` the standard deviation (ddof 0) over folds of that material's probability;
+        ``novelty`` the mean over folds of each fold's novelty (each against its own training images and
+        held-out threshold).
     """
     runs = list(runs)
     if not runs:
@@ -1483,10 +1611,14 @@ def predict_ensemble(runs, images, *, cam: bool | str = False, batch_size: int =
     rows = np.arange(len(chosen))
     votes = np.stack([p.class_probabilities.argmax(axis=1) for p in each]) == chosen[None, :]
     elements = None if first.task != "mtl" else np.stack([p.element_probabilities for p in each]).mean(axis=0)
+    known = all(p.novelty is not None for p in each)
     return dataclasses.replace(
         each[0], materials=[first.labels.classes[i] for i in chosen], class_probabilities=mean,
         element_probabilities=elements, agreement=votes.mean(axis=0),
-        spread=probabilities[:, rows, chosen].std(axis=0))
+        spread=probabilities[:, rows, chosen].std(axis=0),
+        novelty=np.mean([p.novelty for p in each], axis=0) if known else None,
+        calibrated=all(p.calibrated for p in each),
+        notes=list(dict.fromkeys(note for p in each for note in p.notes))[:1])
 
 
 def embed(run: Run, data, *, batch_size: int = 64, progress: bool = False, latent: str = "pre-relu") -> np.ndarray:
