@@ -59,24 +59,26 @@ def result_card(cache, result, index: int, colours: dict):
             html.H2([html.Span(f"{index + 1}", className="result-number"), result["name"]]),
             html.P(result["message"], className="refused file-message")])
     material = result["material"]
+    unfamiliar = bool(result["unfamiliar"])
     probs = figures.probability_figure(result["class_probabilities"], title="MtC class probability",
                                        colours=colours)
-    graphs = [dcc.Graph(figure=probs, config={"displayModeBar": False}),
-              html.P(f"Mean of {result['folds']} fold models; {round(result['agreement'] * result['folds'])} of "
-                     f"{result['folds']} pick {material}. Not calibrated; no check yet that the image resembles "
-                     "the training images.", className="caption agreement")]
+    graphs = [dcc.Graph(figure=probs, config={"displayModeBar": False}, className="probabilities")]
     if result["element_probabilities"]:
         graphs.append(dcc.Graph(figure=figures.probability_figure(result["element_probabilities"],
                                                                   title="MtL element probability"),
-                                config={"displayModeBar": False}))
+                                config={"displayModeBar": False}, className="probabilities"))
+    graphs.append(html.P(classify.trust_sentence(result), className="caption agreement"))
     atlas = selection.thumbnail_atlas(cache, [n["image"] for n in result["neighbours"]])
     neighbours = [html.Figure(className="thumb", children=[
         html.Img(src=atlas.get(n["image"], ""), alt=n["image"], title=n["image"]),
         html.Figcaption(f"d = {n['distance']:.3g}")]) for n in result["neighbours"]]
-    return html.Section(className="card result-card", id=f"result-{index}", children=[
+    return html.Section(className="card result-card" + (" unfamiliar" if unfamiliar else ""), id=f"result-{index}",
+                        children=[
         html.H2([html.Span(f"{index + 1}", className="result-number"), result["name"], " → ",
                  html.Span(material, className="material-badge predicted-material",
-                           style={"backgroundColor": colours.get(material, "#52606d")})]),
+                           style={"backgroundColor": "#9aa5b1" if unfamiliar else colours.get(material, "#52606d")}),
+                 *([html.Span(classify.UNFAMILIAR_BADGE, className="unfamiliar-badge", role="alert")]
+                   if unfamiliar else [])]),
         html.Div(className="result", children=[
             html.Div([html.H3("image"), html.Img(src=result["image_uri"], className="view", alt=result["name"]),
                       html.P(f"{result['width']} × {result['height']} px · {result['pixel_size_nm']:.3g} nm/px",

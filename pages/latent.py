@@ -1,5 +1,5 @@
 """Latent space (``/latent``): the models' 100-d latent features projected by PCA (any two or three of the PCs) or
-UMAP, coloured by material, element, split, prediction or any physical descriptor.
+UMAP, coloured by material, element, split, prediction, novelty or any physical descriptor.
 
 The points and thumbnails reach the browser once; hovering shows a thumbnail client side (assets/latent.js);
 colour, filter and the highlighted selection change the figure through ``Patch()``. A lasso or box selection
@@ -59,6 +59,9 @@ def colour_options(points) -> list[dict]:
     if points["predicted"].notna().any():
         options += [{"label": "predicted material", "value": "predicted"},
                     {"label": "correct / incorrect", "value": "correct"}]
+    if points["novelty"].notna().any():
+        options += [{"label": "novelty (vs the training images)", "value": "novelty"},
+                    {"label": "familiar / unfamiliar", "value": "unfamiliar"}]
     options.append({"label": "split (train / test)", "value": "split"})
     options += [{"label": f"{e} present", "value": f"has_{e}"} for e in points.attrs["elements"]]
     options += [{"label": f"descriptor: {selection.descriptor_label(d)}", "value": f"descriptor:{d}"}
@@ -75,10 +78,13 @@ def colour_for(points, colour_by: str) -> dict:
         values = points[colour_by].map({True: "present", False: "absent"})
         return figures.colour_spec(values, kind="category", order=["present", "absent"],
                                    title=f"{colour_by[4:]} in the material")
-    if colour_by in ("predicted", "correct", "split"):
-        titles = {"predicted": "predicted material", "correct": "prediction", "split": "split"}
+    if colour_by == "novelty":
+        return figures.colour_spec(points["novelty"], kind="continuous", title="novelty (1 = held-out threshold)")
+    if colour_by in ("predicted", "correct", "split", "unfamiliar"):
+        titles = {"predicted": "predicted material", "correct": "prediction", "split": "split",
+                  "unfamiliar": "vs the training images"}
         order = {"predicted": points.attrs["classes"], "correct": ["correct", "incorrect"],
-                 "split": ["train", "test"]}[colour_by]
+                 "split": ["train", "test"], "unfamiliar": ["familiar", "unfamiliar"]}[colour_by]
         return figures.colour_spec(points[colour_by], kind="category", order=order, title=titles[colour_by])
     return figures.colour_spec(points["material"], kind="category", order=points.attrs["classes"],
                                title="material")

@@ -177,8 +177,11 @@ def test_bad_files_get_messages_while_the_others_classify(store):
     mean = np.mean([predict(run, [image]).class_probabilities[0] for run in runs], axis=0)
     assert list(good["class_probabilities"].values()) == pytest.approx(list(mean), abs=1e-5)
     assert sorted(p for p in store.rglob("*") if p.is_file()) == files_before  # nothing written
+    assert good["calibrated"] and good["novelty"] == pytest.approx(expected.novelty[0], rel=1e-4)
+    assert good["unfamiliar"] == bool(expected.novelty[0] > 1) and good["novelty_quantile"] == 0.99
     table = classify.results_table(results)
-    assert list(table.columns[:3]) == ["file", "status", "material"] and "agreement" in table
+    assert list(table.columns[:3]) == ["file", "status", "material"]
+    assert {"agreement", "novelty", "unfamiliar"} <= set(table.columns)
     assert table["status"].tolist()[:2] == ["classified", "file is empty"]
     assert table.loc[0, "nearest_images"].count(";") == classify.N_NEIGHBOURS - 1
 
@@ -255,3 +258,29 @@ def test_classify_page_functions(store):
     assert stars.name == "uploaded" and list(stars.text) == ["1"] and list(stars.hovertext) == ["a.tif"]
     _, error = page.run_uploads(store.parent / "empty-store", uploads[:1], ["a.tif"])
     assert "tmdafm precompute" in error
+
+
+def test_an_image_unlike_the_training_images_gets_the_badge_and_greyed_probabilities(store):
+    import app as app_module
+
+    app_module.app.server.test_client().get("/")
+    from pages import classify as page
+
+    manifest = pipeline.load_manifest(store)
+    yy, xx = np.mgrid[:64, :64]
+    flat = tiff_bytes((0.3 * xx + 0.1 * yy).astype(np.float32))
+    genuine = open(manifest["path"].iat[0], "rb").read()
+    strange, familiar = classify.classify_uploads(store, [("flat.tif", flat), ("genuine.tif", genuine)])
+    assert strange["unfamiliar"] and strange["novelty"] > 1
+    assert not familiar["unfamiliar"] and familiar["novelty"] < 1
+    assert "further from the training images than 99 % of genuine held-out images" in classify.trust_sentence(strange)
+    assert "like the training images" in classify.trust_sentence(familiar)
+    card = page.result_card(store, strange, 0, {"MoS2": "#000000"})
+    assert "unfamiliar" in card.className.split()
+    badge = card.children[0].children[-1]
+    assert badge.children == classify.UNFAMILIAR_BADGE and badge.className == "unfamiliar-badge"
+    assert "unfamiliar" not in page.result_card(store, familiar, 1, {}).className.split()
+    unknown = {**familiar, "novelty": None, "unfamiliar": None, "calibrated": False,
+               "trust_note": "runs/mtc: fold 0 was trained before tmdafm kept calibration"}
+    sentence = classify.trust_sentence(unknown)
+    assert "(not calibrated)" in sentence and sentence.endswith("kept calibration")

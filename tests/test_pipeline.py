@@ -85,6 +85,8 @@ def test_store_holds_every_artifact_in_the_agreed_layout(built):
         assert len(classes) == 5 and np.allclose(predictions[classes].sum(axis=1), 1, atol=1e-4)
         assert ("p_Se" in predictions.columns) == (task == "mtl")
         assert (predictions["correct"] == (predictions["predicted"] == predictions["material"])).all()
+        assert list(predictions.columns[-4:]) == ["agreement", "spread", "novelty", "unfamiliar"]  # fold ensemble
+        assert predictions["novelty"].notna().all() and set(predictions["unfamiliar"]) <= {True, False}
     results = pd.read_csv(cache / "sequential" / "results.csv")
     assert set(results["task"]) == {"mtc", "mtl"} and set(results["n_classes"]) == {2, 3}
     for task in ("mtc", "mtl"):

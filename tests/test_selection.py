@@ -31,9 +31,10 @@ def write_latent(cache, manifest, *, folder="mtc", predictions=True, seed=0):
     if predictions:
         predicted = manifest["material"].to_numpy().copy()
         predicted[::3] = "MoS2"
+        novelty = np.linspace(0.2, 1.5, len(manifest))
         pd.DataFrame({"image": manifest["image"], "material": manifest["material"], "split": manifest["split"],
-                      "predicted": predicted, "correct": predicted == manifest["material"].to_numpy()}
-                     ).to_csv(out / "predictions.csv", index=False)
+                      "predicted": predicted, "correct": predicted == manifest["material"].to_numpy(),
+                      "novelty": novelty, "unfamiliar": novelty > 1}).to_csv(out / "predictions.csv", index=False)
     return out
 
 
@@ -93,6 +94,8 @@ def test_points_join_manifest_projection_predictions_and_descriptors(store):
     assert points.attrs["descriptors"] == list(FEATURE_COLUMNS)
     assert points.attrs["explained"]["PC1"] == pytest.approx(0.3)
     assert set(points["correct"].dropna()) <= {"correct", "incorrect"}
+    assert points["novelty"].iloc[-1] == pytest.approx(1.5) and points["unfamiliar"].iloc[-1] == "unfamiliar"
+    assert points["unfamiliar"].iloc[0] == "familiar"
     mos2 = points[points["material"] == "MoS2"].iloc[0]
     assert (mos2["has_Mo"], mos2["has_W"], mos2["has_S"], mos2["has_Se"]) == (True, False, True, False)
     assert points.attrs["notes"] == []
@@ -178,6 +181,11 @@ def test_colour_filter_and_selection_are_patches(store, latent_page):
     operations = {tuple(op["location"]): op["params"]["value"] for op in patch.to_plotly_json()["operations"]}
     assert operations[("data", 0, "marker", "showscale")] is True
     assert operations[("data", 0, "marker", "colorbar")]["title"]["text"] == "grain size (nm)"
+    assert {"novelty", "unfamiliar"} <= {o["value"] for o in latent_page.colour_options(
+        selection.load_points(store, "mtc"))}
+    patch, _ = latent_page.figure_update(store, "latent-colour", **_state(colour_by="unfamiliar"))
+    operations = {tuple(op["location"]): op["params"]["value"] for op in patch.to_plotly_json()["operations"]}
+    assert [operations[("data", i, "name")] for i in (2, 3)] == ["familiar", "unfamiliar"]
     patch, _ = latent_page.figure_update(store, "latent-materials", **_state(materials=["WS2"]))
     ops = {tuple(op["location"]): op["params"]["value"] for op in patch.to_plotly_json()["operations"]}
     opacity = ops[("data", 0, "marker", "opacity")]

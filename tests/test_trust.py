@@ -15,7 +15,6 @@ from tmdafm_core.training import cross_validate, load_checkpoint, load_ensemble,
 
 from .test_training import write_stripes
 
-
 # --- calibration ------------------------------------------------------------------------------------------------
 
 def _labels_from(logits, rng):

@@ -8,7 +8,9 @@ one-line message while the others still classify.
 For each image :meth:`Classifier.classify` returns the MtC material and class probabilities, the MtL element
 probabilities (when the store has an MtL run), the class activation map as an overlay, the 14 physical
 descriptors with their percentile in the data set, the image's place in the saved latent projection (PCA and
-UMAP transform, no refit) and its nearest neighbours in the full latent space.
+UMAP transform, no refit) and its nearest neighbours in the full latent space. Probabilities are the fold
+ensemble's calibrated ones; ``novelty``/``unfamiliar`` say whether the image resembles the training images
+(:mod:`tmdafm_core.novelty`), :func:`trust_sentence` says it in words.
 
 torch is imported only when a model is loaded.
 """
@@ -324,6 +326,11 @@ class Classifier:
             dict(zip(mtl.elements, map(float, mtl.element_probabilities[0]), strict=True)),
             "mtl_material": None if mtl is None else mtl.materials[0],
             "agreement": float(mtc.agreement[0]), "folds": len(self.mtc.runs),
+            "calibrated": bool(mtc.calibrated),
+            "novelty": None if mtc.novelty is None else float(mtc.novelty[0]),
+            "unfamiliar": None if mtc.novelty is None else bool(mtc.unfamiliar[0]),
+            "novelty_quantile": None if self.mtc.run.novelty is None else float(self.mtc.run.novelty["quantile"]),
+            "trust_note": mtc.notes[0] if mtc.notes else None,
             "height": int(image.shape[0]), "width": int(image.shape[1]), "pixel_size_nm": float(pixel_nm),
             "descriptors": {key: {"value": float(value),
                                   "percentile": percentile_of(self.descriptor_values.get(key, np.empty(0)), value)}
@@ -364,6 +371,25 @@ class Classifier:
         return results
 
 
+UNFAMILIAR_BADGE = "unlike the training images: this prediction is unreliable"
+
+
+def trust_sentence(result: dict) -> str:
+    """How far a classified image's probabilities can be trusted, in words (the /classify card's caption)."""
+    folds, material = result["folds"], result["material"]
+    votes = round(result["agreement"] * folds)
+    how = "each calibrated on its validation images" if result["calibrated"] else "not calibrated"
+    text = f"Mean of {folds} fold models ({how}); {votes} of {folds} pick {material}. "
+    if result["novelty"] is None:
+        return text + (result["trust_note"] or "Novelty unknown.")
+    share = f"{100 * result['novelty_quantile']:.0f} %"
+    if result["unfamiliar"]:
+        return text + (f"Novelty {result['novelty']:.2f}: further from the training images than {share} of genuine "
+                       "held-out images, so the probabilities above describe a kind of image the models never saw.")
+    return text + (f"Novelty {result['novelty']:.2f} (1 = the {share} line of genuine held-out images): like the "
+                   "training images.")
+
+
 def _refused(name: str, message: str) -> dict:
     return {"name": name, "ok": False, "message": message}
 
@@ -401,6 +427,8 @@ def results_table(results) -> pd.DataFrame:
             row["material"] = result["material"]
             row.update({f"p_{k}": v for k, v in result["class_probabilities"].items()})
             row["agreement"] = result["agreement"]
+            row["novelty"] = result["novelty"]
+            row["unfamiliar"] = result["unfamiliar"]
             if result["element_probabilities"]:
                 row.update({f"p_{k}": v for k, v in result["element_probabilities"].items()})
             row.update({k: v["value"] for k, v in result["descriptors"].items()})

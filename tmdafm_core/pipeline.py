@@ -489,7 +489,8 @@ DEPENDS = {"dataset": (), "thumbnails": ("dataset",), "descriptors": ("dataset",
            "mtl": ("dataset",), "sequential": ("dataset",), "latent-mtc": ("mtc", "descriptors"),
            "latent-mtl": ("mtl", "descriptors"), "latent-sequential": ("sequential", "dataset")}
 _KEY_FILE = ".precompute.json"  # inside a run / study folder: what it was trained with, to resume or reuse it
-_LATENT_FORMAT = 2  # 2: latent features are the head's pre-ReLU outputs (the paper's), no longer post-ReLU
+_LATENT_FORMAT = 3  # 2: pre-ReLU latent features (the paper's); 3: predictions of the fold ensemble, with novelty
+_RUN_FORMAT = 2  # 2: fold checkpoints keep a calibration temperature and a novelty reference
 #: How the store's sequential study grows its head and cuts its volumes: the paper's way (sequential_study).
 _SEQUENTIAL_SEMANTICS = {"head": "reset", "volume_mode": "paper"}
 
@@ -637,7 +638,8 @@ def _train_run(ctx: _Context, task: str):
         shutil.copytree(ctx.given_runs[task], staging)
         _swap_in(staging, target)
         return _files_under(target)
-    compat = {"task": task, "train": _run_options(ctx), "inputs": {"dataset": ctx.records["dataset"]["output"]}}
+    compat = {"task": task, "train": _run_options(ctx), "inputs": {"dataset": ctx.records["dataset"]["output"]},
+              "format": _RUN_FORMAT}
     staging = _staging(target, compat, reuse=True)
     cross_validate(ctx.manifest, staging, task=task, presplit=True, save_optimizer=False, progress=ctx.bars,
                    **_run_options(ctx))
@@ -693,12 +695,13 @@ def _prediction_table(manifest: pd.DataFrame, predictions) -> pd.DataFrame:
 
 def _latent_run(ctx: _Context, task: str):
     from .latent import analyse, fit_projection, read_descriptors, write_latent_outputs
-    from .training import load_run, predict
+    from .training import load_ensemble, predict_ensemble
 
     manifest = ctx.manifest
     _report(ctx.progress, f"latent {task}: embedding {len(manifest)} images", 0, 3)
-    run = load_run(ctx.cache / RUNS_DIR / task, "best", device=ctx.train.get("device", "cpu"))
-    predictions = predict(run, list(manifest["path"]), batch_size=64)
+    # The fold ensemble's calibrated probabilities, agreement and novelty; the best fold's latent space.
+    runs = load_ensemble(ctx.cache / RUNS_DIR / task, device=ctx.train.get("device", "cpu"))
+    predictions = predict_ensemble(runs, list(manifest["path"]), batch_size=64)
     embeddings = manifest[["image", "sample_id", "material"]].reset_index(drop=True).copy()
     latent = pd.DataFrame(predictions.embeddings, columns=[f"latent{i + 1}" for i in range(
         predictions.embeddings.shape[1])])
@@ -787,7 +790,7 @@ def _settings(ctx: _Context, step: str) -> dict:
             folder = ctx.given_runs[step]
             return {"task": step, "given": str(folder),
                     "digests": {p.name: file_digest(p) for p in sorted(folder.iterdir()) if p.is_file()}}
-        return {"task": step, "train": _run_options(ctx)}
+        return {"task": step, "train": _run_options(ctx), "format": _RUN_FORMAT}
     if step == "sequential":
         return {"train": ctx.train, "order": ctx.order, "volumes": [str(v) for v in profile.volumes],
                 "task": profile.sequential_task, **_SEQUENTIAL_SEMANTICS}

@@ -140,6 +140,9 @@ def read_features(cache_dir) -> pd.DataFrame | None:
     return table[["image"] + [c for c in FEATURE_COLUMNS if c in table.columns]]
 
 
+_PREDICTION_COLUMNS = ("predicted", "correct", "novelty", "unfamiliar")
+
+
 def load_points(cache_dir, model: str = "mtc") -> pd.DataFrame:
     """Everything the latent scatter shows, one row per projected image.
 
@@ -153,8 +156,9 @@ def load_points(cache_dir, model: str = "mtc") -> pd.DataFrame:
     Returns
     -------
     DataFrame
-        ``image``, ``sample_id``, ``material``, ``split``, ``predicted`` and ``correct`` (NA without
-        ``predictions.csv``), one 0/1 column ``has_<element>`` per element, the projection's coordinate columns,
+        ``image``, ``sample_id``, ``material``, ``split``, ``predicted``, ``correct``, ``novelty`` and
+        ``unfamiliar`` ("familiar"/"unfamiliar"; NA without ``predictions.csv`` or from a store built before
+        novelty was kept), one 0/1 column ``has_<element>`` per element, the projection's coordinate columns,
         then the descriptors of ``features.csv`` that the store has. ``attrs``: ``coords``
         (:func:`coordinate_columns`), ``explained`` ({PC: variance ratio}), ``classes``, ``elements``,
         ``descriptors`` (names present), ``notes`` (what is missing, one line each).
@@ -184,15 +188,18 @@ def load_points(cache_dir, model: str = "mtc") -> pd.DataFrame:
     predictions = chosen.folder / "predictions.csv"
     if predictions.is_file():
         table = pd.read_csv(predictions, dtype={"image": str})
-        keep = ["image"] + [c for c in ("predicted", "correct") if c in table]
+        keep = ["image"] + [c for c in _PREDICTION_COLUMNS if c in table]
         points = points.merge(table[keep], on="image", how="left")
     else:
         notes.append(f"no {predictions.name} for this model: predicted material and correctness are not shown")
-    for column in ("predicted", "correct"):
+    for column in _PREDICTION_COLUMNS:
         if column not in points:
             points[column] = pd.NA
     points["correct"] = points["correct"].map({True: "correct", False: "incorrect", "True": "correct",
                                                "False": "incorrect"}).astype("string")
+    points["novelty"] = pd.to_numeric(points["novelty"], errors="coerce")
+    points["unfamiliar"] = points["unfamiliar"].map({True: "unfamiliar", False: "familiar", "True": "unfamiliar",
+                                                     "False": "familiar"}).astype("string")
     materials = points["material"].dropna().astype(str)
     space = LabelSpace.from_materials(materials) if len(materials) else LabelSpace((), ())
     for element in space.elements:
@@ -211,7 +218,7 @@ def load_points(cache_dir, model: str = "mtc") -> pd.DataFrame:
     if variance.is_file():
         table = pd.read_csv(variance)
         explained = dict(zip(table["component"].astype(str), table["ratio"].astype(float), strict=True))
-    front = ["image", "sample_id", "material", "split", "predicted", "correct"] + \
+    front = ["image", "sample_id", "material", "split", *_PREDICTION_COLUMNS] + \
         [f"has_{e}" for e in space.elements]
     points = points[front + [c for kind in coords.values() for c in kind] + descriptors]
     points.attrs = {"coords": coords, "explained": explained, "classes": list(space.classes),

@@ -63,15 +63,22 @@ def test_classify_an_uploaded_tiff(dash_duo, tmdafm_app, store, tmp_path):
     tifffile.imwrite(good, (np.random.default_rng(0).random((64, 64)) * 65535).astype(np.uint16))
     bad = tmp_path / "not_an_image.tif"
     bad.write_bytes(b"plain text pretending to be a TIFF")
+    flat = tmp_path / "flat_scan.tif"
+    yy, xx = np.mgrid[:64, :64]
+    tifffile.imwrite(flat, (0.3 * xx + 0.1 * yy).astype(np.float32))
     tmdafm_app.configure(tmdafm_app.app, store)
     dash_duo.start_server(tmdafm_app.app)
     dash_duo.wait_for_page(url=f"{dash_duo.server_url}/classify")
     upload = dash_duo.wait_for_element("#classify-upload input[type=file]", timeout=10)
-    upload.send_keys(f"{good}\n{bad}")
+    upload.send_keys(f"{good}\n{bad}\n{flat}")
     dash_duo.wait_for_element(".predicted-material", timeout=60)
     material = dash_duo.find_element(".predicted-material").text
     assert material in ("MoS2", "WS2", "WSe2", "MoSe2", "Mo-WSe2")
     assert "not a TIFF, PNG or JPEG" in dash_duo.find_element(".file-message").text
+    badge = dash_duo.find_element("#result-2 .unfamiliar-badge")  # the flat scan: unlike the training images
+    assert badge.text == "unlike the training images: this prediction is unreliable" and badge.is_displayed()
+    greyed = dash_duo.find_element("#result-2 .probabilities")
+    assert "grayscale(1)" in greyed.value_of_css_property("filter")
     dash_duo.wait_for_element("#classify-scatter .main-svg", timeout=10)
     assert "sample_upload.tif" in dash_duo.find_element("#results-table").text
     assert _severe(dash_duo) == []
