@@ -113,6 +113,47 @@ def _curves(cache, tasks):
                                 "MtL); the kept model of each fold is its best validation epoch."), id="curves")
 
 
+_CALIBRATION_NAMES = {
+    "task": "task", "temperature": "temperature (mean, range)", "ece_val_uncalibrated": "val ECE before",
+    "ece_val": "val ECE after", "ece_test_uncalibrated": "test ECE before", "ece_test": "test ECE after",
+    "brier_test_uncalibrated": "test Brier before", "brier_test": "test Brier after",
+    "flagged_val": "val flagged unfamiliar (%)", "flagged_test": "test flagged unfamiliar (%)"}
+
+
+def calibration_rows(table: pd.DataFrame) -> list[dict]:
+    """The calibration table's cells as shown: scores to 3 decimals, flagged shares in percent."""
+    shown = table.copy()
+    for column in shown.columns[2:]:
+        factor = 100.0 if column.startswith("flagged") else 1.0
+        shown[column] = [("—" if v != v else f"{factor * v:.1f}" if factor != 1.0 else f"{v:.3f}")
+                         for v in shown[column]]
+    return shown.to_dict("records")
+
+
+def _calibration(cache):
+    table = results.calibration_table(cache)
+    if table.empty:
+        return _ui.card("Calibration and novelty", _ui.caption(
+            "The store's runs were trained before tmdafm kept calibration and novelty references: probabilities are "
+            f"uncalibrated and novelty unknown. Rebuild them with `{results.precompute_command(cache)}`."),
+            id="calibration")
+    reliability = results.reliability_table(cache)
+    graph = dcc.Graph(id="reliability-chart", figure=figures.reliability_figure(reliability),
+                      config=_export.graph_config("tmdafm_reliability"))
+    grid = dash_table.DataTable(
+        id="calibration-table", data=calibration_rows(table),
+        columns=[{"name": _CALIBRATION_NAMES[c], "id": c} for c in table.columns], **_ui.TABLE_STYLE)
+    return _ui.card("Calibration and novelty", html.Div(className="grid two", children=[
+        html.Div([grid, _ui.caption(
+            "Each fold model divides its outputs by a temperature fitted on its own validation images (never the "
+            "test set); the app and `tmdafm predict` show these calibrated probabilities. ECE: expected "
+            "calibration error over 15 confidence bins (0 is perfect); Brier: mean squared error of the probability "
+            "vector (0 is perfect). Both are means over folds. Novelty compares an image's texture statistics with "
+            "the fold's training images; its threshold is the 99th percentile of the fold's validation images, so "
+            "about 1 % of genuine held-out images are flagged by design.")]),
+        _export.figure_panel(graph, data=reliability)]), id="calibration")
+
+
 def _architectures(cache):
     table = results.architectures(cache)
     if table is None:
@@ -160,6 +201,7 @@ def performance_body(cache) -> list:
                  html.Div(id="cell-gallery", children=_ui.caption(
                      "Click a cell of a confusion matrix to list its test images.")), id="cell-images"),
         _curves(cache, tasks),
+        _calibration(cache),
         _architectures(cache),
     ]
     return sections

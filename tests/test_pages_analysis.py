@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tmdafm_core import figures, latent, pipeline, results
+from tmdafm_core import calibration, figures, latent, pipeline, results
 from tmdafm_core.data import LabelSpace
 from tmdafm_core.features import FEATURE_COLUMNS
 
@@ -30,11 +30,17 @@ def _write_run(cache, task: str, manifest: pd.DataFrame, rng) -> None:
     for true, guess in zip(manifest["material"][test], predicted[test], strict=True):
         matrix[index[true], index[guess]] += 100.0 / test.sum()
     score = {s: {"mean": m, "std": 0.05} for s, m in (("train", 0.9), ("val", 0.7), ("test", 0.65))}
+    logits = {part: 3.0 * rng.normal(size=(200, len(classes))) for part in ("val", "test")}
+    true = {part: logits[part].argmax(axis=1) ^ (rng.random(200) < 0.3) for part in logits}  # over-confident
+    report = calibration.calibration_report(logits, {p: np.minimum(t, len(classes) - 1) for p, t in true.items()},
+                                            task="mtc")
     run = cache / "runs" / task
     run.mkdir(parents=True)
     (run / "metrics.json").write_text(json.dumps({
         "task": task, "classes": classes, "elements": list(space.elements), "folds": 3, "accuracy": score,
-        "f1_macro": score, "confusion_test_percent": matrix.tolist(), "per_fold": []}))
+        "f1_macro": score, "confusion_test_percent": matrix.tolist(), "per_fold": [],
+        "calibration": calibration.summarize_calibration([report] * 3),
+        "novelty": {"method": "stage1-mahalanobis", "quantile": 0.99, "flagged": {"val": 0.01, "test": 0.02}}}))
     pd.DataFrame([{"fold": f, "epoch": e, "split": s, "loss": 2.0 / e + (s == "val"), "accuracy": 0.2 * e,
                    "f1_macro": 0.15 * e} for f in range(3) for e in range(1, 5) for s in ("train", "val")]) \
         .to_csv(run / "history.csv", index=False)
@@ -275,6 +281,37 @@ def test_performance_page_and_cell_click(app_context, store):
     assert f"{len(table)} image(s)" in _text(gallery)
     message, unchanged = performance.show_cell(cache, "mtc", None)
     assert "Click a cell" in _text(message) and unchanged is not None
+    assert "Calibration and novelty" in text and "99th percentile" in text
+
+
+def test_calibration_table_and_reliability_diagram(store):
+    from pages import performance
+
+    cache, _ = store
+    table = results.calibration_table(cache)
+    assert list(table["task"]) == ["MtC", "MtL"] and tuple(table.columns) == results.CALIBRATION_COLUMNS
+    block = json.loads((cache / "runs" / "mtc" / "metrics.json").read_text())["calibration"]
+    assert table.loc[0, "ece_test"] == pytest.approx(block["ece"]["test"])
+    assert table.loc[0, "ece_test"] < table.loc[0, "ece_test_uncalibrated"]  # the temperature helps on test too
+    row = performance.calibration_rows(table)[0]
+    assert row["flagged_test"] == "2.0" and row["temperature"].count("(") == 1
+    reliability = results.reliability_table(cache)
+    assert set(reliability["probabilities"]) == {"calibrated", "uncalibrated"}
+    assert reliability.groupby(["task", "probabilities"])["count"].sum().eq(3 * 200).all()  # 3 folds pooled
+    figure = figures.reliability_figure(reliability)
+    assert [a.text for a in figure.layout.annotations] == ["MtC", "MtL"]
+    assert {t.name for t in figure.data} == {"perfect calibration", "calibrated", "uncalibrated"}
+    with pytest.raises(ValueError, match="no calibration"):
+        figures.reliability_figure(reliability.iloc[:0])
+
+
+def test_performance_of_runs_without_calibration_says_how_to_rebuild(app_context, tmp_path):
+    from pages import performance
+
+    cache = tmp_path / "cache"
+    (cache / "runs" / "mtc").mkdir(parents=True)
+    assert results.calibration_table(cache).empty
+    assert "tmdafm precompute" in _text(performance._calibration(cache))
 
 
 def test_performance_without_predictions_says_what_to_build(app_context, tmp_path):

@@ -371,6 +371,38 @@ def metrics_figure(metrics: pd.DataFrame, *, title: str | None = None, height: i
     return legend_above_subplots(base_layout(figure, title=title, height=height))
 
 
+def reliability_figure(table: pd.DataFrame, *, title: str | None = None, height: int = 340) -> go.Figure:
+    """Reliability diagram per task: accuracy against confidence of the test images' top probability, calibrated
+    (solid) and uncalibrated (dotted); the diagonal is perfect calibration, marker area follows the bin's images.
+
+    ``table`` is :func:`tmdafm_core.results.reliability_table`.
+    """
+    from plotly.subplots import make_subplots
+
+    if table.empty:
+        raise ValueError("no calibration in the store's runs; rebuild them with `tmdafm precompute`")
+    tasks = list(dict.fromkeys(table["task"]))
+    figure = make_subplots(rows=1, cols=len(tasks), subplot_titles=tasks, shared_yaxes=True, horizontal_spacing=0.06)
+    largest = max(float(table["count"].max()), 1.0)
+    for col, task in enumerate(tasks, start=1):
+        figure.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#9aa5b1", width=1),
+                                    name="perfect calibration", showlegend=col == 1, legendgroup="diagonal",
+                                    hoverinfo="skip"), row=1, col=col)
+        for kind, dash in (("uncalibrated", "dot"), ("calibrated", "solid")):
+            part = table[(table["task"] == task) & (table["probabilities"] == kind)]
+            colour = TASK_COLOURS.get(task, OKABE_ITO[2]) if kind == "calibrated" else "#7b8794"
+            figure.add_trace(go.Scatter(
+                x=part["confidence"], y=part["accuracy"], mode="lines+markers", name=kind, legendgroup=kind,
+                showlegend=col == 1, line=dict(color=colour, dash=dash, width=1.6),
+                marker=dict(color=colour, size=6 + 14 * np.sqrt(part["count"] / largest)),
+                customdata=part[["count"]].to_numpy(),
+                hovertemplate=f"{task} {kind}: confidence %{{x:.2f}}, accuracy %{{y:.2f}} "
+                              "(%{customdata[0]} images)<extra></extra>"), row=1, col=col)
+    figure.update_xaxes(title_text="confidence (top probability)", range=[0, 1.02])
+    figure.update_yaxes(title_text="accuracy", range=[0, 1.02], col=1)
+    return legend_above_subplots(base_layout(figure, title=title, height=height))
+
+
 def confusion_figure(matrix: pd.DataFrame, *, title: str | None = None, height: int = 420) -> go.Figure:
     """Test confusion matrix in percent of all test images (paper Figure 3): rows true, columns predicted.
 

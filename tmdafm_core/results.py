@@ -113,6 +113,58 @@ def metrics_table(cache_dir) -> pd.DataFrame:
                                        "folds"])
 
 
+CALIBRATION_COLUMNS = ("task", "temperature", "ece_val_uncalibrated", "ece_val", "ece_test_uncalibrated", "ece_test",
+                       "brier_test_uncalibrated", "brier_test", "flagged_val", "flagged_test")
+
+
+def calibration_table(cache_dir) -> pd.DataFrame:
+    """How far the store's probabilities and novelty flags can be trusted: one row per task.
+
+    Columns :data:`CALIBRATION_COLUMNS`: the fold temperatures (``"1.41 (1.22-1.60)"``: mean and range), ECE and
+    Brier score before and after calibration (means over folds; validation is what the temperature was fitted on,
+    test is independent), and the share of genuine held-out validation / test images that the novelty threshold
+    flags as unfamiliar. Runs built before calibration was kept have no row.
+    """
+    rows = []
+    for task in TASKS:
+        metrics = run_metrics(cache_dir, task) or {}
+        block = metrics.get("calibration")
+        if not block:
+            continue
+        temperatures = np.asarray(block["temperature"], dtype=float)
+        flagged = metrics.get("novelty", {}).get("flagged", {})
+        rows.append({"task": TASK_NAMES[task],
+                     "temperature": f"{temperatures.mean():.2f} ({temperatures.min():.2f}-{temperatures.max():.2f})",
+                     **{f"{metric}_{part}{suffix}": block[metric + suffix][part]
+                        for metric in ("ece", "brier") for part in ("val", "test") for suffix in ("", "_uncalibrated")
+                        if f"{metric}_{part}{suffix}" in CALIBRATION_COLUMNS},
+                     "flagged_val": flagged.get("val", np.nan), "flagged_test": flagged.get("test", np.nan)})
+    return pd.DataFrame(rows, columns=list(CALIBRATION_COLUMNS))
+
+
+def reliability_table(cache_dir) -> pd.DataFrame:
+    """Reliability diagram data of the store's runs (test images of every fold, pooled).
+
+    Columns ``task``, ``probabilities`` ("calibrated" or "uncalibrated"), ``bin_low``, ``bin_high``, ``confidence``
+    (mean top probability in the bin), ``accuracy`` (share right) and ``count``; empty bins are left out.
+    """
+    rows = []
+    for task in TASKS:
+        block = (run_metrics(cache_dir, task) or {}).get("calibration")
+        if not block:
+            continue
+        edges = block["reliability"]["edges"]
+        for kind, key in (("calibrated", "test"), ("uncalibrated", "test_uncalibrated")):
+            bins = block["reliability"][key]
+            for i, count in enumerate(bins["count"]):
+                if count:
+                    rows.append({"task": TASK_NAMES[task], "probabilities": kind, "bin_low": edges[i],
+                                 "bin_high": edges[i + 1], "confidence": bins["confidence"][i],
+                                 "accuracy": bins["accuracy"][i], "count": count})
+    return pd.DataFrame(rows, columns=["task", "probabilities", "bin_low", "bin_high", "confidence", "accuracy",
+                                       "count"])
+
+
 def confusion(cache_dir, task: str) -> pd.DataFrame | None:
     """The run's test confusion matrix in percent of all test images (rows true, columns predicted), or None.
 
