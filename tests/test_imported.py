@@ -122,8 +122,11 @@ def test_cli_import_then_predict(tmp_path, images, capsys):
     assert main(["import-model", str(tmp_path / "mtc.pth"), "--arch", "resnet18", "--task", "mtc", "--classes",
                  ",".join(CLASSES), "--out", str(tmp_path / "run")]) == 0
     assert main(["predict", str(tmp_path / "run"), str(images[0])]) == 0
-    out = capsys.readouterr().out
-    assert "p_Mo-WSe2" in out and "scan0.png" in out
+    captured = capsys.readouterr()
+    assert "p_Mo-WSe2" in captured.out and "scan0.png" in captured.out
+    # No validation or training images came with it: its probabilities are raw and its novelty unknown, and it says so.
+    assert "an imported model has no validation images to calibrate on" in captured.err
+    assert captured.out.splitlines()[-1].endswith(",,")
     assert main(["import-model", str(tmp_path / "mtc.pth"), "--arch", "resnet18", "--task", "mtc", "--classes",
                  "MoS2,WS2", "--out", str(tmp_path / "run2")]) == 2
 
