@@ -160,7 +160,9 @@ def test_mtl_run_reports_element_accuracy_and_valid_materials(stripes, tmp_path)
     assert np.asarray(paper["confusion_test_percent"]).shape == (2, 3)
     assert np.sum(paper["confusion_test_percent"]) == pytest.approx(100.0)
     assert paper["accuracy"]["test"]["mean"] <= metrics["accuracy"]["test"]["mean"] + 1e-9
-    assert "paper rule" in format_metrics(metrics)
+    text = format_metrics(metrics)
+    assert "paper rule" in text and "calibration: temperature" in text and "novelty: unfamiliar beyond" in text
+    assert len(metrics["calibration"]["temperature"]) == 2  # MtL calibrates its element sigmoids too
     result = predict(run, list(stripes["path"][:4]))
     assert set(result.materials) <= {"MoS2", "WS2"}
     assert result.element_probabilities.shape == (4, 3)

@@ -1676,4 +1676,15 @@ def format_metrics(metrics: dict) -> str:
             lines.append(f"{metric + suffix:22s}{cells}")
     if "paper_rule" in metrics:
         lines.append(f"MtL decoding: most likely valid material; paper rule: {MTL_RULES['paper']}")
+    if "calibration" in metrics:
+        block = metrics["calibration"]
+        lines.append(f"calibration: temperature {min(block['temperature']):.2f}-{max(block['temperature']):.2f} "
+                     f"(fitted on each fold's validation images); test ECE {block['ece_uncalibrated']['test']:.3f} "
+                     f"-> {block['ece']['test']:.3f}, Brier {block['brier_uncalibrated']['test']:.3f} -> "
+                     f"{block['brier']['test']:.3f}")
+    if "novelty" in metrics:
+        flagged = metrics["novelty"]["flagged"]
+        lines.append(f"novelty: unfamiliar beyond the {100 * metrics['novelty']['quantile']:.0f}th percentile of "
+                     f"held-out images; flags {100 * flagged['val']:.1f} % of validation and "
+                     f"{100 * flagged['test']:.1f} % of test images")
     return "\n".join(lines)
