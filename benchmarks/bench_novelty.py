@@ -8,7 +8,8 @@ pure noise, flat (tilted) scans, synthetic films far outside every class's param
 the crop size, a carpet of particles, bare substrate with terraces only) and real AFM scans of another kind of
 sample (DNA on mica, TopoStats' test data, ``benchmarks/data``). For each candidate score, the table gives the AUROC
 against each kind (1 = perfectly separated, 0.5 = chance) and the share of genuine held-out test images flagged at
-the 99th percentile of the validation images; the scores are computed per fold model and averaged over folds.
+the 95th percentile of the validation images (the shipped quantile); the scores are computed per fold model and
+averaged over folds. A last line gives the share of each kind that the shipped score flags (its detection rate).
 
 ``product`` is what tmdafm ships (:mod:`tmdafm_core.novelty`, through ``predict_ensemble``: every fold model's
 novelty against its own training images, averaged). The others are the alternatives it was chosen against: distance
@@ -35,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tmdafm_core.data import synthetic  # noqa: E402
 from tmdafm_core.data.images import scale_pixels  # noqa: E402
+from tmdafm_core.novelty import DEFAULT_QUANTILE  # noqa: E402
 from tmdafm_core.pipeline import load_manifest  # noqa: E402
 
 REAL_AFM = Path(__file__).with_name("data") / "topostats_dna_afm.npz"
@@ -179,7 +181,7 @@ def main(argv=None) -> int:
             per_candidate.setdefault(candidate, []).append(scores)
     for candidate, folds in per_candidate.items():
         for scores in folds:
-            add(candidate, scores["test"], np.quantile(scores["val"], 0.99), scores)
+            add(candidate, scores["test"], np.quantile(scores["val"], DEFAULT_QUANTILE), scores)
     table = pd.DataFrame({name: {column: float(np.mean(values)) for column, values in row.items()}
                           for name, row in rows.items()}).T
     pd.set_option("display.width", 250)
@@ -187,6 +189,9 @@ def main(argv=None) -> int:
           f"({size} px), unfamiliar images per kind: " + ", ".join(f"{k} {len(v)}" for k, v in kinds.items()))
     print("AUROC of each score against each kind of unfamiliar image (mean over fold models for the alternatives):")
     print(table.round(3).to_string())
+    flagged = {name: 100.0 * float(np.mean(values > 1.0)) for name, values in product.items()}
+    print("\nshare flagged unfamiliar by the product (novelty > 1), %: " +
+          ", ".join(f"{name} {value:.0f}" for name, value in flagged.items()))
     metrics = json.loads((run_dir / "metrics.json").read_text())
     block = metrics.get("calibration")
     if block:

@@ -138,6 +138,7 @@ def _calibration(cache):
             f"uncalibrated and novelty unknown. Rebuild them with `{results.precompute_command(cache)}`."),
             id="calibration")
     reliability = results.reliability_table(cache)
+    quantile = table.attrs["novelty_quantile"]
     graph = dcc.Graph(id="reliability-chart", figure=figures.reliability_figure(reliability),
                       config=_export.graph_config("tmdafm_reliability"))
     grid = dash_table.DataTable(
@@ -149,8 +150,9 @@ def _calibration(cache):
             "test set); the app and `tmdafm predict` show these calibrated probabilities. ECE: expected "
             "calibration error over 15 confidence bins (0 is perfect); Brier: mean squared error of the probability "
             "vector (0 is perfect). Both are means over folds. Novelty compares an image's texture statistics with "
-            "the fold's training images; its threshold is the 99th percentile of the fold's validation images, so "
-            "about 1 % of genuine held-out images are flagged by design.")]),
+            f"the fold's training images; its threshold is the {100 * quantile:.0f} % line of the fold's validation "
+            f"images, so {100 * (1 - quantile):.0f} % of those are flagged by design; the test images, of samples no "
+            "model saw, are the honest check.")]),
         _export.figure_panel(graph, data=reliability)]), id="calibration")
 
 

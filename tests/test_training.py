@@ -85,7 +85,7 @@ def test_run_directory_and_metrics_schema(mtc_run):
         assert set(calibration[key]) == {"val", "test"}
     assert len(calibration["reliability"]["edges"]) == calibration["bins"] + 1 == 16
     assert sum(calibration["reliability"]["test"]["count"]) == 2 * 16  # both folds' 16 test images
-    assert on_disk["novelty"]["method"] == "stage1-mahalanobis" and on_disk["novelty"]["quantile"] == 0.99
+    assert on_disk["novelty"]["method"] == "stage1-mahalanobis" and on_disk["novelty"]["quantile"] == 0.95
     assert on_disk["task"] == "mtc" and on_disk["classes"] == ["MoS2", "WS2"] and on_disk["folds"] == 2
     assert on_disk["elements"] == ["Mo", "W", "S"]
     for metric in ("accuracy", "f1_macro"):

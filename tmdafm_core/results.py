@@ -123,9 +123,12 @@ def calibration_table(cache_dir) -> pd.DataFrame:
     Columns :data:`CALIBRATION_COLUMNS`: the fold temperatures (``"1.41 (1.22-1.60)"``: mean and range), ECE and
     Brier score before and after calibration (means over folds; validation is what the temperature was fitted on,
     test is independent), and the share of genuine held-out validation / test images that the novelty threshold
-    flags as unfamiliar. Runs built before calibration was kept have no row.
+    flags as unfamiliar. Runs built before calibration was kept have no row. ``attrs["novelty_quantile"]``: the
+    share of validation images below the novelty threshold.
     """
-    rows = []
+    from .novelty import DEFAULT_QUANTILE
+
+    rows, quantile = [], DEFAULT_QUANTILE
     for task in TASKS:
         metrics = run_metrics(cache_dir, task) or {}
         block = metrics.get("calibration")
@@ -133,13 +136,16 @@ def calibration_table(cache_dir) -> pd.DataFrame:
             continue
         temperatures = np.asarray(block["temperature"], dtype=float)
         flagged = metrics.get("novelty", {}).get("flagged", {})
+        quantile = metrics.get("novelty", {}).get("quantile", quantile)
         rows.append({"task": TASK_NAMES[task],
                      "temperature": f"{temperatures.mean():.2f} ({temperatures.min():.2f}-{temperatures.max():.2f})",
                      **{f"{metric}_{part}{suffix}": block[metric + suffix][part]
                         for metric in ("ece", "brier") for part in ("val", "test") for suffix in ("", "_uncalibrated")
                         if f"{metric}_{part}{suffix}" in CALIBRATION_COLUMNS},
                      "flagged_val": flagged.get("val", np.nan), "flagged_test": flagged.get("test", np.nan)})
-    return pd.DataFrame(rows, columns=list(CALIBRATION_COLUMNS))
+    table = pd.DataFrame(rows, columns=list(CALIBRATION_COLUMNS))
+    table.attrs["novelty_quantile"] = float(quantile)
+    return table
 
 
 def reliability_table(cache_dir) -> pd.DataFrame:
