@@ -38,17 +38,81 @@ def _report_skipped(manifest) -> None:
 # --- info -------------------------------------------------------------------------------------------------------
 
 def _add_info(sub) -> None:
-    p = sub.add_parser("info", help="counts per class x split, samples, image sizes; checks the data")
-    p.add_argument("data", type=Path, help="data set: TMD-AFM TIFF folder, class folders, manifest CSV, image folder")
+    p = sub.add_parser("info", help="counts per class x split, samples, image sizes; checks the data; for one "
+                                    "instrument file: its channels, size and the crop it stands for")
+    p.add_argument("data", type=Path, help="data set: TMD-AFM TIFF folder, class folders, manifest CSV, image folder, "
+                                           "a folder of instrument files, or one instrument file")
     _strict_flag(p)
+
+
+def _scan_summary(path: Path) -> str:
+    from tmdafm_core.data.scans import height_channel, list_channels, prepare_scan, read_scan
+
+    channels = list_channels(path)
+    scan = read_scan(path)
+    width_um, height_um = scan.size_um
+    lines = [f"{path}: {scan.format} file, channels: {', '.join(channels)}",
+             f"height channel: {scan.channel}" + ("" if height_channel(channels) else " (only channel)"),
+             f"scan: {scan.height_nm.shape[1]} x {scan.height_nm.shape[0]} px, {width_um:.3g} x {height_um:.3g} um, "
+             f"{scan.pixel_size_nm:.4g} nm/px"]
+    try:
+        crop = prepare_scan(path)[0]
+        box = crop.provenance
+        lines.append(f"as data: levelled ({box['levelling']}), central crop x {box['crop_x0_um']:.3g}-"
+                     f"{box['crop_x1_um']:.3g} um, y {box['crop_y0_um']:.3g}-{box['crop_y1_um']:.3g} um, "
+                     f"{crop.height_nm.shape[1]} px a side")
+    except ValueError as exc:
+        lines.append(f"as data: not usable with the defaults: {exc}")
+    return "\n".join(lines)
 
 
 def _run_info(args) -> int:
     from tmdafm_core.data import dataset_summary, read_dataset
+    from tmdafm_core.data.scans import is_raw_scan
 
+    if args.data.is_file() and is_raw_scan(args.data):
+        print(_scan_summary(args.data))
+        return 0
     manifest = read_dataset(args.data, strict=args.strict)
     _report_skipped(manifest)
     print(dataset_summary(manifest))
+    return 0
+
+
+# --- prepare ----------------------------------------------------------------------------------------------------
+
+def _add_prepare(sub) -> None:
+    from tmdafm_core.data.levelling import PIPELINES
+
+    p = sub.add_parser("prepare", help="level and crop a folder of instrument files (.spm, .gwy, .ibw, .jpk, ...) "
+                                       "into TIFFs with manifest.csv and provenance")
+    p.add_argument("raw", type=Path, help="folder of instrument files (searched recursively)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (new, empty, or an earlier prepare output)")
+    p.add_argument("--crop-um", type=float, default=1.0, help="side of the square crop in um (default: 1, the "
+                                                               "paper's central 1 x 1 um)")
+    p.add_argument("--tile", action="store_true", help="every non-overlapping crop of each scan instead of the "
+                                                       "central one (tiles share the scan's sample id)")
+    p.add_argument("--no-crop", action="store_true", help="keep whole scans")
+    p.add_argument("--channel", help="channel name (default: the height channel; `tmdafm info FILE` lists them)")
+    p.add_argument("--levelling", choices=sorted(PIPELINES), default="default",
+                   help="levelling pipeline (default: plane, row medians, scars, masked re-levelling, zero median)")
+    p.add_argument("--labels", type=Path, metavar="CSV", help="columns source, material, sample_id[, split] "
+                                                              "(default: labels from the file names)")
+    _strict_flag(p)
+
+
+def _run_prepare(args) -> int:
+    from tmdafm_core.data.prepare import prepare_folder
+
+    if args.no_crop and args.tile:
+        raise ValueError("--tile cuts crops and --no-crop keeps whole scans: give one of them")
+    manifest = prepare_folder(args.raw, args.out, crop_um=None if args.no_crop else args.crop_um, tile=args.tile,
+                              channel=args.channel, levelling=args.levelling, labels=args.labels,
+                              strict=args.strict)
+    for path, reason in manifest.attrs["skipped"]:
+        _say(f"skipped {path}: {reason}")
+    print(f"wrote {len(manifest)} image(s) from {manifest['source_file'].nunique()} scan(s) to {args.out} "
+          f"(manifest.csv records source file, channel, levelling and crop box)")
     return 0
 
 
@@ -760,6 +824,7 @@ def _run_app(args) -> int:
 
 _COMMANDS = {
     "info": (_add_info, _run_info),
+    "prepare": (_add_prepare, _run_prepare),
     "synth": (_add_synth, _run_synth),
     "train": (_add_train, _run_train),
     "extract": (_add_extract, _run_extract),

@@ -7,9 +7,12 @@ height-like grayscale.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
+from .scans import RAW_SUFFIXES, is_raw_scan
 
 IMAGE_SUFFIXES = frozenset({".tif", ".tiff", ".png", ".jpg", ".jpeg"})
 #: Largest image (pixels) read, checked from the header before any pixel is decoded: a tiny compressed file can
@@ -88,13 +91,36 @@ def tiff_pixel_size_nm(page) -> float | None:
     return float(pixel_nm) if low <= pixel_nm <= high else None
 
 
+def _check_type(path: Path) -> None:
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"{path}: unsupported image type {path.suffix!r}; use one of {sorted(IMAGE_SUFFIXES)} or an "
+                         f"instrument file ({', '.join(sorted(RAW_SUFFIXES))}, numbered Bruker files)")
+
+
+@lru_cache(maxsize=64)
+def _cached_crop(path: str, stamp: tuple):
+    from .scans import prepare_scan
+
+    return prepare_scan(path)[0]
+
+
+def default_crop(path):
+    """The crop an instrument file stands for when it is given as an image: height channel, ``default`` levelling,
+    the central 1 µm (:func:`tmdafm_core.data.scans.prepare_scan`); read once per file version (probing and
+    loading share it)."""
+    path = Path(path)
+    _check_file(path)
+    stat = path.stat()
+    return _cached_crop(str(path.resolve()), (stat.st_size, stat.st_mtime_ns))
+
+
 def probe_image(path) -> tuple[int, int, float | None]:
-    """Read only an image's header.
+    """Read only an image's header (an instrument file: its default crop, :func:`default_crop`).
 
     Parameters
     ----------
     path : str or Path
-        TIFF, PNG or JPEG file.
+        TIFF, PNG or JPEG file, or an instrument file (:mod:`tmdafm_core.data.scans`).
 
     Returns
     -------
@@ -109,8 +135,10 @@ def probe_image(path) -> tuple[int, int, float | None]:
         When the file is not a readable image of a supported type.
     """
     path = Path(path)
-    if path.suffix.lower() not in IMAGE_SUFFIXES:
-        raise ValueError(f"{path}: unsupported image type {path.suffix!r}; use one of {sorted(IMAGE_SUFFIXES)}")
+    if is_raw_scan(path):
+        crop = default_crop(path)
+        return (*crop.height_nm.shape, crop.pixel_size_nm)
+    _check_type(path)
     _check_file(path)
     try:
         if _is_tiff(path):
@@ -209,7 +237,9 @@ def load_image(path, *, pixel_size_nm: float | None = None, scaling: str = "min-
     Parameters
     ----------
     path : str or Path
-        TIFF (8/16/32-bit integer or float), PNG or JPEG. RGB(A) is converted to grayscale by luma.
+        TIFF (8/16/32-bit integer or float), PNG or JPEG (RGB(A) is converted to grayscale by luma), or an instrument
+        file: its :func:`default_crop` (levelled, central 1 µm; ``scaling="paper"`` scales it min-max too, since it
+        has no 8-bit values).
     pixel_size_nm : float, optional
         Pixel size in nm, e.g. from a manifest. Takes precedence over the file's TIFF resolution tags. When neither
         is known the image is assumed to span 1 µm (``1000 / width``).
@@ -224,8 +254,12 @@ def load_image(path, *, pixel_size_nm: float | None = None, scaling: str = "min-
         Nanometres per pixel.
     """
     path = Path(path)
-    if path.suffix.lower() not in IMAGE_SUFFIXES:
-        raise ValueError(f"{path}: unsupported image type {path.suffix!r}; use one of {sorted(IMAGE_SUFFIXES)}")
+    if is_raw_scan(path):
+        crop = default_crop(path)
+        image = scale_pixels(crop.height_nm, scaling="min-max" if scaling == "paper" else scaling, source=str(path))
+        return image, float(crop.pixel_size_nm if pixel_size_nm is None or not np.isfinite(pixel_size_nm)
+                            else pixel_size_nm)
+    _check_type(path)
     _check_file(path)
     tag_pixel_nm = None
     try:

@@ -24,6 +24,7 @@ import pandas as pd
 
 from .images import DEFAULT_SCAN_SIZE_NM, IMAGE_SUFFIXES, MIN_SIDE_PX, probe_image
 from .labels import parse_elements
+from .scans import RAW_SUFFIXES, is_raw_scan
 
 MANIFEST_COLUMNS = ("image", "path", "material", "sample_id", "split", "height", "width", "pixel_size_nm")
 MANIFEST_CSV_NAME = "manifest.csv"
@@ -93,6 +94,11 @@ class _Collector:
         return frame
 
 
+def _is_image(path: Path) -> bool:
+    """A processed image (by suffix) or an instrument file (levelled and cropped on reading)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES or is_raw_scan(path)
+
+
 def _image_files(folder: Path, collector: _Collector) -> list[Path]:
     files = []
     for path in sorted(folder.iterdir()):
@@ -105,10 +111,11 @@ def _image_files(folder: Path, collector: _Collector) -> list[Path]:
             continue
         if not path.is_file():
             collector.skip(path, "not a regular file (FIFO, socket or device)")
-        elif path.suffix.lower() in IMAGE_SUFFIXES:
+        elif _is_image(path):
             files.append(path)
         elif path.name.lower() not in _IGNORED_NAMES:
-            collector.skip(path, f"not an image type (expected one of {sorted(IMAGE_SUFFIXES)})")
+            collector.skip(path, f"not an image type (expected one of {sorted(IMAGE_SUFFIXES)} or an instrument "
+                                 "file)")
     return files
 
 
@@ -324,11 +331,12 @@ def read_dataset(source, *, strict: bool = False) -> pd.DataFrame:
     if (source / MANIFEST_CSV_NAME).is_file():
         return read_manifest_csv(source / MANIFEST_CSV_NAME, strict=strict)
     entries = [p for p in source.iterdir() if not p.name.startswith(".")]
-    images = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    images = [p for p in entries if p.is_file() and _is_image(p)]
     if not images and any(p.is_dir() for p in entries):
         return read_class_folders(source, strict=strict)
     if not images:
-        raise ValueError(f"{source}: empty folder (no images of type {sorted(IMAGE_SUFFIXES)} and no class folders)")
+        raise ValueError(f"{source}: empty folder (no images of type {sorted(IMAGE_SUFFIXES)}, no instrument files "
+                         f"({', '.join(sorted(RAW_SUFFIXES))}, numbered Bruker files) and no class folders)")
     parses = 0
     for path in images:
         try:
