@@ -1,4 +1,5 @@
-"""Classify (``/classify``): drop AFM images (TIFF 8/16-bit/float, PNG, JPEG) to classify them with the store's
+"""Classify (``/classify``): drop AFM images (TIFF 8/16-bit/float, PNG, JPEG) or instrument files (Bruker, Gwyddion,
+JPK, Igor, ...: levelled, central 1 µm crop) to classify them with the store's
 models: material, class and element probabilities, activation map, descriptors against the data set, the image
 as a star in the latent scatter and its nearest neighbours. Results download as CSV.
 
@@ -52,6 +53,19 @@ def _descriptor_rows(result):
                             html.Th("percentile", title="percentile among the data set's images")])), html.Tbody(rows)])
 
 
+def _scan_panel(result) -> list:
+    """The levelled instrument scan with the crop box, and what was done to it (instrument files only)."""
+    scan = result.get("scan")
+    if not scan:
+        return []
+    return [html.H3("levelled scan"), html.Img(src=scan["overview_uri"], className="view scan-overview",
+                                               alt="levelled scan with the classified crop"),
+            html.P(f"{scan['format']} file, channel {scan['channel']}, scan {scan['scan_width_um']:.3g} × "
+                   f"{scan['scan_height_um']:.3g} µm; levelled ({scan['levelling']}); red box: the classified crop, "
+                   f"x {scan['crop_x0_um']:.3g}–{scan['crop_x1_um']:.3g} µm, y {scan['crop_y0_um']:.3g}–"
+                   f"{scan['crop_y1_um']:.3g} µm.", className="caption scan-caption")]
+
+
 def result_card(cache, result, index: int, colours: dict):
     """One file's result as a card (or its refusal message)."""
     if not result["ok"]:
@@ -80,9 +94,10 @@ def result_card(cache, result, index: int, colours: dict):
                  *([html.Span(classify.UNFAMILIAR_BADGE, className="unfamiliar-badge", role="alert")]
                    if unfamiliar else [])]),
         html.Div(className="result", children=[
-            html.Div([html.H3("image"), html.Img(src=result["image_uri"], className="view", alt=result["name"]),
+            html.Div([html.H3("image" if "scan" not in result else "classified crop"),
+                      html.Img(src=result["image_uri"], className="view", alt=result["name"]),
                       html.P(f"{result['width']} × {result['height']} px · {result['pixel_size_nm']:.3g} nm/px",
-                             className="caption")]),
+                             className="caption"), *_scan_panel(result)]),
             html.Div([html.H3("activation map (MtC)"), *(
                 [html.Img(src=result["cam_uri"], className="view", alt="class activation map"),
                  html.P("bright = regions that drove the prediction", className="caption")] if result["cam_uri"]
@@ -144,7 +159,8 @@ def layout(**_query):
                 id="classify-upload", multiple=True, max_size=classify.MAX_FILE_BYTES,
                 className="upload-zone", disabled=bool(missing),
                 children=html.Div([html.Strong("Drop images here"), " or click to choose: TIFF (8/16-bit, "
-                                   "float), PNG, JPEG"]))),
+                                   "float), PNG, JPEG, or instrument files (.spm and numbered Bruker files, .gwy, "
+                                   ".jpk, .ibw, ...: levelled, then the central 1 µm is classified)"]))),
             html.P(id="classify-upload-refused", className="upload-refused error", style={"whiteSpace": "pre-line"}),
             html.P(limits, className="caption"),
         ]),

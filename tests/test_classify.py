@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import threading
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -284,3 +285,41 @@ def test_an_image_unlike_the_training_images_gets_the_badge_and_greyed_probabili
                "trust_note": "runs/mtc: fold 0 was trained before tmdafm kept calibration"}
     sentence = classify.trust_sentence(unknown)
     assert "(not calibrated)" in sentence and sentence.endswith("kept calibration")
+
+
+def test_instrument_files_are_levelled_cropped_and_classified_from_a_private_temporary_file(store, tmp_path,
+                                                                                           monkeypatch):
+    import tempfile
+
+    from tmdafm_core.data import scans
+
+    from .test_scans import BRUKER, JPK, tilted_film, write_gwy
+
+    gwy = write_gwy(tmp_path / "MoS2 film.gwy", tilted_film(200), side_m=2e-6).read_bytes()
+    seen = []
+    original = scans.prepare_scan
+    monkeypatch.setattr(scans, "prepare_scan", lambda path, **kw: seen.append(Path(path)) or original(path, **kw))
+    results = classify.classify_uploads(store, [("MoS2 film.gwy", gwy), ("scan.002", BRUKER.read_bytes()),
+                                                ("qi.jpk-qi-image", JPK.read_bytes()), ("x.ibw", b"not igor")])
+    good, coarse, small, broken = results
+    assert good["ok"] and good["width"] == good["height"] == 100 and good["pixel_size_nm"] == pytest.approx(10.0)
+    scan = good["scan"]
+    assert scan["format"] == "gwyddion" and scan["channel"] == "Height" and scan["scan_width_um"] == pytest.approx(2)
+    assert (scan["crop_x0_um"], scan["crop_x1_um"]) == (0.5, 1.5) and scan["overview_uri"].startswith("data:image/png")
+    assert not coarse["ok"] and coarse["message"].startswith("a 1 µm crop would be 17 px, under 32 px a side")
+    assert not small["ok"] and "smaller than a 1 µm crop" in small["message"]
+    assert not broken["ok"] and "tmdafm-upload" not in broken["message"]
+    # Read from a random name in a private folder that is gone afterwards, never under the uploaded name.
+    assert len(seen) == 4 and all(p.parent.name.startswith("tmdafm-upload-") and p.stem != "MoS2 film" for p in seen)
+    assert not any(p.exists() for p in seen)
+    assert not list(Path(tempfile.gettempdir()).glob("tmdafm-upload-*"))
+    table = classify.results_table(results)
+    assert table.loc[0, "scan_format"] == "gwyddion" and table.loc[0, "scan_crop_x0_um"] == 0.5
+    import app as app_module
+
+    app_module.app.server.test_client().get("/")
+    from pages import classify as page
+
+    card = page.result_card(store, good, 0, {})
+    text = str(card.to_plotly_json())
+    assert "levelled scan" in text and "red box: the classified crop, x 0.5–1.5 µm" in text

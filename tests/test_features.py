@@ -351,9 +351,14 @@ def test_cli_features_writes_exact_columns(small_set, tmp_path, monkeypatch):
     out = tmp_path / "features.csv"
     assert main(["features", str(tmp_path / "syn"), "--out", str(out), "--jobs", "1"]) == 0
     written = pd.read_csv(out)
-    assert list(written.columns) == ["image", *FEATURE_COLUMNS]
+    assert list(written.columns) == ["image", "pixel_size_nm", *FEATURE_COLUMNS]
     assert len(written) == len(small_set)
+    assert np.allclose(written["pixel_size_nm"], small_set.set_index("image").loc[written["image"], "pixel_size_nm"])
     assert (tmp_path / "envcache").is_dir()
+    # Read back as a feature table, the pixel size is metadata, not one of the features.
+    from tmdafm_core.data import read_feature_table
+
+    assert read_feature_table(out).feature_names == list(FEATURE_COLUMNS)
 
 
 def test_cli_features_bad_output_suffix_exits_2(small_set, tmp_path, capsys):

@@ -263,3 +263,14 @@ def test_a_raw_folder_is_a_data_set_and_info_describes_one_file(raw_folder, caps
     out = capsys.readouterr().out
     assert "jpk file, channels: " in out and "height channel: height_trace" in out
     assert "0.5 x 0.5 um, 5 nm/px" in out and "smaller than a 1 µm crop" in out
+
+
+def test_commands_take_a_raw_folder_as_data(raw_folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TMDAFM_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "features.csv"
+    assert main(["features", str(raw_folder), "--out", str(out), "--jobs", "1"]) == 0
+    table = pd.read_csv(out)
+    assert len(table) == 3 and np.allclose(table["pixel_size_nm"], 10.0)  # from the files, not 1 µm / width
+    assert "skipped MoS2_afm_s9_000.002" in capsys.readouterr().err.replace(str(raw_folder) + "/", "")
+    assert main(["info", str(raw_folder)]) == 0
+    assert "MoS2" in capsys.readouterr().out

@@ -86,6 +86,66 @@ def _check_shape(height: int, width: int) -> None:
         raise ValueError(f"image is {width} × {height} px; at least {MIN_SIDE_PX} px per side are needed")
 
 
+def raw_upload_suffix(name, data: bytes) -> str | None:
+    """The instrument-file suffix an upload is read with, or None for an image (or anything else).
+
+    Bruker and Gwyddion files are recognised by their content; container formats (a JPK file is a TIFF, Igor and
+    HDF5-based files have no distinctive signature) by their name, after which their reader checks the content.
+    """
+    from .data.scans import RAW_SUFFIXES, _suffix
+
+    if data.startswith(b"\\*File list"):
+        return ".spm"
+    if data.startswith(b"GWYP"):
+        return ".gwy"
+    suffix = _suffix(Path(display_name(name)))
+    return suffix if suffix in RAW_SUFFIXES and suffix not in (".spm", ".gwy") else None
+
+
+def decode_scan(name, data: bytes, *, max_bytes: int = MAX_FILE_BYTES):
+    """An uploaded instrument file as its default crop (:func:`tmdafm_core.data.images.default_crop`: height
+    channel, default levelling, central 1 µm), or None when the upload is not one.
+
+    The reader needs a real file: the bytes go to a private temporary folder under a random name (never the
+    uploaded one), which is deleted before returning. Errors are ValueErrors without that temporary path.
+    """
+    import secrets
+    import tempfile
+
+    from .data.scans import prepare_scan
+
+    suffix = raw_upload_suffix(name, data)
+    if suffix is None:
+        return None
+    if len(data) > max_bytes:
+        raise ValueError(f"file is larger than {max_bytes / 2**20:.0f} MiB")
+    with tempfile.TemporaryDirectory(prefix="tmdafm-upload-") as folder:
+        path = Path(folder) / f"{secrets.token_hex(8)}{suffix}"
+        path.write_bytes(data)
+        try:
+            crop = prepare_scan(path)[0]
+        except (ValueError, OSError) as exc:
+            raise ValueError(str(exc).replace(f"{path}: ", "").replace(str(path), "the upload")) from None
+    _check_shape(*crop.height_nm.shape)
+    return crop
+
+
+def scan_overview(crop, *, max_side: int = DISPLAY_PX) -> str:
+    """PNG data URI of a levelled scan with the crop box drawn in (the /classify card of an instrument file)."""
+    scan_rgb = afm_rgb(normalize_height(crop.scan_nm, source="scan"))
+    pixel_um = crop.pixel_size_nm / 1000.0
+    box = crop.provenance
+    top, bottom = int(round(box["crop_y0_um"] / pixel_um)), int(round(box["crop_y1_um"] / pixel_um)) - 1
+    left, right = int(round(box["crop_x0_um"] / pixel_um)), int(round(box["crop_x1_um"] / pixel_um)) - 1
+    line = max(1, max(scan_rgb.shape[:2]) // 200)
+    colour = np.array([230, 60, 40], dtype=scan_rgb.dtype)
+    for edge in (slice(top, top + line), slice(bottom - line + 1, bottom + 1)):
+        scan_rgb[edge, left:right + 1] = colour
+    for edge in (slice(left, left + line), slice(right - line + 1, right + 1)):
+        scan_rgb[top:bottom + 1, edge] = colour
+    return png_uri(scan_rgb, max_side=max_side)
+
+
 def decode_image(data: bytes, *, max_bytes: int = MAX_FILE_BYTES) -> tuple[np.ndarray, float | None]:
     """Decode image bytes in memory into a height map scaled to 0..1.
 
@@ -114,7 +174,8 @@ def decode_image(data: bytes, *, max_bytes: int = MAX_FILE_BYTES) -> tuple[np.nd
         raise ValueError(f"file is larger than {max_bytes / 2**20:.0f} MiB; crop or downsample it first")
     kind = sniff_type(data)
     if kind is None:
-        raise ValueError("not a TIFF, PNG or JPEG image (judged by its content, not its name)")
+        raise ValueError("not a TIFF, PNG or JPEG image (judged by its content, not its name) nor an instrument file "
+                         "(.spm/numbered Bruker, .gwy, .jpk, .ibw, ...)")
     pixel_nm = None
     try:
         if kind == "tiff":
@@ -363,11 +424,19 @@ class Classifier:
                 continue
             try:
                 data = content if isinstance(content, bytes) else decode_upload(content)
-                image, pixel_nm = decode_image(data)
+                crop = decode_scan(label, data)
+                image, pixel_nm = (decode_image(data) if crop is None else
+                                   (normalize_height(crop.height_nm, source="upload"), crop.pixel_size_nm))
             except ValueError as exc:
                 results.append(_refused(label, str(exc)))
                 continue
-            results.append(self.classify_image(image, pixel_nm, name=label))
+            result = self.classify_image(image, pixel_nm, name=label)
+            if crop is not None:
+                result["scan"] = {**{k: crop.provenance[k] for k in ("format", "channel", "levelling", "scan_width_um",
+                                                                     "scan_height_um", "crop_x0_um", "crop_x1_um",
+                                                                     "crop_y0_um", "crop_y1_um")},
+                                  "overview_uri": scan_overview(crop)}
+            results.append(result)
         return results
 
 
@@ -435,6 +504,7 @@ def results_table(results) -> pd.DataFrame:
             row.update({f"{k}_percentile": v["percentile"] for k, v in result["descriptors"].items()})
             row.update(result["coordinates"])
             row["nearest_images"] = ";".join(n["image"] for n in result["neighbours"])
+            row.update({f"scan_{k}": v for k, v in result.get("scan", {}).items() if k != "overview_uri"})
         rows.append(row)
     table = pd.DataFrame(rows)
     ordered = [c for c in ("file", "status", "material") if c in table] + \

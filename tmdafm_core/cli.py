@@ -561,7 +561,9 @@ def _run_features(args) -> int:
     if table.empty:
         raise ValueError(f"{args.data}: no image could be measured; first: {table.attrs['skipped'][0][1]}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    table[["image", *FEATURE_COLUMNS]].to_csv(args.out, index=False)
+    pixel_sizes = manifest.drop_duplicates("image").set_index("image")["pixel_size_nm"]
+    table.insert(1, "pixel_size_nm", table["image"].map(pixel_sizes).to_numpy())
+    table[["image", "pixel_size_nm", *FEATURE_COLUMNS]].to_csv(args.out, index=False)
     print(f"wrote {len(table)} images x {len(FEATURE_COLUMNS)} features to {args.out}")
     return 0
 

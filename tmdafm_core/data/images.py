@@ -99,9 +99,11 @@ def _check_type(path: Path) -> None:
 
 @lru_cache(maxsize=64)
 def _cached_crop(path: str, stamp: tuple):
+    import dataclasses
+
     from .scans import prepare_scan
 
-    return prepare_scan(path)[0]
+    return dataclasses.replace(prepare_scan(path)[0], scan_nm=None)  # the cache keeps crops, not whole scans
 
 
 def default_crop(path):

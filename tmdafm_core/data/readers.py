@@ -354,6 +354,7 @@ def read_dataset(source, *, strict: bool = False) -> pd.DataFrame:
 _SAMPLE_GUESSES = ("sample_id", "sampleid", "sample", "group", "groups")
 _LABEL_GUESSES = ("label", "labels", "target", "targets", "material", "class", "y")
 _IMAGE_GUESSES = ("image", "path", "file", "filename")
+_METADATA_COLUMNS = ("pixel_size_nm",)
 
 
 @dataclass
@@ -436,6 +437,8 @@ def read_feature_table(path, *, sample_col: str | None = None, label_col: str | 
     label = _pick_column(table, label_col, _LABEL_GUESSES, "label", path, guessed)
     image = _pick_column(table, image_col, _IMAGE_GUESSES, "image", path, guessed)
     reserved = {c for c in (sample, label, image) if c is not None}
+    if feature_cols is None:  # metadata of a `tmdafm features` table, not a measurement of the image
+        reserved |= {c for c in _METADATA_COLUMNS if c in table.columns}
 
     if isinstance(feature_cols, str):
         feature_cols = [feature_cols]

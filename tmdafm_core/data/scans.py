@@ -289,11 +289,13 @@ def crop_boxes(shape, pixel_size_nm: float, *, crop_um: float | None = DEFAULT_C
 
 @dataclass
 class Crop:
-    """A levelled crop of a scan and where it came from (what ``manifest.csv`` records)."""
+    """A levelled crop of a scan and where it came from (what ``manifest.csv`` records); ``scan_nm`` is the whole
+    levelled scan it was cut from (one array shared by a scan's crops)."""
 
     height_nm: np.ndarray
     pixel_size_nm: float
     provenance: dict
+    scan_nm: np.ndarray | None = None
 
 
 def prepare_scan(path, *, channel: str | None = None, levelling: str = "default",
@@ -324,5 +326,5 @@ def prepare_scan(path, *, channel: str | None = None, levelling: str = "default"
             "levelling_steps": json.dumps(steps), "scan_width_um": round(width_um, 6),
             "scan_height_um": round(height_um, 6), "crop_x0_um": round(column * um, 6),
             "crop_y0_um": round(row * um, 6), "crop_x1_um": round((column + columns) * um, 6),
-            "crop_y1_um": round((row + rows) * um, 6), "notes": "; ".join(scan.notes)}))
+            "crop_y1_um": round((row + rows) * um, 6), "notes": "; ".join(scan.notes)}, levelled))
     return crops
