@@ -20,13 +20,13 @@ BRUKER = DATA / "old_bruker.002"  # real, numbered Bruker file: 256 px over 15 Â
 JPK = DATA / "sample_0.jpk-qi-image"  # real JPK QI image: 100 px over 0.5 Âµm
 
 
-def write_gwy(path, height_m, *, side_m, channels=("Height",)):
+def write_gwy(path, height_m, *, side_m, channels=("Height",), height_side_m=None):
     from gwyfile.objects import GwyContainer, GwyDataField, GwySIUnit
 
     container = GwyContainer()
     for k, name in enumerate(channels):
         container[f"/{k}/data"] = GwyDataField(np.asarray(height_m, dtype=np.float64) * (k + 1), xreal=side_m,
-                                               yreal=side_m, si_unit_xy=GwySIUnit(unitstr="m"),
+                                               yreal=height_side_m or side_m, si_unit_xy=GwySIUnit(unitstr="m"),
                                                si_unit_z=GwySIUnit(unitstr="m"))
         container[f"/{k}/data/title"] = name
     container.tofile(str(path))
@@ -274,3 +274,13 @@ def test_commands_take_a_raw_folder_as_data(raw_folder, tmp_path, capsys, monkey
     assert "skipped MoS2_afm_s9_000.002" in capsys.readouterr().err.replace(str(raw_folder) + "/", "")
     assert main(["info", str(raw_folder)]) == 0
     assert "MoS2" in capsys.readouterr().out
+
+
+def test_non_square_pixels_are_resampled_to_square_and_said(tmp_path):
+    height = tilted_film(128)
+    path = write_gwy(tmp_path / "wide.gwy", height, side_m=2e-6, height_side_m=1e-6)  # 15.6 nm wide, 7.8 nm tall
+    scan = scans.read_scan(path)
+    assert scan.height_nm.shape == (64, 128) and scan.pixel_size_nm == pytest.approx(2000 / 128)
+    assert scan.size_um == pytest.approx((2.0, 1.0))
+    assert "non-square pixels" in scan.notes[0] and "128 rows resampled to 64" in scan.notes[0]
+    assert scans.read_scan(BRUKER).notes == []  # square: untouched

@@ -140,6 +140,43 @@ def _load(path: Path, fmt: str, channel: str):
     return image, pixel, []
 
 
+def _extent_nm(path: Path, fmt: str, channel: str) -> tuple[float, float] | None:
+    """(width, height) of the scanned area in nm where the file says both (Bruker, Gwyddion), else None: the other
+    readers report one pixel size, taken as square."""
+    _quiet()
+    if fmt == "bruker":
+        import pySPM
+
+        size = pySPM.Bruker(path).get_channel(channel).size["real"]
+        unit = {"pm": 1e-3, "nm": 1.0, "um": 1e3, "µm": 1e3, "mm": 1e6}.get(size.get("unit"))
+        return None if unit is None else (float(size["x"]) * unit, float(size["y"]) * unit)
+    if fmt == "gwyddion":
+        from AFMReader.gwy import gwy_get_channels, gwy_read_object
+
+        document: dict = {}
+        with open(path, "rb") as handle:
+            handle.read(4)
+            gwy_read_object(handle, data_dict=document)
+        field = document[f"/{gwy_get_channels(gwy_file_structure=document)[channel]}/data"]
+        return float(field["xreal"]) * 1e9, float(field["yreal"]) * 1e9
+    return None
+
+
+def _square_pixels(image: np.ndarray, pixel: float, extent, notes: list) -> tuple[np.ndarray, float]:
+    """Resample rows so that pixels are square (bilinear), saying so in ``notes``."""
+    if extent is None:
+        return image, pixel
+    column_nm, row_nm = extent[0] / image.shape[1], extent[1] / image.shape[0]
+    if abs(row_nm / column_nm - 1.0) <= 0.005:
+        return image, column_nm
+    from scipy.ndimage import zoom
+
+    rows = max(2, int(round(image.shape[0] * row_nm / column_nm)))
+    notes.append(f"non-square pixels ({column_nm:.4g} nm wide, {row_nm:.4g} nm tall): {image.shape[0]} rows "
+                 f"resampled to {rows} for square {column_nm:.4g} nm pixels")
+    return zoom(image, (rows / image.shape[0], 1.0), order=1), column_nm
+
+
 def _single_channel(fmt: str) -> bool:
     return fmt in ("wsxm-stp", "wsxm-top")
 
@@ -234,7 +271,9 @@ def read_scan(path, *, channel: str | None = None) -> Scan:
     pixel = float(pixel) if pixel is not None else float("nan")
     if not np.isfinite(pixel) or pixel <= 0:
         raise ValueError(f"{path}: the file gives no usable pixel size ({pixel!r})")
-    return Scan(image, pixel, channel, fmt, str(path), list(notes))
+    notes = list(notes)
+    image, pixel = _square_pixels(image, pixel, _extent_nm(path, fmt, channel), notes)
+    return Scan(image, pixel, channel, fmt, str(path), notes)
 
 
 # --- from a scan to the paper's crops ---------------------------------------------------------------------------
