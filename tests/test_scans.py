@@ -257,6 +257,7 @@ def test_a_raw_folder_is_a_data_set_and_info_describes_one_file(raw_folder, caps
     data = read_dataset(raw_folder)
     assert len(data) == 3 and set(data["material"]) == {"MoS2", "WS2"}  # levelled, central 1 µm on reading
     assert data.attrs["skipped"][0][0].endswith("MoS2_afm_s9_000.002")
+    assert set(data["levelling"]) == {"default"} and set(data["crop_x0_um"]) == {0.5}  # provenance travels along
     image, pixel = load_image(data["path"].iloc[0])
     assert image.shape == (100, 100) and 0.0 <= image.min() and image.max() == pytest.approx(1.0)
     assert main(["info", str(JPK)]) == 0

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .images import DEFAULT_SCAN_SIZE_NM, IMAGE_SUFFIXES, MIN_SIDE_PX, probe_image
+from .images import DEFAULT_SCAN_SIZE_NM, IMAGE_SUFFIXES, MIN_SIDE_PX, default_crop, probe_image
 from .labels import parse_elements
 from .scans import RAW_SUFFIXES, is_raw_scan
 
@@ -62,6 +62,8 @@ class _Collector:
             return
         if pixel_size_nm is None or pd.isna(pixel_size_nm):
             pixel_size_nm = tag_pixel_nm if tag_pixel_nm is not None else DEFAULT_SCAN_SIZE_NM / width
+        if is_raw_scan(path):  # what was done to the scan travels with the image (source, channel, levelling, box)
+            extra = {**default_crop(path).provenance, **(extra or {})}
         self.rows.append({
             "image": path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else str(path),
             "path": str(path.resolve()),
