@@ -260,6 +260,11 @@ def test_a_raw_folder_is_a_data_set_and_info_describes_one_file(raw_folder, caps
     assert set(data["levelling"]) == {"default"} and set(data["crop_x0_um"]) == {0.5}  # provenance travels along
     image, pixel = load_image(data["path"].iloc[0])
     assert image.shape == (100, 100) and 0.0 <= image.min() and image.max() == pytest.approx(1.0)
+    assert main(["info", str(raw_folder)]) == 0
+    listing = capsys.readouterr().out
+    assert "instrument files (3; levelled, central crop):" in listing
+    assert all(f"{m}_afm_{s}_000.gwy" in listing for m, s in (("MoS2", "s1"), ("WS2", "s2"), ("MoS2", "s3")))
+    assert listing.count("gwyddion  Height") == 3 and "2 x 2" in listing and " 10 " in listing  # 10 nm pixels
     assert main(["info", str(JPK)]) == 0
     out = capsys.readouterr().out
     assert "jpk file, channels: " in out and "height channel: height_trace" in out
@@ -285,3 +290,45 @@ def test_non_square_pixels_are_resampled_to_square_and_said(tmp_path):
     assert scan.size_um == pytest.approx((2.0, 1.0))
     assert "non-square pixels" in scan.notes[0] and "128 rows resampled to 64" in scan.notes[0]
     assert scans.read_scan(BRUKER).notes == []  # square: untouched
+
+
+def test_readings_agree_with_the_reader_librarys_own_values():
+    from AFMReader import jpk, spm
+
+    for path, load, channel in ((BRUKER, spm.load_spm, "Height"), (JPK, jpk.load_jpk, "height_trace")):
+        image, pixel = load(path, channel)
+        scan = scans.read_scan(path)
+        assert scan.pixel_size_nm == pytest.approx(pixel)
+        assert (scan.height_nm.min(), scan.height_nm.max()) == pytest.approx((image.min(), image.max()))
+
+
+def test_bad_raw_files_get_one_line_each_and_the_others_are_still_read(raw_folder, tmp_path, capsys):
+    data = BRUKER.read_bytes()
+    (raw_folder / "MoS2_afm_s4_000.001").write_bytes(data[:90000])  # truncated pixel data
+    (raw_folder / "MoS2_afm_s5_000.003").write_bytes(data[:4000])  # header cut short (pySPM would loop)
+    (raw_folder / "WS2_afm_s6_000.spm").write_bytes(np.random.default_rng(0).bytes(5000))  # unknown binary
+    write_gwy(raw_folder / "WS2_afm_s7_000.gwy", tilted_film(200), side_m=2e-6, channels=("Phase",))
+    assert main(["info", str(raw_folder)]) == 0
+    captured = capsys.readouterr()
+    err = captured.err
+    assert "MoS2_afm_s4_000.001: truncated Bruker file: its image data end at byte 172032, the file has 90000" in err
+    assert "MoS2_afm_s5_000.003: truncated or damaged Bruker file (no end of header" in err
+    assert "WS2_afm_s6_000.spm: not a Bruker file" in err
+    assert "WS2_afm_s7_000.gwy: no height channel among ['Phase']" in err
+    assert "instrument files (3;" in captured.out  # the three good scans still read
+    assert main(["info", str(raw_folder / "MoS2_afm_s4_000.001")]) == 2
+    message = capsys.readouterr().err.strip()
+    assert message.count("\n") == 0 and "MoS2_afm_s4_000.001: truncated Bruker file" in message
+
+
+def test_levelling_recovers_a_surface_with_tilt_row_offsets_and_a_scar():
+    rng = np.random.default_rng(5)
+    truth = rng.normal(0, 0.05, (128, 128))
+    truth[40:80, 30:90] += 1.0  # one island, 1 nm high
+    yy, xx = np.mgrid[:128, :128]
+    raw = truth + 0.03 * xx - 0.02 * yy + rng.normal(0, 0.5, 128)[:, None]
+    raw[100, 10:110] += 4.0  # a scar
+    levelled, _ = levelling.level(raw)
+    error = levelled - (truth - np.median(truth[truth < 0.5]))
+    assert np.abs(np.median(error)) < 0.01 and np.percentile(np.abs(error), 99) < 0.15  # tolerance: 0.15 nm
+    assert np.abs(levelled[100, 10:110]).max() < 0.5  # the scar is gone

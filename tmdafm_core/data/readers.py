@@ -552,6 +552,20 @@ def duplicates_message(repeats, *, limit: int = 3) -> str:
 
 # --- summary ----------------------------------------------------------------------------------------------------
 
+def _scan_table(manifest: pd.DataFrame) -> str:
+    """One line per instrument file of a manifest: format, channel, scan size, physical pixel size, crop."""
+    scans = manifest.dropna(subset=["scan_width_um"])
+    table = pd.DataFrame({
+        "scan": scans["image"], "format": scans["format"], "channel": scans["channel"],
+        "scan (um)": [f"{w:.3g} x {h:.3g}" for w, h in zip(scans["scan_width_um"], scans["scan_height_um"],
+                                                            strict=True)],
+        "pixel (nm)": scans["pixel_size_nm"].map(lambda v: f"{v:.4g}"),
+        "crop (um)": [f"x {x0:.3g}-{x1:.3g}, y {y0:.3g}-{y1:.3g}" for x0, x1, y0, y1 in
+                      zip(scans["crop_x0_um"], scans["crop_x1_um"], scans["crop_y0_um"], scans["crop_y1_um"],
+                          strict=True)]})
+    return f"instrument files ({len(table)}; levelled, central crop):\n" + table.to_string(index=False)
+
+
 def dataset_summary(manifest: pd.DataFrame) -> str:
     """Human-readable description and checks of a manifest (what `tmdafm info` prints)."""
     lines = [f"data set: {manifest.attrs.get('root', '?')} ({manifest.attrs.get('source', '?')} layout)"]
@@ -579,6 +593,8 @@ def dataset_summary(manifest: pd.DataFrame) -> str:
     px = manifest["pixel_size_nm"]
     lines.append(f"pixel size: {px.min():.3g}-{px.max():.3g} nm/px (median {px.median():.3g}); "
                  f"scan size median {float((px * manifest['width']).median()):.4g} nm")
+    if "scan_width_um" in manifest.columns:
+        lines += ["", _scan_table(manifest)]
     checks = list(manifest.attrs.get("notes", []))
     crossing = manifest.dropna(subset=["split"]).groupby("sample_id")["split"].nunique()
     if (crossing > 1).any():

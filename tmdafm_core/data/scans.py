@@ -103,9 +103,39 @@ class Scan:
 
 
 def _quiet():
+    import logging
+
     from loguru import logger
 
     logger.disable("AFMReader")
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)  # its warnings on damaged JPK files: we raise instead
+
+
+_BRUKER_NUMBER = re.compile(rb"\\(Data offset|Data length): *(\d+)")
+
+
+def check_bruker(path) -> None:
+    """Refuse a Bruker file whose header is cut short or whose image data run past its end, before pySPM reads it
+    (pySPM can loop forever on such a file).
+
+    The header is the ``\\*File list`` ... ``\\*File list end`` text block; each image section names the
+    ``Data offset`` and ``Data length`` of its pixels.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(min(size, 1 << 20))
+    if not head.startswith(_BRUKER_MAGIC):
+        raise ValueError(f"{path}: not a Bruker file (its header does not start with \\*File list)")
+    end = head.find(b"\\*File list end")
+    if end < 0:
+        raise ValueError(f"{path}: truncated or damaged Bruker file (no end of header in its {size} bytes)")
+    numbers = _BRUKER_NUMBER.findall(head[:end])
+    offsets = [int(v) for k, v in numbers if k == b"Data offset"]
+    lengths = [int(v) for k, v in numbers if k == b"Data length"][1:]  # the first is the header's own length
+    need = max((o + n for o, n in zip(offsets, lengths, strict=False)), default=0)
+    if need > size:
+        raise ValueError(f"{path}: truncated Bruker file: its image data end at byte {need}, the file has {size}")
 
 
 def _load(path: Path, fmt: str, channel: str):
@@ -114,6 +144,7 @@ def _load(path: Path, fmt: str, channel: str):
 
     _quiet()
     if fmt == "bruker":
+        check_bruker(path)
         image, pixel = spm.load_spm(path, channel)
     elif fmt == "gwyddion":
         image, pixel = gwy.load_gwy(path, channel)
@@ -198,6 +229,8 @@ def list_channels(path) -> list[str]:
     except FileNotFoundError:
         raise
     except Exception as exc:  # the readers refuse an unknown channel with the list of those the file has
+        if isinstance(exc, ValueError) and str(exc).startswith(f"{path}: "):
+            raise  # our own check already named the file and the reason
         found = _CHANNEL_LIST.search(str(exc))
         if found is None:
             raise ValueError(f"{path}: not a readable {fmt} file ({type(exc).__name__}: {exc})") from None
@@ -251,6 +284,8 @@ def read_scan(path, *, channel: str | None = None) -> Scan:
     fmt = _checked_format(path)
     if channel is None and not _single_channel(fmt):
         channels = list_channels(path)
+        if not channels:
+            raise ValueError(f"{path}: no readable channel (truncated or damaged {fmt} file)")
         channel = height_channel(channels)
         if channel is None:
             raise ValueError(f"{path}: no height channel among {channels}; choose one with --channel NAME")
