@@ -133,24 +133,36 @@ def remove_scars(height, *, threshold_high: float = 0.666, threshold_low: float 
     rows = height.shape[0]
     for sign in (1.0, -1.0):
         for width in range(1, max_width + 1):
-            for top in range(1, rows - width):
-                above, below = out[top - 1], out[top + width]
-                band = sign * out[top:top + width]
-                margin = np.minimum(band - sign * above, band - sign * below).min(axis=0) / sigma
-                strong, weak = margin > threshold_high, margin > threshold_low
-                for start, stop in _runs(weak):
-                    if stop - start >= min_length and strong[start:stop].any():
-                        weights = np.arange(1, width + 1)[:, None] / (width + 1)
-                        out[top:top + width, start:stop] = (1 - weights) * above[start:stop] + \
-                            weights * below[start:stop]
+            if rows < width + 2:
+                break
+            # Every band of `width` rows at once: its margin over the rows just above and below, per column.
+            above, below = out[:rows - width - 1], out[width + 1:]
+            band = np.stack([out[1 + k:rows - width + k] for k in range(width)])  # (width, bands, columns)
+            margin = np.minimum(sign * band - sign * above, sign * band - sign * below).min(axis=0) / sigma
+            for top, start, stop in _scar_runs(margin, threshold_high, threshold_low, min_length):
+                row = top + 1  # band index -> first scarred row
+                weights = np.arange(1, width + 1)[:, None] / (width + 1)
+                out[row:row + width, start:stop] = (1 - weights) * out[row - 1, start:stop] + \
+                    weights * out[row + width, start:stop]
     return out
 
 
-def _runs(flags: np.ndarray):
-    """(start, stop) of each run of True."""
-    padded = np.concatenate([[False], flags, [False]]).astype(np.int8)
-    edges = np.flatnonzero(np.diff(padded))
-    return zip(edges[::2], edges[1::2], strict=True)
+def _scar_runs(margin: np.ndarray, high: float, low: float, min_length: int):
+    """(band, start, stop) of every horizontal run above ``low`` that is long enough and reaches ``high``."""
+    weak = margin > low
+    if not weak.any():
+        return []
+    padded = np.zeros((weak.shape[0], weak.shape[1] + 2), dtype=np.int8)
+    padded[:, 1:-1] = weak
+    edges = np.diff(padded, axis=1)
+    band, start = np.nonzero(edges == 1)
+    _, stop = np.nonzero(edges == -1)  # row-major order pairs each start with its stop
+    long = (stop - start) >= min_length
+    runs = []
+    for b, s, e in zip(band[long], start[long], stop[long], strict=True):
+        if (margin[b, s:e] > high).any():
+            runs.append((int(b), int(s), int(e)))
+    return runs
 
 
 def zero_to_median(height, mask=None) -> np.ndarray:

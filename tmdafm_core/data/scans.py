@@ -138,32 +138,40 @@ def check_bruker(path) -> None:
         raise ValueError(f"{path}: truncated Bruker file: its image data end at byte {need}, the file has {size}")
 
 
-def _load(path: Path, fmt: str, channel: str):
-    """AFMReader's loader of one format: ``(image, nm per pixel, notes)``."""
-    from AFMReader import asd, gwy, h5_jpk, ibw, jpk, spm, stp, top, topostats
+_READER_MODULES = {"bruker": "spm", "gwyddion": "gwy", "igor": "ibw", "jpk": "jpk", "h5-jpk": "h5_jpk", "asd": "asd",
+                   "wsxm-stp": "stp", "wsxm-top": "top", "topostats": "topostats"}
 
+
+def _load(path: Path, fmt: str, channel: str):
+    """AFMReader's loader of one format: ``(image, nm per pixel, notes)``.
+
+    Only the format's own module is imported (all of them together take seconds: h5py, igor2, pySPM).
+    """
+    import importlib
+
+    module = importlib.import_module(f"AFMReader.{_READER_MODULES[fmt]}")
     _quiet()
     if fmt == "bruker":
         check_bruker(path)
-        image, pixel = spm.load_spm(path, channel)
+        image, pixel = module.load_spm(path, channel)
     elif fmt == "gwyddion":
-        image, pixel = gwy.load_gwy(path, channel)
+        image, pixel = module.load_gwy(path, channel)
     elif fmt == "igor":
-        image, pixel = ibw.load_ibw(path, channel)
+        image, pixel = module.load_ibw(path, channel)
     elif fmt == "jpk":
-        image, pixel = jpk.load_jpk(path, channel)
+        image, pixel = module.load_jpk(path, channel)
     elif fmt == "h5-jpk":
-        frames, pixel, _ = h5_jpk.load_h5jpk(path, channel)
+        frames, pixel, _ = module.load_h5jpk(path, channel)
         return np.asarray(frames)[0] if np.ndim(frames) == 3 else frames, pixel, ["first frame of the file"]
     elif fmt == "asd":
-        frames, pixel, _ = asd.load_asd(path, channel)
+        frames, pixel, _ = module.load_asd(path, channel)
         return np.asarray(frames)[0], pixel, ["first frame of the video"]
     elif fmt == "wsxm-stp":
-        image, pixel = stp.load_stp(path)
+        image, pixel = module.load_stp(path)
     elif fmt == "wsxm-top":
-        image, pixel = top.load_top(path)
+        image, pixel = module.load_top(path)
     else:
-        document = topostats.load_topostats(path)
+        document = module.load_topostats(path)
         if channel not in document:
             names = [k for k in ("image", "image_original") if k in document]
             raise ValueError(f"'{channel}' not in .topostats channel list: {names}")
