@@ -332,3 +332,32 @@ def test_levelling_recovers_a_surface_with_tilt_row_offsets_and_a_scar():
     error = levelled - (truth - np.median(truth[truth < 0.5]))
     assert np.abs(np.median(error)) < 0.01 and np.percentile(np.abs(error), 99) < 0.15  # tolerance: 0.15 nm
     assert np.abs(levelled[100, 10:110]).max() < 0.5  # the scar is gone
+
+
+def test_raw_scans_prepare_then_precompute_then_classify_end_to_end(tmp_path):
+    """The path a lab takes: a folder of instrument files -> prepare -> precompute -> the app classifies a raw file."""
+    import dataclasses
+
+    from tmdafm_core import classify, pipeline
+    from tmdafm_core.data import synthetic
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for material in ("MoS2", "WS2", "WSe2"):
+        for sample in range(4):
+            params = dataclasses.replace(synthetic.sample_params(material, sample), scan_size_nm=2000.0)
+            height, _ = synthetic.render_surface(params, 128, seed=sample)  # 2 µm at 15.6 nm/px
+            suffix = "_test" if sample == 0 else ""
+            write_gwy(raw / f"{material}_afm_{material}-s{sample}_000{suffix}.gwy", height * 1e-9, side_m=2e-6)
+    data = tmp_path / "data"
+    manifest = prepare_folder(raw, data, tile=True)  # four 1 µm tiles (64 px) per scan
+    assert len(manifest) == 48 and set(manifest[manifest["split"] == "test"]["sample_id"]) == {
+        f"{m}-s0" for m in ("MoS2", "WS2", "WSe2")}
+    cache = tmp_path / "cache"
+    profile = dataclasses.replace(pipeline.PROFILES["tiny"], volumes=("full",), umap_dims=(), n_boot=20)
+    results = pipeline.precompute(cache, data, profile=profile)
+    assert all(r.status in ("computed", "from cache") for r in results)
+    stored = pipeline.load_manifest(cache)
+    assert len(stored) == 48 and {"source_file", "crop_x0_um"} <= set(stored.columns)
+    (result,) = classify.classify_uploads(cache, [("new.gwy", (raw / "WS2_afm_WS2-s1_000.gwy").read_bytes())])
+    assert result["ok"] and result["material"] in ("MoS2", "WS2", "WSe2") and result["scan"]["format"] == "gwyddion"
