@@ -3,6 +3,7 @@ the paper's crops, `tmdafm prepare` and raw folders as data sets."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -336,8 +337,6 @@ def test_levelling_recovers_a_surface_with_tilt_row_offsets_and_a_scar():
 
 def test_raw_scans_prepare_then_precompute_then_classify_end_to_end(tmp_path):
     """The path a lab takes: a folder of instrument files -> prepare -> precompute -> the app classifies a raw file."""
-    import dataclasses
-
     from tmdafm_core import classify, pipeline
     from tmdafm_core.data import synthetic
 
@@ -361,3 +360,34 @@ def test_raw_scans_prepare_then_precompute_then_classify_end_to_end(tmp_path):
     assert len(stored) == 48 and {"source_file", "crop_x0_um"} <= set(stored.columns)
     (result,) = classify.classify_uploads(cache, [("new.gwy", (raw / "WS2_afm_WS2-s1_000.gwy").read_bytes())])
     assert result["ok"] and result["material"] in ("MoS2", "WS2", "WSe2") and result["scan"]["format"] == "gwyddion"
+    scan = str(raw / "WS2_afm_WS2-s1_000.gwy")
+    assert main(["predict", str(cache / "runs" / "mtc"), scan, "--no-crop", "--out", str(tmp_path / "p.csv")]) == 0
+    predicted = pd.read_csv(tmp_path / "p.csv")
+    assert list(predicted["image"]) == [scan] and predicted["material"].iloc[0] in ("MoS2", "WS2", "WSe2")
+
+
+def test_no_crop_reads_whole_scans_and_is_cached_apart(raw_folder, tmp_path, capsys, monkeypatch):
+    from tmdafm_core import pipeline
+
+    monkeypatch.setenv("TMDAFM_CACHE", str(tmp_path / "cache"))
+    whole = read_dataset(raw_folder, crop_um=None)  # the 15 µm Bruker scan, refused for a 1 µm crop, now reads too
+    assert sorted(whole["width"]) == [200, 200, 200, 256] and whole["crop_um"].isna().all()
+    assert set(read_dataset(raw_folder, crop_um=0.5)["width"]) == {50}
+    image, _ = load_image(whole["path"].iloc[0], crop_um=None)
+    assert image.shape == (200, 200)
+    tables = {}
+    for name, flags in (("crop", []), ("whole", ["--no-crop"])):
+        out = tmp_path / f"{name}.csv"
+        assert main(["features", str(raw_folder), "--out", str(out), "--jobs", "1", *flags]) == 0
+        tables[name] = pd.read_csv(out)
+    # Same files, other images: the descriptor cache must not hand back the crop's numbers for the whole scan.
+    both = tables["crop"].merge(tables["whole"], on="image", suffixes=("_crop", "_whole"))
+    assert len(both) == 3 and not np.allclose(both["grain_density_crop"], both["grain_density_whole"])
+    capsys.readouterr()
+    assert main(["info", str(raw_folder), "--no-crop"]) == 0
+    assert "200x200 px (3), 256x256 px (1)" in capsys.readouterr().out
+    assert main(["info", str(raw_folder), "--crop-um", "0"]) == 2
+    assert "--crop-um must be positive" in capsys.readouterr().err
+    profile = dataclasses.replace(pipeline.PROFILES["tiny"], scan_crop_um=None)
+    assert pipeline._dataset_settings(profile, raw_folder, tmp_path) != \
+        pipeline._dataset_settings(pipeline.PROFILES["tiny"], raw_folder, tmp_path)

@@ -517,6 +517,7 @@ def results_table(results) -> pd.DataFrame:
 @lru_cache(maxsize=256)
 def _store_image_view(cache_dir: str, image: str, stamp: tuple) -> dict:
     from .data import load_image
+    from .data.images import scan_crops
     from .pipeline import load_manifest
 
     manifest = load_manifest(cache_dir)
@@ -524,7 +525,7 @@ def _store_image_view(cache_dir: str, image: str, stamp: tuple) -> dict:
     if not len(rows):
         raise ValueError(f"{image}: not an image of the store {cache_dir}")
     row = manifest.loc[rows[0]]
-    height, pixel_nm = load_image(row["path"])
+    height, pixel_nm = load_image(row["path"], crop_um=scan_crops(manifest.loc[rows[:1]])[0])
     view = {"image": image, "material": None if pd.isna(row["material"]) else str(row["material"]),
             "split": None if pd.isna(row["split"]) else str(row["split"]), "width": int(height.shape[1]),
             "height": int(height.shape[0]), "pixel_size_nm": float(pixel_nm),

@@ -20,6 +20,23 @@ def _say(message: str) -> None:
 def _strict_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strict", action="store_true",
                         help="treat a skipped (unreadable or unparseable) file as an error")
+    _scan_options(parser)
+
+
+def _scan_options(parser: argparse.ArgumentParser) -> None:
+    """How instrument files (.spm, .gwy, ...) become images: levelled, then the central crop or the whole scan."""
+    parser.add_argument("--crop-um", type=float, default=1.0, metavar="UM",
+                        help="instrument files: side of the central crop taken after levelling (default: 1, the "
+                             "paper's 1 x 1 um)")
+    parser.add_argument("--no-crop", action="store_true", help="instrument files: use whole (levelled) scans")
+
+
+def _crop(args) -> float | None:
+    if args.no_crop:
+        return None
+    if not args.crop_um > 0:
+        raise ValueError(f"--crop-um must be positive, got {args.crop_um}")
+    return float(args.crop_um)
 
 
 def _feature_table_options(parser: argparse.ArgumentParser, *, prefix: str = "") -> None:
@@ -73,7 +90,7 @@ def _run_info(args) -> int:
     if args.data.is_file() and is_raw_scan(args.data):
         print(_scan_summary(args.data))
         return 0
-    manifest = read_dataset(args.data, strict=args.strict)
+    manifest = read_dataset(args.data, strict=args.strict, crop_um=_crop(args))
     _report_skipped(manifest)
     print(dataset_summary(manifest))
     return 0
@@ -88,11 +105,8 @@ def _add_prepare(sub) -> None:
                                        "into TIFFs with manifest.csv and provenance")
     p.add_argument("raw", type=Path, help="folder of instrument files (searched recursively)")
     p.add_argument("--out", type=Path, required=True, help="output folder (new, empty, or an earlier prepare output)")
-    p.add_argument("--crop-um", type=float, default=1.0, help="side of the square crop in um (default: 1, the "
-                                                               "paper's central 1 x 1 um)")
-    p.add_argument("--tile", action="store_true", help="every non-overlapping crop of each scan instead of the "
-                                                       "central one (tiles share the scan's sample id)")
-    p.add_argument("--no-crop", action="store_true", help="keep whole scans")
+    p.add_argument("--tile", action="store_true", help="every non-overlapping crop (--crop-um) of each scan instead "
+                                                       "of the central one (tiles share the scan's sample id)")
     p.add_argument("--channel", help="channel name (default: the height channel; `tmdafm info FILE` lists them)")
     p.add_argument("--levelling", choices=sorted(PIPELINES), default="default",
                    help="levelling pipeline (default: plane, row medians, scars, masked re-levelling, zero median)")
@@ -106,7 +120,7 @@ def _run_prepare(args) -> int:
 
     if args.no_crop and args.tile:
         raise ValueError("--tile cuts crops and --no-crop keeps whole scans: give one of them")
-    manifest = prepare_folder(args.raw, args.out, crop_um=None if args.no_crop else args.crop_um, tile=args.tile,
+    manifest = prepare_folder(args.raw, args.out, crop_um=_crop(args), tile=args.tile,
                               channel=args.channel, levelling=args.levelling, labels=args.labels,
                               strict=args.strict)
     for path, reason in manifest.attrs["skipped"]:
@@ -254,7 +268,7 @@ def _add_train(sub) -> None:
 def _run_train(args) -> int:
     from tmdafm_core.data import read_dataset
 
-    manifest = read_dataset(args.data, strict=args.strict)
+    manifest = read_dataset(args.data, strict=args.strict, crop_um=_crop(args))
     _report_skipped(manifest)
     return _fit(manifest, args, arch=args.arch, weights=args.weights, image_size=args.image_size)
 
@@ -275,7 +289,7 @@ def _run_extract(args) -> int:
 
     if args.out.suffix.lower() not in (".parquet", ".csv"):
         raise ValueError(f"{args.out}: output table must end in .parquet or .csv")
-    manifest = read_dataset(args.data, strict=args.strict)
+    manifest = read_dataset(args.data, strict=args.strict, crop_um=_crop(args))
     _report_skipped(manifest)
     table = extract(manifest, arch=args.arch, weights=args.weights, image_size=args.image_size, device=args.device,
                     batch_size=args.batch_size, progress=True)
@@ -336,7 +350,8 @@ def _run_predict(args) -> int:
     from tmdafm_core.store import write_atomic
     from tmdafm_core.training import load_ensemble, load_run, predict, predict_ensemble
 
-    options = dict(cam=args.cam_kind if args.cam else False, on_error="raise" if args.strict else "skip")
+    options = dict(cam=args.cam_kind if args.cam else False, on_error="raise" if args.strict else "skip",
+                   crop_um=_crop(args))
     if args.fold == "all":
         result = predict_ensemble(load_ensemble(args.run, device=args.device), [str(p) for p in args.images],
                                   **options)
@@ -358,7 +373,7 @@ def _run_predict(args) -> int:
     if args.cam:
         args.cam.mkdir(parents=True, exist_ok=True)
         for path, heat in zip(map(Path, result.images), result.cams, strict=True):
-            image, _ = load_image(path)
+            image, _ = load_image(path, crop_um=options["crop_um"])
             target = args.cam / f"{path.stem}_cam.png"
             Image.fromarray(overlay(image, heat)).save(target)
             Image.fromarray(np.round(heat * 255).astype(np.uint8)).save(args.cam / f"{path.stem}_heat.png")
@@ -492,7 +507,7 @@ def _run_latent(args) -> int:
             raise ValueError(f"{args.source} is a run directory: give the DATA to embed after it")
         _say(f"embedding {args.data} with {args.source} (fold {args.fold})")
         embeddings = run_embeddings(args.source, args.data, fold=args.fold, device=args.device, strict=args.strict,
-                                    progress=True, latent=args.latent)
+                                    progress=True, latent=args.latent, crop_um=_crop(args))
         for path, reason in embeddings.attrs["skipped"]:
             _say(f"skipped {path}: {reason}")
         args.out.mkdir(parents=True, exist_ok=True)
@@ -551,7 +566,7 @@ def _run_features(args) -> int:
         raise ValueError(f"{args.out}: the feature table is written as CSV; give a file name ending in .csv")
     if args.pixel_size_nm is not None and not args.pixel_size_nm > 0:
         raise ValueError(f"--pixel-size-nm must be positive, got {args.pixel_size_nm}")
-    manifest = read_dataset(args.data, strict=args.strict)
+    manifest = read_dataset(args.data, strict=args.strict, crop_um=_crop(args))
     _report_skipped(manifest)
     if args.pixel_size_nm is not None:
         manifest = manifest.assign(pixel_size_nm=float(args.pixel_size_nm))
@@ -600,7 +615,7 @@ def _experiment_setup(args, **model):
     options = profile_options(args.profile, epochs=args.epochs, folds=args.folds, image_size=args.image_size,
                               lr=args.lr, batch_size=args.batch_size, dropout=args.dropout, device=args.device,
                               seed=args.seed, threads=args.threads, **model)
-    manifest = read_dataset(args.data, strict=args.strict)
+    manifest = read_dataset(args.data, strict=args.strict, crop_um=_crop(args))
     _report_skipped(manifest)
     return manifest, options
 
@@ -705,6 +720,8 @@ def _profile_value(field):
                 return tuple(parts)
             return tuple(part if part == "full" else int(part) for part in parts)
         kind = str(field.type)
+        if "None" in kind and text.lower() == "none":
+            return None
         if "float" in kind:
             return float(text)
         if "int" in kind:
@@ -733,6 +750,8 @@ def _add_precompute(sub) -> None:
                         "tiny: 80 images, 1 epoch, under a minute (tests). Options below override it")
     p.add_argument("--steps", type=_comma_list,
                    help="comma list of steps to run (with the steps they read); default: all")
+    p.add_argument("--no-crop", action="store_true", help="instrument files in DATA: use whole (levelled) scans "
+                                                          "instead of their central --crop-um")
     p.add_argument("--run", action="append", type=Path, metavar="RUN", dest="runs",
                    help="use this existing run (tmdafm train or import-model output) as the store's run of its task "
                         "instead of training one; repeat for MtC and MtL")
@@ -752,6 +771,8 @@ def _run_precompute(args) -> int:
 
     overrides = {key[len("profile_"):]: value for key, value in vars(args).items()
                  if key.startswith("profile_") and value is not None}
+    if args.no_crop:
+        overrides["scan_crop_um"] = None
     profile = dataclasses.replace(PROFILES[args.profile], **overrides)
     if args.data is not None and not args.data.exists():
         raise FileNotFoundError(f"{args.data}: no such file or folder; give a data set folder or manifest CSV")

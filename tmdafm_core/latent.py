@@ -45,6 +45,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .data.scans import DEFAULT_CROP_UM
+
 META_COLUMNS = ("image", "sample_id", "label")
 PCA_SOLVERS = ("full", "covariance_eigh", "randomized", "auto", "incremental")
 TABLE5_COLUMNS = ("descriptor", "min_r", "min_pc", "max_r", "max_pc", "regression_r", "regression_r_cv",
@@ -179,7 +181,8 @@ def _descriptor_matrix(descriptors, meta: pd.DataFrame) -> tuple[np.ndarray, lis
 
 
 def run_embeddings(run_dir, data, *, fold="best", device: str = "cpu", strict: bool = False,
-                   progress: bool = False, latent: str = "pre-relu") -> pd.DataFrame:
+                   progress: bool = False, latent: str = "pre-relu",
+                   crop_um: float | None = DEFAULT_CROP_UM) -> pd.DataFrame:
     """The head's 100-d hidden outputs ("latent features") of a trained run for every image of a data set.
 
     Parameters
@@ -196,6 +199,8 @@ def run_embeddings(run_dir, data, *, fold="best", device: str = "cpu", strict: b
         Treat a skipped (unreadable) file of ``data`` as an error.
     latent : {"pre-relu", "post-relu"}
         Before (the paper's latent features) or after the head's ReLU.
+    crop_um : float or None
+        Instrument files in ``data``: the central crop (µm) after levelling, or None for whole scans.
 
     Returns
     -------
@@ -209,7 +214,7 @@ def run_embeddings(run_dir, data, *, fold="best", device: str = "cpu", strict: b
     run = load_run(run_dir, fold, device=device)
     skipped = []
     if run.is_image:
-        manifest = data if isinstance(data, pd.DataFrame) else read_dataset(data, strict=strict)
+        manifest = data if isinstance(data, pd.DataFrame) else read_dataset(data, strict=strict, crop_um=crop_um)
         skipped = manifest.attrs.get("skipped", [])
         values = embed(run, manifest, progress=progress, latent=latent)
         frame = manifest[["image", "sample_id", "material"]]

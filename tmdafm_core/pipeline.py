@@ -50,6 +50,8 @@ import numpy as np
 import pandas as pd
 
 from .data import IMAGE_SUFFIXES, LabelSpace, afm_colours, load_image, read_dataset, split_dataset
+from .data.images import scan_crops
+from .data.scans import DEFAULT_CROP_UM
 from .store import (
     check_file,
     check_files,
@@ -116,6 +118,9 @@ class Profile:
     descriptors : {"physical", "paper"}
         ``physical``: the resolution-aware descriptors (densities per µm², sizes in nm, noise-robust defaults);
         ``paper``: the paper's pixel-based definitions exactly (``paper_pixels=True``).
+    scan_crop_um : float or None
+        Instrument files in DATA: side of the central crop (µm) taken after levelling (the paper's 1 µm), or None
+        for whole scans.
     """
 
     name: str
@@ -138,6 +143,7 @@ class Profile:
     umap_dims: tuple = (2, 3)
     n_boot: int = 1000
     descriptors: str = "physical"
+    scan_crop_um: float | None = DEFAULT_CROP_UM
 
     def __post_init__(self):
         if self.descriptors not in DESCRIPTOR_SETS:
@@ -244,7 +250,10 @@ def _dataset_settings(profile: Profile, data, cache_dir: Path) -> dict:
     if data is None:
         settings["source"] = {"kind": "synthetic", "n": profile.n, "size": profile.size, "seed": profile.seed}
     else:
-        settings["source"] = {"kind": "data", "path": str(Path(data).resolve())}
+        from .data.scans import view_key
+
+        settings["source"] = {"kind": "data", "path": str(Path(data).resolve()),
+                              "scans": view_key(profile.scan_crop_um)}
     return settings
 
 
@@ -339,7 +348,7 @@ def prepare_dataset(cache_dir, data=None, *, profile="demo", progress=None) -> p
         if data is None:
             _generate_synthetic(root, profile, progress)
         _report(progress, "reading the data set", 0, 1)
-        manifest = read_dataset(root if data is None else data)
+        manifest = read_dataset(root if data is None else data, crop_um=profile.scan_crop_um)
         skipped = [list(map(str, item)) for item in manifest.attrs.get("skipped", [])]
         layout = manifest.attrs.get("source", "")
         labelled = manifest["material"].notna()
@@ -396,13 +405,14 @@ def thumbnail_name(image: str) -> str:
     return hashlib.sha1(image.encode()).hexdigest()[:20] + ".png"
 
 
-def render_thumbnail(path, *, size: int = THUMBNAIL_PX) -> bytes:
-    """PNG bytes of an image as the models see it (scaled 0..1) in the AFM gold colour scale, ``size`` px wide."""
+def render_thumbnail(path, *, size: int = THUMBNAIL_PX, crop_um=DEFAULT_CROP_UM) -> bytes:
+    """PNG bytes of an image as the models see it (scaled 0..1) in the AFM gold colour scale, ``size`` px wide
+    (``crop_um``: of an instrument file, as :func:`tmdafm_core.data.load_image`)."""
     from io import BytesIO
 
     from PIL import Image
 
-    image, _ = load_image(path)
+    image, _ = load_image(path, crop_um=crop_um)
     rgb = Image.fromarray(afm_colours(image))
     height = max(1, round(size * image.shape[0] / image.shape[1]))
     buffer = BytesIO()
@@ -430,11 +440,12 @@ def prepare_thumbnails(cache_dir, *, size: int = THUMBNAIL_PX, progress=None) ->
         elif marker.get("complete"):
             _report(progress, "thumbnails ready (from the store)", 1, 1)
             return folder
-        todo = [(image, path) for image, path in zip(manifest["image"], manifest["path"], strict=True)
+        todo = [(image, path, crop) for image, path, crop in zip(manifest["image"], manifest["path"],
+                                                                 scan_crops(manifest), strict=True)
                 if not (folder / thumbnail_name(image)).is_file()]
         done = len(manifest) - len(todo)
-        for image, path in _tqdm(todo, progress, "thumbnails"):
-            png = render_thumbnail(path, size=size)
+        for image, path, crop in _tqdm(todo, progress, "thumbnails"):
+            png = render_thumbnail(path, size=size, crop_um=crop)
             _write_atomic(folder / thumbnail_name(image), lambda tmp, png=png: tmp.write_bytes(png))
             done += 1
             if done % 25 == 0 or done == len(manifest):
@@ -1064,7 +1075,7 @@ def profile_arguments(profile) -> list[str]:
     return arguments
 
 
-_PROFILE_FLAGS = {"n_folds": "--folds"}
+_PROFILE_FLAGS = {"n_folds": "--folds", "scan_crop_um": "--crop-um"}
 
 
 # --- what the app can build by itself ---------------------------------------------------------------------------

@@ -297,12 +297,14 @@ def _figure9(ctx: _Context, tables: dict, settings: dict, *, descriptors: int = 
     from PIL import Image, ImageDraw
 
     from .data import afm_colours, load_image
+    from .data.images import scan_crops
 
     table5 = tables["table5"]
     strength = table5[["min_r", "max_r"]].abs().max(axis=1)
     names = list(table5.loc[strength.sort_values(ascending=False).index, "descriptor"][:descriptors])
     galleries = tables.get("galleries") or {}
     paths = ctx.manifest.set_index("image")["path"]
+    crops = dict(zip(ctx.manifest["image"], scan_crops(ctx.manifest), strict=True))
     tile = 96
     rows = []
     for name in names:
@@ -320,7 +322,7 @@ def _figure9(ctx: _Context, tables: dict, settings: dict, *, descriptors: int = 
         draw.text((6, r * tile + tile // 2 + 2), ">= 75th percentile" if side == "high" else "<= 25th percentile",
                   fill="black")
         for c, image in enumerate(images):
-            height, _ = load_image(paths[image])
+            height, _ = load_image(paths[image], crop_um=crops[image])
             montage.paste(Image.fromarray(afm_colours(height)).resize((tile, tile)),
                           (label_width + c * tile, r * tile))
     montage.save(ctx.out / "figure9.png")

@@ -49,7 +49,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from .data import FeatureTable, LabelSpace, fold_partitions, load_image, split_dataset
-from .data.images import MIN_SIDE_PX, check_input_side, scale_pixels
+from .data.images import MIN_SIDE_PX, check_input_side, scale_pixels, scan_crops
+from .data.scans import DEFAULT_CROP_UM
 from .models import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -193,10 +194,10 @@ def load_data(manifest: pd.DataFrame, *, image_size: int, progress: bool = False
     from tqdm.auto import tqdm
 
     images = torch.empty((len(manifest), 1, image_size, image_size), dtype=torch.float32)
-    rows = zip(manifest["path"], manifest["pixel_size_nm"], strict=True)
-    for i, (path, pixel_nm) in enumerate(tqdm(rows, total=len(manifest), desc="loading images", unit="img",
-                                              disable=not progress, leave=False)):
-        image, _ = load_image(path, pixel_size_nm=pixel_nm, scaling=scaling)
+    rows = zip(manifest["path"], manifest["pixel_size_nm"], scan_crops(manifest), strict=True)
+    for i, (path, pixel_nm, crop_um) in enumerate(tqdm(rows, total=len(manifest), desc="loading images", unit="img",
+                                                       disable=not progress, leave=False)):
+        image, _ = load_image(path, pixel_size_nm=pixel_nm, scaling=scaling, crop_um=crop_um)
         images[i] = resize_image(image, image_size)
     return images
 
@@ -1421,9 +1422,10 @@ class Predictions:
         return frame
 
 
-def _as_height_map(item, index: int, scaling: str = "min-max") -> tuple[str, np.ndarray]:
+def _as_height_map(item, index: int, scaling: str = "min-max",
+                   crop_um: float | None = DEFAULT_CROP_UM) -> tuple[str, np.ndarray]:
     if isinstance(item, (str, os.PathLike)):
-        name, image = str(item), load_image(item, scaling=scaling)[0]
+        name, image = str(item), load_image(item, scaling=scaling, crop_um=crop_um)[0]
     else:
         array = np.asarray(item)
         if array.ndim != 2:
@@ -1455,7 +1457,7 @@ def _check_finite(values: torch.Tensor, run: Run) -> None:
 
 
 def predict(run: Run, images, *, cam: bool | str = False, batch_size: int = 32,
-            latent: str = "pre-relu", on_error: str = "raise") -> Predictions:
+            latent: str = "pre-relu", on_error: str = "raise", crop_um: float | None = DEFAULT_CROP_UM) -> Predictions:
     """Classify images with a trained image run.
 
     Parameters
@@ -1474,13 +1476,15 @@ def predict(run: Run, images, *, cam: bool | str = False, batch_size: int = 32,
     on_error : {"raise", "skip"}
         An unreadable or too small (< 32 px) image stops the call, or is left out and listed in
         ``Predictions.skipped`` (ValueError when none is left).
+    crop_um : float or None
+        Instrument files: the central crop (µm) classified after levelling, or None for the whole scan.
 
     Returns
     -------
     Predictions
     """
     _check_predict_options(run, cam, latent)
-    loaded, skipped = _load_inputs(images, run.scaling, on_error)
+    loaded, skipped = _load_inputs(images, run.scaling, on_error, crop_um)
     return _predict_loaded(run, loaded, skipped, cam=cam, batch_size=batch_size, latent=latent)
 
 
@@ -1492,14 +1496,14 @@ def _check_predict_options(run: Run, cam, latent: str) -> None:
     check_latent(latent)
 
 
-def _load_inputs(images, scaling: str, on_error: str) -> tuple[list, list]:
+def _load_inputs(images, scaling: str, on_error: str, crop_um: float | None = DEFAULT_CROP_UM) -> tuple[list, list]:
     """``([(name, height map 0..1)], [(name, why skipped)])`` of paths or arrays, read once for every fold."""
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     loaded, skipped = [], []
     for i, item in enumerate(images):
         try:
-            loaded.append(_as_height_map(item, i, scaling))
+            loaded.append(_as_height_map(item, i, scaling, crop_um))
         except ValueError as exc:
             if on_error == "raise":
                 raise
@@ -1572,7 +1576,7 @@ def load_ensemble(run_dir, *, device: str = "cpu") -> list[Run]:
 
 
 def predict_ensemble(runs, images, *, cam: bool | str = False, batch_size: int = 32, latent: str = "pre-relu",
-                     on_error: str = "raise") -> Predictions:
+                     on_error: str = "raise", crop_um: float | None = DEFAULT_CROP_UM) -> Predictions:
     """Classify images with every fold model of a run and average their probabilities (the paper reports test
     results over its fold models).
 
@@ -1580,7 +1584,7 @@ def predict_ensemble(runs, images, *, cam: bool | str = False, batch_size: int =
     ----------
     runs : list of Run
         From :func:`load_ensemble` (best fold first); all of one run (same classes, input size and scaling).
-    images, cam, batch_size, latent, on_error
+    images, cam, batch_size, latent, on_error, crop_um
         As in :func:`predict`; the images are read once. Activation maps and embeddings are the best fold's
         (each fold has its own latent space; an average of them means nothing).
 
@@ -1602,7 +1606,7 @@ def predict_ensemble(runs, images, *, cam: bool | str = False, batch_size: int =
         raise ValueError("the fold models differ in classes, task, input size or scaling; give the folds of one run")
     for run in runs:
         _check_predict_options(run, cam if run is first else False, latent)
-    loaded, skipped = _load_inputs(images, first.scaling, on_error)
+    loaded, skipped = _load_inputs(images, first.scaling, on_error, crop_um)
     each = [_predict_loaded(run, loaded, skipped, cam=cam if run is first else False, batch_size=batch_size,
                             latent=latent) for run in runs]
     probabilities = np.stack([p.class_probabilities for p in each])  # (folds, images, classes)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .scans import RAW_SUFFIXES, is_raw_scan
+from .scans import DEFAULT_CROP_UM, RAW_SUFFIXES, is_raw_scan
 
 IMAGE_SUFFIXES = frozenset({".tif", ".tiff", ".png", ".jpg", ".jpeg"})
 #: Largest image (pixels) read, checked from the header before any pixel is decoded: a tiny compressed file can
@@ -98,25 +98,41 @@ def _check_type(path: Path) -> None:
 
 
 @lru_cache(maxsize=64)
-def _cached_crop(path: str, stamp: tuple):
+def _cached_crop(path: str, stamp: tuple, crop_um):
     import dataclasses
 
     from .scans import prepare_scan
 
-    return dataclasses.replace(prepare_scan(path)[0], scan_nm=None)  # the cache keeps crops, not whole scans
+    # The cache keeps crops, not whole scans.
+    return dataclasses.replace(prepare_scan(path, crop_um=crop_um)[0], scan_nm=None)
 
 
-def default_crop(path):
+def default_crop(path, crop_um: float | None = DEFAULT_CROP_UM):
     """The crop an instrument file stands for when it is given as an image: height channel, ``default`` levelling,
-    the central 1 µm (:func:`tmdafm_core.data.scans.prepare_scan`); read once per file version (probing and
-    loading share it)."""
+    the central ``crop_um`` (None: the whole scan; :func:`tmdafm_core.data.scans.prepare_scan`); read once per
+    file version (probing and loading share it)."""
     path = Path(path)
     _check_file(path)
     stat = path.stat()
-    return _cached_crop(str(path.resolve()), (stat.st_size, stat.st_mtime_ns))
+    return _cached_crop(str(path.resolve()), (stat.st_size, stat.st_mtime_ns), crop_um)
 
 
-def probe_image(path) -> tuple[int, int, float | None]:
+def scan_crops(manifest) -> list:
+    """Per manifest row, the crop an instrument file was read with (its ``crop_um`` column: a number, or NaN for
+    the whole scan; without the column, the default central 1 µm). Processed images ignore it."""
+    if "crop_um" not in manifest.columns:
+        return [DEFAULT_CROP_UM] * len(manifest)
+    crops = []
+    for value in manifest["crop_um"]:
+        try:
+            value = float(value)
+        except (TypeError, ValueError):  # None or pd.NA
+            value = float("nan")
+        crops.append(None if np.isnan(value) else value)
+    return crops
+
+
+def probe_image(path, *, crop_um: float | None = DEFAULT_CROP_UM) -> tuple[int, int, float | None]:
     """Read only an image's header (an instrument file: its default crop, :func:`default_crop`).
 
     Parameters
@@ -138,7 +154,7 @@ def probe_image(path) -> tuple[int, int, float | None]:
     """
     path = Path(path)
     if is_raw_scan(path):
-        crop = default_crop(path)
+        crop = default_crop(path, crop_um)
         return (*crop.height_nm.shape, crop.pixel_size_nm)
     _check_type(path)
     _check_file(path)
@@ -233,7 +249,8 @@ def scale_pixels(array, *, scaling: str = "min-max", source="image") -> np.ndarr
     return normalize_height(to_height_gray(array, source=source), source=source)
 
 
-def load_image(path, *, pixel_size_nm: float | None = None, scaling: str = "min-max") -> tuple[np.ndarray, float]:
+def load_image(path, *, pixel_size_nm: float | None = None, scaling: str = "min-max",
+               crop_um: float | None = DEFAULT_CROP_UM) -> tuple[np.ndarray, float]:
     """Read an AFM image as a height map scaled to 0..1.
 
     Parameters
@@ -242,6 +259,9 @@ def load_image(path, *, pixel_size_nm: float | None = None, scaling: str = "min-
         TIFF (8/16/32-bit integer or float), PNG or JPEG (RGB(A) is converted to grayscale by luma), or an instrument
         file: its :func:`default_crop` (levelled, central 1 µm; ``scaling="paper"`` scales it min-max too, since it
         has no 8-bit values).
+    crop_um : float or None
+        Instrument files only: side of the central crop in µm, None for the whole scan (:func:`scan_crop` reads it
+        from a manifest row).
     pixel_size_nm : float, optional
         Pixel size in nm, e.g. from a manifest. Takes precedence over the file's TIFF resolution tags. When neither
         is known the image is assumed to span 1 µm (``1000 / width``).
@@ -257,7 +277,7 @@ def load_image(path, *, pixel_size_nm: float | None = None, scaling: str = "min-
     """
     path = Path(path)
     if is_raw_scan(path):
-        crop = default_crop(path)
+        crop = default_crop(path, crop_um)
         image = scale_pixels(crop.height_nm, scaling="min-max" if scaling == "paper" else scaling, source=str(path))
         return image, float(crop.pixel_size_nm if pixel_size_nm is None or not np.isfinite(pixel_size_nm)
                             else pixel_size_nm)

@@ -24,7 +24,7 @@ import pandas as pd
 
 from .images import DEFAULT_SCAN_SIZE_NM, IMAGE_SUFFIXES, MIN_SIDE_PX, default_crop, probe_image
 from .labels import parse_elements
-from .scans import RAW_SUFFIXES, is_raw_scan
+from .scans import DEFAULT_CROP_UM, RAW_SUFFIXES, is_raw_scan
 
 MANIFEST_COLUMNS = ("image", "path", "material", "sample_id", "split", "height", "width", "pixel_size_nm")
 MANIFEST_CSV_NAME = "manifest.csv"
@@ -38,9 +38,10 @@ _IGNORED_NAMES = {MANIFEST_CSV_NAME, "readme", "readme.md", "readme.txt", "licen
 class _Collector:
     """Gathers manifest rows and skipped files for one read."""
 
-    def __init__(self, root: Path, strict: bool):
+    def __init__(self, root: Path, strict: bool, crop_um: float | None = DEFAULT_CROP_UM):
         self.root = root
         self.strict = strict
+        self.crop_um = crop_um
         self.rows: list[dict] = []
         self.skipped: list[tuple[str, str]] = []
 
@@ -53,7 +54,7 @@ class _Collector:
 
     def add(self, path: Path, *, material, sample_id, split, pixel_size_nm=None, extra=None) -> None:
         try:
-            height, width, tag_pixel_nm = probe_image(path)
+            height, width, tag_pixel_nm = probe_image(path, crop_um=self.crop_um)
         except ValueError as exc:
             self.skip(path, str(exc).removeprefix(f"{path}: "))
             return
@@ -63,7 +64,8 @@ class _Collector:
         if pixel_size_nm is None or pd.isna(pixel_size_nm):
             pixel_size_nm = tag_pixel_nm if tag_pixel_nm is not None else DEFAULT_SCAN_SIZE_NM / width
         if is_raw_scan(path):  # what was done to the scan travels with the image (source, channel, levelling, box)
-            extra = {**default_crop(path).provenance, **(extra or {})}
+            extra = {**default_crop(path, self.crop_um).provenance, **(extra or {}),
+                     "crop_um": np.nan if self.crop_um is None else float(self.crop_um)}
         self.rows.append({
             "image": path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else str(path),
             "path": str(path.resolve()),
@@ -190,14 +192,15 @@ def naming_convention(names) -> str | None:
     return best if counts[best] else None
 
 
-def read_tmd_afm_folder(folder, *, strict: bool = False, convention: str | None = None) -> pd.DataFrame:
+def read_tmd_afm_folder(folder, *, strict: bool = False, convention: str | None = None,
+                        crop_um: float | None = DEFAULT_CROP_UM) -> pd.DataFrame:
     """Read a folder in the public TMD-AFM TIFF layout (see :func:`parse_tmd_afm_name`).
 
     One naming convention serves the whole folder: ``convention``, or the one most file names parse under
     (``manifest.attrs['naming']``; files that do not parse under it are skipped with the reason).
     """
     folder = Path(folder)
-    collector = _Collector(folder, strict)
+    collector = _Collector(folder, strict, crop_um)
     files = _image_files(folder, collector)
     convention = convention or naming_convention([p.name for p in files]) or "paper"
     for path in files:
@@ -212,14 +215,14 @@ def read_tmd_afm_folder(folder, *, strict: bool = False, convention: str | None 
     return manifest
 
 
-def read_class_folders(folder, *, strict: bool = False) -> pd.DataFrame:
+def read_class_folders(folder, *, strict: bool = False, crop_um: float | None = DEFAULT_CROP_UM) -> pd.DataFrame:
     """Read ``folder/<material>/<image>``: one subfolder per class.
 
     Sample ids come from TMD-AFM-style names when the files have them; otherwise every image is its own sample
     (``manifest.attrs['notes']`` says so, because grouped splits then cannot keep one sample's images together).
     """
     folder = Path(folder)
-    collector = _Collector(folder, strict)
+    collector = _Collector(folder, strict, crop_um)
     class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
                         and p.name.lower() not in _IGNORED_FOLDERS)
     notes = []
@@ -252,16 +255,16 @@ def read_class_folders(folder, *, strict: bool = False) -> pd.DataFrame:
     return manifest
 
 
-def read_image_folder(folder, *, strict: bool = False) -> pd.DataFrame:
+def read_image_folder(folder, *, strict: bool = False, crop_um: float | None = DEFAULT_CROP_UM) -> pd.DataFrame:
     """Read a plain folder of images without labels (material NA; each file its own sample)."""
     folder = Path(folder)
-    collector = _Collector(folder, strict)
+    collector = _Collector(folder, strict, crop_um)
     for path in _image_files(folder, collector):
         collector.add(path, material=pd.NA, sample_id=path.stem, split=pd.NA)
     return collector.manifest("images")
 
 
-def read_manifest_csv(csv_path, *, strict: bool = False) -> pd.DataFrame:
+def read_manifest_csv(csv_path, *, strict: bool = False, crop_um: float | None = DEFAULT_CROP_UM) -> pd.DataFrame:
     """Read a manifest CSV: columns ``path, material, sample_id`` and optionally ``split, pixel_size_nm``.
 
     Relative paths are taken from the CSV's folder. ``split`` may say train/val/test (val counts as train: the
@@ -276,7 +279,7 @@ def read_manifest_csv(csv_path, *, strict: bool = False) -> pd.DataFrame:
     if missing:
         raise ValueError(f"{csv_path}: missing column(s) {missing}; a manifest needs path, material, sample_id")
     root = csv_path.parent
-    collector = _Collector(root, strict)
+    collector = _Collector(root, strict, crop_um)
     extra_columns = [c for c in table.columns if c not in MANIFEST_COLUMNS]
     for line, row in enumerate(table.itertuples(index=False), start=2):
         row = row._asdict()
@@ -309,7 +312,7 @@ def read_manifest_csv(csv_path, *, strict: bool = False) -> pd.DataFrame:
     return collector.manifest("manifest-csv")
 
 
-def read_dataset(source, *, strict: bool = False) -> pd.DataFrame:
+def read_dataset(source, *, strict: bool = False, crop_um: float | None = DEFAULT_CROP_UM) -> pd.DataFrame:
     """Read any supported image data set and return its tidy manifest.
 
     Detection: a ``.csv`` file is a manifest; a folder holding ``manifest.csv`` is read through it; a folder of
@@ -322,20 +325,23 @@ def read_dataset(source, *, strict: bool = False) -> pd.DataFrame:
         File or folder.
     strict : bool
         Raise on the first unreadable or unparseable file instead of listing it in ``manifest.attrs['skipped']``.
+    crop_um : float or None
+        Instrument files: side of the central crop taken after levelling (the paper's 1 µm), or None for whole
+        scans; recorded per image in the manifest's ``crop_um`` column.
     """
     source = Path(source)
     if not source.exists():
         raise FileNotFoundError(f"{source}: no such file or folder")
     if source.is_file():
         if source.suffix.lower() == ".csv":
-            return read_manifest_csv(source, strict=strict)
+            return read_manifest_csv(source, strict=strict, crop_um=crop_um)
         raise ValueError(f"{source}: a data set is a folder or a manifest .csv (for one image use `tmdafm predict`)")
     if (source / MANIFEST_CSV_NAME).is_file():
-        return read_manifest_csv(source / MANIFEST_CSV_NAME, strict=strict)
+        return read_manifest_csv(source / MANIFEST_CSV_NAME, strict=strict, crop_um=crop_um)
     entries = [p for p in source.iterdir() if not p.name.startswith(".")]
     images = [p for p in entries if p.is_file() and _is_image(p)]
     if not images and any(p.is_dir() for p in entries):
-        return read_class_folders(source, strict=strict)
+        return read_class_folders(source, strict=strict, crop_um=crop_um)
     if not images:
         raise ValueError(f"{source}: empty folder (no images of type {sorted(IMAGE_SUFFIXES)}, no instrument files "
                          f"({', '.join(sorted(RAW_SUFFIXES))}, numbered Bruker files) and no class folders)")
@@ -347,8 +353,8 @@ def read_dataset(source, *, strict: bool = False) -> pd.DataFrame:
         except ValueError:
             pass
     if parses * 2 > len(images):
-        return read_tmd_afm_folder(source, strict=strict)
-    return read_image_folder(source, strict=strict)
+        return read_tmd_afm_folder(source, strict=strict, crop_um=crop_um)
+    return read_image_folder(source, strict=strict, crop_um=crop_um)
 
 
 # --- feature tables ---------------------------------------------------------------------------------------------

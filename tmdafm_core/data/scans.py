@@ -323,6 +323,13 @@ def read_scan(path, *, channel: str | None = None) -> Scan:
 
 #: The paper's protocol: the central 1 µm x 1 µm of each (5 µm) scan.
 DEFAULT_CROP_UM = 1.0
+#: Bump when reading, levelling or cropping changes what an instrument file's image is (caches keyed by it).
+VIEW_VERSION = 1
+
+
+def view_key(crop_um: float | None = DEFAULT_CROP_UM, levelling: str = "default", channel: str | None = None) -> str:
+    """What an instrument file's image depends on besides its bytes, for cache keys."""
+    return f"scan-view-{VIEW_VERSION}:{crop_um!r}:{levelling}:{channel}"
 
 
 def crop_boxes(shape, pixel_size_nm: float, *, crop_um: float | None = DEFAULT_CROP_UM, tile: bool = False,

@@ -18,11 +18,12 @@ def _parameters() -> dict:
     return {descriptor.name: default_parameters(descriptor.function) for descriptor in DESCRIPTORS}
 
 
-def _feature_key(digest: str, pixel_size_nm: float, paper_pixels: bool) -> str:
+def _feature_key(digest: str, pixel_size_nm: float, paper_pixels: bool, view: str = "") -> str:
     from ..store import make_key
 
-    return make_key("features", FEATURE_CODE_VERSION, digest, repr(float(pixel_size_nm)), bool(paper_pixels),
-                    _parameters())
+    parts = ("features", FEATURE_CODE_VERSION, digest, repr(float(pixel_size_nm)), bool(paper_pixels), _parameters())
+    # An instrument file's descriptors depend on how it was levelled and cropped, not only on its bytes.
+    return make_key(*parts, view) if view else make_key(*parts)
 
 
 def _compute_one(task: tuple) -> list[float] | str:
@@ -32,9 +33,9 @@ def _compute_one(task: tuple) -> list[float] | str:
     """
     from ..data import load_image
 
-    path, pixel_size_nm, paper_pixels = task
+    path, pixel_size_nm, paper_pixels, crop_um = task
     try:
-        image, pixel_size_nm = load_image(path, pixel_size_nm=pixel_size_nm)
+        image, pixel_size_nm = load_image(path, pixel_size_nm=pixel_size_nm, crop_um=crop_um)
         values = compute_all(image, pixel_size_nm, paper_pixels=paper_pixels)
     except (ValueError, OSError) as exc:
         return str(exc).removeprefix(f"{path}: ")
@@ -88,9 +89,13 @@ def compute_table(manifest: pd.DataFrame, *, jobs: int | None = None, dask_addre
     missing = [c for c in ("image", "path") if c not in manifest.columns]
     if missing:
         raise ValueError(f"manifest lacks column(s) {missing}; build it with tmdafm_core.data.read_dataset")
+    from ..data.images import scan_crops
+    from ..data.scans import is_raw_scan, view_key
+
     paths = [str(p) for p in manifest["path"]]
     sizes = ([_pixel_size(v) for v in manifest["pixel_size_nm"]] if "pixel_size_nm" in manifest.columns
              else [None] * len(paths))
+    crops = scan_crops(manifest)
     values = np.full((len(paths), len(FEATURE_COLUMNS)), np.nan)
     failed: dict[int, str] = {}
 
@@ -111,7 +116,8 @@ def compute_table(manifest: pd.DataFrame, *, jobs: int | None = None, dask_addre
                 except OSError as exc:
                     fail(row, f"not readable ({exc.strerror or exc})")
                     continue
-                keys[row] = _feature_key(digest, size if size is not None else math.nan, paper_pixels)
+                view = view_key(crops[row]) if is_raw_scan(path) else ""
+                keys[row] = _feature_key(digest, size if size is not None else math.nan, paper_pixels, view)
             found = store.get_many([k for k in keys if k is not None])
             for row, key in enumerate(keys):
                 if key is None:
@@ -123,7 +129,7 @@ def compute_table(manifest: pd.DataFrame, *, jobs: int | None = None, dask_addre
         else:
             todo = list(range(len(paths)))
 
-        stream = imap_items(_compute_one, [(paths[r], sizes[r], paper_pixels) for r in todo], jobs=jobs,
+        stream = imap_items(_compute_one, [(paths[r], sizes[r], paper_pixels, crops[r]) for r in todo], jobs=jobs,
                             dask_address=dask_address)
         if progress and todo:
             from tqdm import tqdm
