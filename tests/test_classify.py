@@ -14,6 +14,7 @@ import tifffile
 from PIL import Image
 
 from tmdafm_core import classify, latent, pipeline, training
+from tmdafm_core.data.images import sniff_type
 from tmdafm_core.features import FEATURE_COLUMNS
 
 TINY = pipeline.Profile("tiny", n=80, size=32, n_folds=2)
@@ -71,7 +72,7 @@ GRAY = RNG.random((64, 64))
     (pil_bytes((GRAY * 255).astype(np.uint8), "JPEG"), "jpeg"),
 ])
 def test_supported_types_decode_in_memory(data, kind):
-    assert classify.sniff_type(data) == kind
+    assert sniff_type(data) == kind
     image, _ = classify.decode_image(data)
     assert image.shape == (64, 64) and image.dtype == np.float32
     assert image.min() == 0.0 and image.max() == 1.0

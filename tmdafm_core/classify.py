@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .data.images import afm_colours, normalize_height, tiff_pixel_size_nm, to_height_gray
+from .data.images import UnreadableImage, afm_colours, normalize_height, read_pixels, to_height_gray
 from .features import MIN_SIZE_PX
 from .selection import percentile_of, read_features
 
@@ -44,19 +44,9 @@ MAX_SIDE_PX = 4096
 #: Largest side of the images sent back to the browser (image and CAM overlay).
 DISPLAY_PX = 384
 N_NEIGHBOURS = 6
-_MAGIC = ((b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpeg"), (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"),
-          (b"II+\x00", "tiff"), (b"MM\x00+", "tiff"))
 
 
 # --- bytes in ---------------------------------------------------------------------------------------------------
-
-def sniff_type(data: bytes) -> str | None:
-    """``"tiff"``, ``"png"`` or ``"jpeg"`` from a file's first bytes, or None for anything else."""
-    for magic, kind in _MAGIC:
-        if data[:len(magic)] == magic:
-            return kind
-    return None
-
 
 def display_name(name) -> str:
     """The uploaded name as a label only: its last path part, printable characters, at most 80 of them."""
@@ -172,37 +162,13 @@ def decode_image(data: bytes, *, max_bytes: int = MAX_FILE_BYTES) -> tuple[np.nd
         raise ValueError("file is empty")
     if len(data) > max_bytes:
         raise ValueError(f"file is larger than {max_bytes / 2**20:.0f} MiB; crop or downsample it first")
-    kind = sniff_type(data)
-    if kind is None:
-        raise ValueError("not a TIFF, PNG or JPEG image (judged by its content, not its name) nor an instrument file "
-                         "(.spm/numbered Bruker, .gwy, .jpk, .ibw, ...)")
-    pixel_nm = None
     try:
-        if kind == "tiff":
-            import tifffile
-
-            with tifffile.TiffFile(io.BytesIO(data)) as tif:
-                page = tif.pages[0]
-                shape = page.shape
-                plane = shape if len(shape) == 2 else (shape[:2] if shape[-1] in (3, 4) else shape[1:])
-                _check_shape(*plane[:2])
-                raw = page.asarray()
-                pixel_nm = tiff_pixel_size_nm(page)
-        else:
-            from PIL import Image
-
-            with Image.open(io.BytesIO(data)) as im:
-                _check_shape(im.size[1], im.size[0])  # header only: a decompression bomb is refused here
-                im.load()
-                if im.mode in ("P", "LA", "PA", "1", "CMYK", "YCbCr", "HSV"):
-                    im = im.convert("RGBA" if "A" in im.mode else "RGB")
-                raw = np.asarray(im)
-    except ValueError as exc:
-        if "px" in str(exc):
-            raise
-        raise ValueError(f"corrupt or unreadable {kind.upper()} ({exc})") from None
-    except Exception as exc:  # decoders raise many types; the user needs one message
-        raise ValueError(f"corrupt or unreadable {kind.upper()} ({type(exc).__name__}: {exc})") from None
+        raw, pixel_nm = read_pixels(data, _check_shape)
+    except UnreadableImage as exc:
+        if exc.kind is None:
+            raise ValueError("not a TIFF, PNG or JPEG image (judged by its content, not its name) nor an "
+                             "instrument file (.spm/numbered Bruker, .gwy, .jpk, .ibw, ...)") from None
+        raise ValueError(f"corrupt or unreadable {exc.kind.upper()} ({exc})") from None
     gray = to_height_gray(raw, source="upload")
     _check_shape(*gray.shape)
     return normalize_height(gray, source="upload"), pixel_nm

@@ -74,6 +74,97 @@ def _is_tiff(path: Path) -> bool:
     return path.suffix.lower() in {".tif", ".tiff"}
 
 
+_MAGIC = ((b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpeg"), (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"),
+          (b"II+\x00", "tiff"), (b"MM\x00+", "tiff"))
+
+
+def sniff_type(data: bytes) -> str | None:
+    """``"tiff"``, ``"png"`` or ``"jpeg"`` from a file's first bytes, or None for anything else."""
+    for magic, kind in _MAGIC:
+        if data[:len(magic)] == magic:
+            return kind
+    return None
+
+
+class UnreadableImage(ValueError):
+    """A TIFF/PNG/JPEG whose decoder failed; ``kind`` is the type its content claimed."""
+
+    def __init__(self, kind: str, detail: str):
+        super().__init__(detail)
+        self.kind = kind
+
+
+def _plane_of(shape) -> tuple[int, int]:
+    """(height, width) of a TIFF page shape: 2-D, RGB(A) last, or a stack first (its first plane is read)."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) == 2:
+        return shape
+    return shape[:2] if shape[-1] in (3, 4) else shape[-2:]
+
+
+def read_pixels(source, check_shape) -> tuple[np.ndarray, float | None]:
+    """Decode a TIFF (8/16/32-bit integer or float), PNG or JPEG from a path or from bytes: the one image decoder
+    of files (:func:`load_image`) and uploads (:func:`tmdafm_core.classify.decode_image`).
+
+    The type is judged by content. ``check_shape(height, width)`` runs on the header, before any pixel is decoded
+    (a decompression bomb is refused there), and its errors pass through unchanged.
+
+    Returns
+    -------
+    raw : ndarray
+        The pixels as stored (2-D, or RGB(A) with the channels last).
+    pixel_size_nm : float or None
+        From TIFF resolution tags when present and plausible.
+
+    Raises
+    ------
+    UnreadableImage
+        Not a TIFF, PNG or JPEG by content (``kind`` None), or its decoder failed.
+    """
+    import io
+
+    if isinstance(source, (bytes, bytearray)):
+        head, opened = bytes(source[:8]), io.BytesIO(source)
+    else:
+        with open(source, "rb") as handle:
+            head = handle.read(8)
+        opened = source
+    kind = sniff_type(head)
+    if kind is None:
+        raise UnreadableImage(None, "not a TIFF, PNG or JPEG image (judged by its content, not its name)")
+
+    def checked(height, width):
+        try:
+            check_shape(height, width)
+        except ValueError as exc:
+            raise _Refused(exc) from None
+
+    try:
+        if kind == "tiff":
+            import tifffile
+
+            with tifffile.TiffFile(opened) as tif:
+                page = tif.pages[0]
+                checked(*_plane_of(page.shape))
+                return page.asarray(), tiff_pixel_size_nm(page)
+        from PIL import Image
+
+        with Image.open(opened) as im:
+            checked(im.size[1], im.size[0])
+            im.load()
+            if im.mode in ("P", "LA", "PA", "1", "CMYK", "YCbCr", "HSV"):
+                im = im.convert("RGBA" if "A" in im.mode else "RGB")
+            return np.asarray(im), None
+    except _Refused as refused:
+        raise refused.args[0] from None
+    except Exception as exc:  # decoders raise many types; the user needs one message
+        raise UnreadableImage(kind, f"{type(exc).__name__}: {exc}") from None
+
+
+class _Refused(Exception):
+    """Carries a shape check's own error out of the decoders' catch-all."""
+
+
 def tiff_pixel_size_nm(page) -> float | None:
     """Pixel size from a tifffile page's XResolution/ResolutionUnit tags, or None when absent or implausible."""
     tags = page.tags
@@ -283,28 +374,11 @@ def load_image(path, *, pixel_size_nm: float | None = None, scaling: str = "min-
                             else pixel_size_nm)
     _check_type(path)
     _check_file(path)
-    tag_pixel_nm = None
     try:
-        if _is_tiff(path):
-            import tifffile
-
-            with tifffile.TiffFile(path) as tif:
-                page = tif.pages[0]
-                _check_pixels(*_plane_shape(page.shape, path), path)
-                raw = page.asarray()
-                tag_pixel_nm = tiff_pixel_size_nm(page)
-        else:
-            from PIL import Image
-
-            with Image.open(path) as im:
-                _check_pixels(im.size[1], im.size[0], path)
-                im.load()
-                if im.mode in ("P", "LA", "PA", "1", "CMYK", "YCbCr", "HSV"):
-                    im = im.convert("RGBA" if "A" in im.mode else "RGB")
-                raw = np.asarray(im)
-    except ImageTooLarge:
-        raise
-    except Exception as exc:  # decoder errors differ per library; the user needs one message
+        raw, tag_pixel_nm = read_pixels(path, lambda height, width: _check_pixels(height, width, path))
+    except UnreadableImage as exc:
+        raise ValueError(f"{path}: not a readable image ({exc})") from None
+    except OSError as exc:
         raise ValueError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
     if raw.size == 0:
         raise ValueError(f"{path}: image has no pixels")
