@@ -10,6 +10,7 @@ import pytest
 import tifffile
 
 from tests.test_classify import build_classify_store
+from tests.test_scans import tilted_film, write_gwy
 
 pytestmark = [pytest.mark.browser,
               pytest.mark.filterwarnings("ignore:HTTPResponse.getheader:DeprecationWarning")]
@@ -66,11 +67,12 @@ def test_classify_an_uploaded_tiff(dash_duo, tmdafm_app, store, tmp_path):
     flat = tmp_path / "flat_scan.tif"
     yy, xx = np.mgrid[:64, :64]
     tifffile.imwrite(flat, (0.3 * xx + 0.1 * yy).astype(np.float32))
+    raw = write_gwy(tmp_path / "raw_scan.gwy", tilted_film(200), side_m=2e-6)  # an instrument file, 2 µm
     tmdafm_app.configure(tmdafm_app.app, store)
     dash_duo.start_server(tmdafm_app.app)
     dash_duo.wait_for_page(url=f"{dash_duo.server_url}/classify")
     upload = dash_duo.wait_for_element("#classify-upload input[type=file]", timeout=10)
-    upload.send_keys(f"{good}\n{bad}\n{flat}")
+    upload.send_keys(f"{good}\n{bad}\n{flat}\n{raw}")
     dash_duo.wait_for_element(".predicted-material", timeout=60)
     material = dash_duo.find_element(".predicted-material").text
     assert material in ("MoS2", "WS2", "WSe2", "MoSe2", "Mo-WSe2")
@@ -79,6 +81,9 @@ def test_classify_an_uploaded_tiff(dash_duo, tmdafm_app, store, tmp_path):
     assert badge.text == "unlike the training images: this prediction is unreliable" and badge.is_displayed()
     greyed = dash_duo.find_element("#result-2 .probabilities")
     assert "grayscale(1)" in greyed.value_of_css_property("filter")
+    caption = dash_duo.find_element("#result-3 .scan-caption").text  # the raw file: levelled, central 1 µm
+    assert caption.startswith("gwyddion file, channel Height, scan 2 × 2 µm; levelled (default)")
+    assert dash_duo.find_element("#result-3 .scan-overview").get_attribute("src").startswith("data:image/png")
     dash_duo.wait_for_element("#classify-scatter .main-svg", timeout=10)
     assert "sample_upload.tif" in dash_duo.find_element("#results-table").text
     assert _severe(dash_duo) == []
