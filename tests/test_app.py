@@ -188,6 +188,38 @@ def test_poll_reloads_only_a_page_whose_step_landed(tmp_path):
     assert _build.poll(tmp_path, "/", {"state": "done"}, [], True)[1:3] == ("build-banner hidden", True)
 
 
+def test_app_command_serves_from_any_working_folder(tmp_path):
+    """`tmdafm app` started outside the checkout still finds pages/ beside app.py (a real server process)."""
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    store = tmp_path / "store"
+    process = subprocess.Popen([sys.executable, "-m", "tmdafm_core.cli", "app", "--cache", str(store), "--port",
+                                str(port), "--profile", "tiny"], cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": ""})
+    try:
+        for _ in range(120):
+            try:
+                # A static asset: proves app.py, pages/ and assets/ loaded, without a page visit starting a build.
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/assets/app.css", timeout=2) as response:
+                    assert response.status == 200
+                    break
+            except OSError:
+                if process.poll() is not None:
+                    raise AssertionError(process.stdout.read().decode()[-2000:]) from None
+                time.sleep(0.5)
+        else:
+            raise AssertionError("the app did not answer within 60 s")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 def test_app_command_rejects_a_bad_port(capsys):
     assert tmdafm(["app", "--port", "70000"]) == 2
     assert "--port must be in 1..65535" in capsys.readouterr().err

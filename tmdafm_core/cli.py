@@ -829,6 +829,8 @@ def _load_app_module():
     if not script.is_file():
         raise FileNotFoundError(f"{script}: the app (app.py and pages/) ships with the source checkout; install "
                                 "with `pip install -e .` from it, or run `python app.py` there")
+    if str(script.parent) not in sys.path:  # app.py imports pages/ beside it, whatever the working folder
+        sys.path.insert(0, str(script.parent))
     spec = importlib.util.spec_from_file_location("app", script)
     module = importlib.util.module_from_spec(spec)
     sys.modules["app"] = module  # Dash finds the app's folder (pages/, assets/) through its module
