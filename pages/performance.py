@@ -113,21 +113,22 @@ def _curves(cache, tasks):
                                 "MtL); the kept model of each fold is its best validation epoch."), id="curves")
 
 
-_CALIBRATION_NAMES = {
-    "task": "task", "temperature": "temperature (mean, range)", "ece_val_uncalibrated": "val ECE before",
-    "ece_val": "val ECE after", "ece_test_uncalibrated": "test ECE before", "ece_test": "test ECE after",
-    "brier_test_uncalibrated": "test Brier before", "brier_test": "test Brier after",
-    "flagged_val": "val flagged unfamiliar (%)", "flagged_test": "test flagged unfamiliar (%)"}
+_CALIBRATION_NAMES = {"task": "task", "temperature": "temperature (mean, range)",
+                      "ece_val": "val ECE (before → after)", "ece_test": "test ECE (before → after)",
+                      "brier_test": "test Brier (before → after)",
+                      "flagged": "flagged unfamiliar, val / test (%)"}
 
 
 def calibration_rows(table: pd.DataFrame) -> list[dict]:
-    """The calibration table's cells as shown: scores to 3 decimals, flagged shares in percent."""
-    shown = table.copy()
-    for column in shown.columns[2:]:
-        factor = 100.0 if column.startswith("flagged") else 1.0
-        shown[column] = [("—" if v != v else f"{factor * v:.1f}" if factor != 1.0 else f"{v:.3f}")
-                         for v in shown[column]]
-    return shown.to_dict("records")
+    """The calibration table as shown: before → after pairs to 3 decimals, flagged shares in percent."""
+    def number(value, scale=1.0, digits=3):
+        return "—" if value != value else f"{scale * value:.{digits}f}"
+
+    return [{"task": row["task"], "temperature": row["temperature"],
+             **{key: f"{number(row[key + '_uncalibrated'])} → {number(row[key])}"
+                for key in ("ece_val", "ece_test", "brier_test")},
+             "flagged": f"{number(row['flagged_val'], 100, 1)} / {number(row['flagged_test'], 100, 1)}"}
+            for _, row in table.iterrows()]
 
 
 def _calibration(cache):
@@ -143,9 +144,11 @@ def _calibration(cache):
                       config=_export.graph_config("tmdafm_reliability"))
     grid = dash_table.DataTable(
         id="calibration-table", data=calibration_rows(table),
-        columns=[{"name": _CALIBRATION_NAMES[c], "id": c} for c in table.columns], **_ui.TABLE_STYLE)
-    return _ui.card("Calibration and novelty", html.Div(className="grid two", children=[
-        html.Div([grid, _ui.caption(
+        columns=[{"name": name, "id": key} for key, name in _CALIBRATION_NAMES.items()], **_ui.TABLE_STYLE)
+    verdicts = html.Ul([html.Li(sentence) for sentence in results.calibration_verdicts(table)],
+                       className="calibration-verdicts")
+    return _ui.card("Calibration and novelty", grid, verdicts, html.Div(className="grid two", children=[
+        html.Div([_ui.caption(
             "Each fold model divides its outputs by a temperature fitted on its own validation images (never the "
             "test set); the app and `tmdafm predict` show these calibrated probabilities. ECE: expected "
             "calibration error over 15 confidence bins (0 is perfect); Brier: mean squared error of the probability "

@@ -294,7 +294,14 @@ def test_calibration_table_and_reliability_diagram(store):
     assert table.loc[0, "ece_test"] == pytest.approx(block["ece"]["test"])
     assert table.loc[0, "ece_test"] < table.loc[0, "ece_test_uncalibrated"]  # the temperature helps on test too
     row = performance.calibration_rows(table)[0]
-    assert row["flagged_test"] == "2.0" and row["temperature"].count("(") == 1
+    assert row["flagged"] == "1.0 / 2.0" and row["temperature"].count("(") == 1
+    assert row["ece_test"] == f"{table.loc[0, 'ece_test_uncalibrated']:.3f} → {table.loc[0, 'ece_test']:.3f}"
+    verdict = results.calibration_verdicts(table)[0]
+    assert verdict.startswith("MtC: ") and "test ECE" in verdict
+    worse = table.assign(ece_test=table["ece_test_uncalibrated"] + 0.01)
+    assert "does not carry over to new samples" in results.calibration_verdicts(worse)[0]
+    good = table.assign(ece_test=0.02)
+    assert "right about 8 times in 10" in results.calibration_verdicts(good)[0]
     reliability = results.reliability_table(cache)
     assert set(reliability["probabilities"]) == {"calibrated", "uncalibrated"}
     assert reliability.groupby(["task", "probabilities"])["count"].sum().eq(3 * 200).all()  # 3 folds pooled

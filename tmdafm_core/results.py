@@ -148,6 +148,26 @@ def calibration_table(cache_dir) -> pd.DataFrame:
     return table
 
 
+def calibration_verdicts(table: pd.DataFrame, *, goal: float = 0.05) -> list[str]:
+    """One sentence per task of :func:`calibration_table` saying how far its probabilities can be taken at face
+    value on new samples (judged on the test images, which no temperature saw)."""
+    sentences = []
+    for _, row in table.iterrows():
+        before, after = row["ece_test_uncalibrated"], row["ece_test"]
+        change = f"test ECE {before:.3f} → {after:.3f}"
+        if after <= goal:
+            sentences.append(f"{row['task']}: calibrated ({change}): a probability of 0.8 is right about 8 times "
+                             "in 10 on new samples.")
+        elif after < before:
+            sentences.append(f"{row['task']}: the temperature helps ({change}) but the probabilities stay off by "
+                             f"about {after:.2f} on average: read them as rough.")
+        else:
+            sentences.append(f"{row['task']}: the temperature fitted on validation images does not carry over to "
+                             f"new samples ({change}): treat its probabilities as rough; a better-trained model is "
+                             "needed.")
+    return sentences
+
+
 def reliability_table(cache_dir) -> pd.DataFrame:
     """Reliability diagram data of the store's runs (test images of every fold, pooled).
 
