@@ -144,6 +144,17 @@ def test_resume_skips_finished_folds_and_reproduces_a_deleted_one(stripes, tmp_p
     assert trained == [1]
 
 
+def test_folds_in_two_processes_give_the_same_run(stripes, tmp_path):
+    one = cross_validate(stripes, tmp_path / "one", folds=2, **TINY)
+    two = cross_validate(stripes, tmp_path / "two", folds=2, fold_jobs=2, **TINY)
+    assert json.dumps(one, sort_keys=True) == json.dumps(two, sort_keys=True)  # bit for bit, fold by fold
+    for fold in (0, 1):
+        a, b = (load_checkpoint(tmp_path / run / f"fold{fold}.pt")["model"] for run in ("one", "two"))
+        assert all(torch.equal(a[key], b[key]) for key in a)
+    with pytest.raises(ValueError, match="fold_jobs must be a whole number"):
+        cross_validate(stripes, tmp_path / "three", folds=2, fold_jobs=0, **TINY)
+
+
 def test_resume_refuses_other_settings(stripes, tmp_path):
     cross_validate(stripes, tmp_path / "run", folds=2, **TINY)
     with pytest.raises(ValueError, match="other settings \\(lr"):

@@ -81,14 +81,16 @@ ABLATION_MODES = ("fine-tune", "feature-extraction", "scratch")
 #: under five minutes on 2 CPU cores (scratch training at 32 px, so its numbers say little about transfer
 #: learning). It trains with one torch thread: on a CPU shared with other processes, two threads on two cores ran
 #: ResNet18 about 30x slower than one (threads wait for each other), and at 32 px one thread is as fast as two.
+#: Its two folds train at once in two processes of one thread each (``fold_jobs``: 1.97x faster for the demo's MtC
+#: run on 2 cores, identical results; ``benchmarks/bench_fold_jobs.py``).
 #: ``paper`` is the paper's setting (native image size, 60 epochs, ResNet152 with ImageNet V2 weights, the model of
 #: its Tables 4-5 and Figures 3-5) and wants a GPU; its Table 2 (the ablation) used ResNet18 V1
 #: (:data:`PAPER_ABLATION_MODEL`).
 PROFILES = {
     "demo": {"arch": "resnet18", "weights": "none", "image_size": 32, "epochs": 3, "folds": 2, "lr": 1e-3,
-             "batch_size": 64, "dropout": 0.0, "device": "cpu", "threads": 1},
+             "batch_size": 64, "dropout": 0.0, "device": "cpu", "threads": 1, "fold_jobs": 2},
     "paper": {"arch": "resnet152", "weights": "imagenet-v2", "image_size": None, "epochs": 60, "folds": 5,
-              "lr": 7.5e-5, "batch_size": 32, "dropout": 0.0, "device": "cuda", "threads": None},
+              "lr": 7.5e-5, "batch_size": 32, "dropout": 0.0, "device": "cuda", "threads": None, "fold_jobs": 1},
 }
 #: The model of the paper's Table 2 (fine-tuning vs feature extraction vs scratch).
 PAPER_ABLATION_MODEL = {"arch": "resnet18", "weights": "imagenet-v1"}
@@ -375,8 +377,9 @@ def sequential_study(data: pd.DataFrame, out_dir, *, order=PAPER_MATERIALS, volu
     elements = LabelSpace.from_materials(order).elements
     stages, report = plan_stages(out_dir, order, volumes, tasks, modes,
                                  keeps_all=functools.partial(_cut_keeps_all, split, options))
+    recorded = {k: v for k, v in options.items() if k != "fold_jobs"}  # speed, not results
     _write_json(out_dir / STUDY_NAME, {"order": list(order), "volumes": list(volumes), "tasks": list(tasks),
-                                       "modes": list(modes), "train": options, "n_images": len(split)})
+                                       "modes": list(modes), "train": recorded, "n_images": len(split)})
 
     done = sum(_finished_folds(stage.run_dir, folds) for stage in stages)
     stored, image_size = (None, None)

@@ -29,7 +29,8 @@ def default_jobs() -> int:
 
 
 def imap_items(func: Callable[[Any], Any], items: Iterable, *, jobs: int | None = None,
-               dask_address: str | None = None, chunk_size: int | None = None) -> Iterator[tuple[int, Any]]:
+               dask_address: str | None = None, chunk_size: int | None = None,
+               start_method: str | None = None) -> Iterator[tuple[int, Any]]:
     """Apply ``func`` to every item and yield ``(index, result)`` as results finish (any order).
 
     Callers that must not lose work when interrupted (caches, checkpoints) store each result as it arrives.
@@ -47,6 +48,9 @@ def imap_items(func: Callable[[Any], Any], items: Iterable, *, jobs: int | None 
         ignored. Workers must be able to import ``tmdafm_core`` and read any paths the items name.
     chunk_size : int, optional
         Items per task; default splits the work into about four tasks per worker, at most 64 items each.
+    start_method : {"fork", "spawn", "forkserver"}, optional
+        How local workers start (default: the platform's). ``"spawn"`` for work that uses torch: a forked copy of
+        a process whose OpenMP threads already ran can hang.
     """
     items = list(items)
     if jobs is not None and (int(jobs) != jobs or jobs < 1):
@@ -64,9 +68,11 @@ def imap_items(func: Callable[[Any], Any], items: Iterable, *, jobs: int | None 
             yield index, func(item)
         return
     size = chunk_size or max(1, min(64, -(-len(items) // (4 * jobs))))
+    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
+    context = multiprocessing.get_context(start_method) if start_method else None
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
         futures = {pool.submit(_run_chunk, func, chunk): start for start, chunk in _chunks(items, size)}
         try:
             for future in as_completed(futures):

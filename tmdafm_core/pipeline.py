@@ -121,6 +121,9 @@ class Profile:
     scan_crop_um : float or None
         Instrument files in DATA: side of the central crop (µm) taken after levelling (the paper's 1 µm), or None
         for whole scans.
+    fold_jobs : int, optional
+        Override of the training profile's folds trained at once in local processes (speed only; ``tiny`` uses 1:
+        its runs are too short to repay starting processes).
     """
 
     name: str
@@ -144,6 +147,7 @@ class Profile:
     n_boot: int = 1000
     descriptors: str = "physical"
     scan_crop_um: float | None = DEFAULT_CROP_UM
+    fold_jobs: int | None = None
 
     def __post_init__(self):
         if self.descriptors not in DESCRIPTOR_SETS:
@@ -166,7 +170,7 @@ class Profile:
 
         return profile_options(self.training, folds=self.n_folds, epochs=self.epochs, image_size=self.image_size,
                                arch=self.arch, weights=self.weights, device=self.device, seed=self.seed,
-                               test_fraction=self.test_fraction)
+                               test_fraction=self.test_fraction, fold_jobs=self.fold_jobs)
 
     @property
     def folds(self) -> int:
@@ -182,6 +186,7 @@ PROFILES = {
     "demo": Profile("demo", run_epochs=10, run_image_size=64, volumes=("full", 16), sequential_task="both"),
     "paper": Profile("paper", size=256, training="paper"),
     "tiny": Profile("tiny", n=80, size=32, n_folds=2, epochs=1, image_size=32, order=("MoS2", "WS2", "WSe2"),
+                    fold_jobs=1,
                     volumes=("full", 8), umap_dims=(2,), n_boot=50),
 }
 
@@ -556,8 +561,13 @@ class _Context:
 
     @property
     def train(self) -> dict:
-        """Training keywords (without ``threads``, which changes speed, not results; see :meth:`threads`)."""
-        return {k: v for k, v in self.profile.train_options.items() if k != "threads"}
+        """Training keywords (without ``threads`` and ``fold_jobs``, which change speed, not results)."""
+        return {k: v for k, v in self.profile.train_options.items() if k not in ("threads", "fold_jobs")}
+
+    @property
+    def fold_jobs(self) -> int:
+        """Folds trained at once in local processes (:func:`tmdafm_core.training.cross_validate`)."""
+        return int(self.profile.train_options.get("fold_jobs") or 1)
 
     def threads(self):
         """Context: the profile's torch CPU threads while a step trains or embeds."""
@@ -653,7 +663,7 @@ def _train_run(ctx: _Context, task: str):
               "format": _RUN_FORMAT}
     staging = _staging(target, compat, reuse=True)
     cross_validate(ctx.manifest, staging, task=task, presplit=True, save_optimizer=False, progress=ctx.bars,
-                   **_run_options(ctx))
+                   fold_jobs=ctx.fold_jobs, **_run_options(ctx))
     _swap_in(staging, target)
     return _files_under(target)
 
@@ -666,7 +676,7 @@ def _step_sequential(ctx: _Context):
     compat = {"train": ctx.train, "inputs": {"dataset": ctx.records["dataset"]["output"]},
               "semantics": _SEQUENTIAL_SEMANTICS}
     options = dict(order=ctx.order, volumes=ctx.profile.volumes, task=ctx.profile.sequential_task, modes=MODES,
-                   progress=ctx.bars, **_SEQUENTIAL_SEMANTICS, **ctx.train)
+                   progress=ctx.bars, fold_jobs=ctx.fold_jobs, **_SEQUENTIAL_SEMANTICS, **ctx.train)
     staging = _staging(target, compat, reuse=True)
     try:
         sequential_study(ctx.manifest, staging, **options)

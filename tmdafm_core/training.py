@@ -843,7 +843,10 @@ def _fold_partitions(split: pd.DataFrame, fold: int, train_limits: dict | None, 
 
 
 def _fold_task(spec: dict) -> dict:
-    """One fold as a self-contained task (for a Dask worker): reads its own data, returns the checkpoint."""
+    """One fold as a self-contained task (a Dask worker or a local process): reads its own data, returns the
+    checkpoint."""
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
     config = TrainConfig(**spec["config"])
     split = spec["split"]
     stored = spec["features"] if spec["features"] is not None else load_data(split, image_size=spec["image_size"])
@@ -915,7 +918,7 @@ def cross_validate(data, out_dir, *, arch: str = "resnet18", weights: str = "ima
                    presplit: bool = False, fold_weights: dict | None = None, train_limits: dict | None = None,
                    images: torch.Tensor | None = None, save_optimizer: bool = True, head: str = "keep",
                    weight_decay: float = 0.0, tune: bool | dict = False,
-                   allow_duplicates: bool = False) -> dict:
+                   allow_duplicates: bool = False, fold_jobs: int = 1) -> dict:
     """Cross-validate a classifier and write its run directory.
 
     Parameters
@@ -977,6 +980,9 @@ def cross_validate(data, out_dir, *, arch: str = "resnet18", weights: str = "ima
         Train although some images repeat others (the same file or identical content,
         :func:`tmdafm_core.data.readers.find_duplicates`); by default that is refused, since a repeat can be
         trained on and scored on.
+    fold_jobs : int
+        Folds trained at once in local processes (each with one torch thread; results equal to ``1``, which
+        trains them one after the other here). Speed only: not recorded, a resumed run may use another value.
     tune : bool or dict
         Feature tables only: before each fold, choose ``lr``, ``weight_decay`` and ``dropout`` by an inner grouped
         split of that fold's training images (:func:`inner_split`; never its validation images or the test set)
@@ -1060,15 +1066,18 @@ def cross_validate(data, out_dir, *, arch: str = "resnet18", weights: str = "ima
     class_index = np.array([labels.class_index(m) for m in split["material"]], dtype=np.int64)
     done = {k: _finished_fold(checkpoint_path(run_dir, k)) for k in range(folds)}
     todo = [k for k, ck in done.items() if ck is None]
-    if todo and dask_address is not None:
+    if isinstance(fold_jobs, bool) or not isinstance(fold_jobs, (int, np.integer)) or fold_jobs < 1:
+        raise ValueError(f"fold_jobs must be a whole number >= 1, got {fold_jobs!r}")
+    if todo and (dask_address is not None or (fold_jobs > 1 and len(todo) > 1)):
         from .parallel import imap_items
 
         spec = {"split": split, "features": features, "image_size": config.image_size, "class_index": class_index,
                 "labels": (labels.classes, labels.elements), "train_limits": train_limits, "head": head,
-                "tune": tune}
+                "tune": tune, "threads": None if dask_address is not None else 1}
         tasks = [{**spec, "fold": k, "config": _fold_config(config, fold_weights, k).to_dict()} for k in todo]
         # One fold per task; each checkpoint is written as soon as its fold finishes, so an interrupted run resumes.
-        for position, checkpoint in imap_items(_fold_task, tasks, dask_address=dask_address, chunk_size=1):
+        for position, checkpoint in imap_items(_fold_task, tasks, dask_address=dask_address, chunk_size=1,
+                                               jobs=min(int(fold_jobs), len(todo)), start_method="spawn"):
             _save_fold(checkpoint, run_dir, todo[position], save_optimizer)
             done[todo[position]] = checkpoint
     elif todo:
