@@ -78,8 +78,16 @@ def _scores(cache, metrics: pd.DataFrame):
             "Validation is each fold's held-out part; test is the held-out test set, scored by every fold model. "
             "MtL decodes to the most likely valid material; \"MtL (paper rule)\" scores the same models by the "
             "paper's rule: elements with probability > 0.5, the material with exactly those elements, else "
-            "\"unknown\", counted as an error.")]),
+            "\"unknown\", counted as an error."), *_task_comparison(cache)]),
         _export.figure_panel(graph, data=metrics)]), id="scores")
+
+
+def _task_comparison(cache) -> list:
+    sentence = results.task_comparison(cache)
+    if sentence is None:
+        return []
+    return [html.P(sentence + " Per-fold paired differences (MtC and MtL train on the same folds), Student-t "
+                   "interval over folds.", className="caption task-comparison")]
 
 
 def _confusion(cache, task: str):

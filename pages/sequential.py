@@ -22,7 +22,8 @@ _export.register("stage-panels", "tmdafm_stages_mtc_sequential")
 
 def sequential_rows(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
     """One row per task x class count x volume: the new class, its training images, F1 ``mean ± std`` (%) per
-    mode and Sequential minus ImageNet (percentage points)."""
+    mode, Sequential minus ImageNet (percentage points, mean of the per-fold differences) with its 95 % interval,
+    and whether the interval excludes 0 (``supported``)."""
     part = table[table["split"].astype(str) == split]
     order = {v: i for i, v in enumerate(results.volume_order(part["volume"]))}
     rows = []
@@ -37,11 +38,29 @@ def sequential_rows(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
                          if mode in by_mode.index else "–")
         if {"imagenet", "sequential"} <= set(by_mode.index):
             row["gain"] = round(100 * (by_mode.loc["sequential", "f1_mean"] - by_mode.loc["imagenet", "f1_mean"]), 1)
+            low, high = (by_mode.loc["sequential", c] if c in by_mode else float("nan")
+                         for c in ("diff_low", "diff_high"))
+            if low == low and high == high:
+                row["interval"] = f"{100 * low:+.1f} to {100 * high:+.1f}"
+                row["supported"] = "yes" if low > 0 or high < 0 else "no"
         rows.append(row)
     out = pd.DataFrame(rows, columns=["task", "n_classes", "volume", "new_class", "new_class_train_images",
-                                      "imagenet", "sequential", "gain"])
+                                      "imagenet", "sequential", "gain", "interval", "supported"])
     return out.sort_values(["task", "n_classes", "volume"], key=lambda c: c.map(order) if c.name == "volume" else c,
                            kind="stable").reset_index(drop=True)
+
+
+def supported_sentence(rows: pd.DataFrame) -> str:
+    """How many Sequential − ImageNet differences the study supports, in words."""
+    judged = rows["supported"].dropna() if "supported" in rows else pd.Series(dtype=object)
+    if judged.empty:
+        return "No intervals: the study's runs lack per-fold scores (rebuild with `tmdafm precompute`)."
+    supported = rows[rows["supported"] == "yes"]
+    text = f"{len(supported)} of {len(judged)} differences are supported (the interval excludes 0)"
+    if len(supported):
+        text += ": " + "; ".join(f"{r.task} {r.n_classes} classes, volume {r.volume} ({r.gain:+.1f} pp)"
+                                 for r in supported.itertuples())
+    return text + ". The others are within what the fold-to-fold spread allows: no finding either way."
 
 
 def stage_panels(cache, task: str, mode: str):
@@ -74,7 +93,8 @@ def _figure4(cache, table: pd.DataFrame):
     rows = sequential_rows(table, splits[0])
     names = {"task": "task", "n_classes": "classes", "volume": "volume", "new_class": "new class",
              "new_class_train_images": "its training images", "imagenet": "ImageNet F1 (%)",
-             "sequential": "Sequential F1 (%)", "gain": "Sequential − ImageNet (pp)"}
+             "sequential": "Sequential F1 (%)", "gain": "Sequential − ImageNet (pp)",
+             "interval": "95 % interval (pp)", "supported": "interval excludes 0"}
     return [
         _ui.card("F1 against training volume (Figure 4)", html.Div(className="controls", children=[html.Label([
             "partition ", dcc.RadioItems(id="sequential-split", value=splits[0], inline=True, className="radio",
@@ -88,7 +108,9 @@ def _figure4(cache, table: pd.DataFrame):
             style_data_conditional=[{"if": {"filter_query": "{gain} > 0", "column_id": "gain"}, "color": "#1b7f5a"},
                                     {"if": {"filter_query": "{gain} < 0", "column_id": "gain"}, "color": "#b4232c"}],
             ),
-            _ui.caption("Macro-F1 mean ± std over folds in the chosen partition."), id="sequential-numbers"),
+            _ui.caption("Macro-F1 mean ± std over folds in the chosen partition. Sequential − ImageNet is the "
+                        "mean of the per-fold differences (both arms train on the same folds), with a 95 % "
+                        "Student-t interval over folds. " + supported_sentence(rows)), id="sequential-numbers"),
     ]
 
 

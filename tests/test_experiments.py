@@ -67,6 +67,17 @@ def test_the_grid_is_complete_with_valid_numbers(study):
     table = results_table(results)
     assert list(table.columns) == ["task", "n_classes", "volume", "imagenet", "sequential"]
     assert len(table) == 8
+    # Sequential − ImageNet fold by fold, on the Sequential rows only, equal to a hand computation.
+    from tmdafm_core.comparisons import fold_scores, paired_interval
+
+    assert results.loc[results["mode"] == "imagenet", "diff_mean"].isna().all()
+    row = results[(results["mode"] == "sequential") & (results["split"] == "test")].iloc[0]
+    twin = results[(results["mode"] == "imagenet") & (results["split"] == "test") &
+                   (results["n_classes"] == row["n_classes"]) & (results["volume"] == row["volume"])].iloc[0]
+    a, b = fold_scores(out / twin["run"]), fold_scores(out / row["run"])
+    expected = paired_interval([b[k] - a[k] for k in (0, 1)])
+    assert (row["diff_mean"], row["diff_low"], row["diff_high"]) == pytest.approx(expected)
+    assert row["diff_low"] <= row["diff_mean"] <= row["diff_high"]
 
 
 def test_sequential_at_two_classes_is_the_imagenet_run(study):

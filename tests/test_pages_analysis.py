@@ -76,11 +76,15 @@ def build_analysis_store(cache, *, seed: int = 0):
             for mode in ("imagenet", "sequential"):
                 for volume, images in (("full", 6.0), ("4", 4.0), ("2", 2.0)):
                     for split in ("train", "val", "test"):
+                        # Sequential rows carry the paired difference; one stage's interval excludes 0.
+                        low = 0.02 if (n_classes, volume) == (3, "full") else -0.05
+                        diff = {"diff_mean": low + 0.03, "diff_low": low, "diff_high": low + 0.06} \
+                            if mode == "sequential" else {}
                         rows.append({"n_classes": n_classes, "mode": mode, "task": task, "volume": volume,
                                      "split": split, "f1_mean": rng.uniform(0.3, 0.9), "f1_std": 0.05,
                                      "accuracy_mean": 0.7, "accuracy_std": 0.05, "new_class": new,
                                      "new_class_train_images": images,
-                                     "run": f"{task}/{mode}/{n_classes}cls_{volume}"})
+                                     "run": f"{task}/{mode}/{n_classes}cls_{volume}", **diff})
     (cache / "sequential").mkdir()
     pd.DataFrame(rows).to_csv(cache / "sequential" / "results.csv", index=False)
     (cache / "sequential" / "study.json").write_text(json.dumps({"order": ["MoS2", "WS2", "WSe2"]}))
@@ -284,6 +288,20 @@ def test_performance_page_and_cell_click(app_context, store):
     assert "Calibration and novelty" in text and "the 95 % line of the fold's validation" in text
 
 
+def test_mtl_minus_mtc_is_compared_fold_by_fold(tmp_path):
+    from tmdafm_core.comparisons import paired_interval
+
+    for task, scores in (("mtc", [0.6, 0.7, 0.65]), ("mtl", [0.7, 0.8, 0.74])):
+        run = tmp_path / "runs" / task
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps({"per_fold": [
+            {"fold": k, "f1_macro": {"test": v}} for k, v in enumerate(scores)]}))
+    sentence = results.task_comparison(tmp_path)
+    mean, low, high = paired_interval([0.1, 0.1, 0.09])
+    assert sentence.startswith(f"MtL − MtC test macro-F1: {100 * mean:+.1f} pp") and "supported" in sentence
+    assert results.task_comparison(tmp_path / "none") is None
+
+
 def test_calibration_table_and_reliability_diagram(store):
     from pages import performance
 
@@ -362,6 +380,10 @@ def test_sequential_page_rows_and_stage_panels(app_context, store):
     assert "fresh output layer" in text and "drawn at random (the paper's)" in text
     rows = sequential.sequential_rows(results.sequential_results(cache), "test")
     assert list(rows["volume"][:3]) == ["2", "4", "full"] and len(rows) == 2 * 2 * 3
+    assert list(rows["supported"]).count("yes") == 2 and rows["interval"].iloc[0] == "-5.0 to +1.0"
+    sentence = sequential.supported_sentence(rows)
+    assert sentence.startswith("2 of 12 differences are supported") and "MtC 3 classes, volume full" in sentence
+    assert "Student-t interval over folds" in text
     figure, data = sequential.stage_panels(cache, "mtc", "sequential")
     assert [a.text for a in figure.layout.annotations] == ["2 classes", "3 classes"]
     assert set(data["stage"]) == {"2 classes", "3 classes"}

@@ -73,7 +73,7 @@ FULL = "full"
 DEFAULT_VOLUMES = (FULL, 64, 32, 16, 8)
 RESULTS_NAME, STUDY_NAME = "results.csv", "study.json"
 RESULT_COLUMNS = ("n_classes", "mode", "task", "volume", "split", "f1_mean", "f1_std", "accuracy_mean",
-                  "accuracy_std", "new_class", "new_class_train_images", "run")
+                  "accuracy_std", "new_class", "new_class_train_images", "run", "diff_mean", "diff_low", "diff_high")
 ARCHITECTURES_NAME, ABLATION_NAME = "architectures.csv", "ablation.csv"
 ABLATION_MODES = ("fine-tune", "feature-extraction", "scratch")
 
@@ -468,9 +468,24 @@ def _write_results(out_dir: Path, report, split, options) -> pd.DataFrame:
                              new_class_train_images=_new_class_train_images(split, stage, options),
                              run=stage.run_dir.relative_to(out_dir).as_posix())
     table = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+    _paired_differences(table, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_dir / RESULTS_NAME, index=False)
     return table
+
+
+def _paired_differences(table: pd.DataFrame, out_dir: Path) -> None:
+    """On each Sequential row: Sequential − ImageNet macro-F1 fold by fold, its mean and 95 % t interval
+    (:mod:`tmdafm_core.comparisons`); both arms of a stage train on the same folds."""
+    from .comparisons import paired_difference
+
+    keys = ["task", "n_classes", "volume", "split"]
+    imagenet = table[table["mode"] == "imagenet"].set_index(keys)["run"]
+    for index, row in table[table["mode"] == "sequential"].iterrows():
+        key = tuple(row[k] for k in keys)
+        if key in imagenet.index:
+            table.loc[index, ["diff_mean", "diff_low", "diff_high"]] = paired_difference(
+                out_dir / imagenet.loc[key], out_dir / row["run"], split=row["split"])
 
 
 def results_table(results: pd.DataFrame, *, split: str = "test", metric: str = "f1") -> pd.DataFrame:

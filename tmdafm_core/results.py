@@ -148,6 +148,18 @@ def calibration_table(cache_dir) -> pd.DataFrame:
     return table
 
 
+def task_comparison(cache_dir, split: str = "test") -> str | None:
+    """MtL − MtC macro-F1, fold by fold on the store's shared folds, as a sentence with its 95 % interval
+    (:mod:`tmdafm_core.comparisons`); None without both runs."""
+    from .comparisons import paired_difference, verdict
+
+    runs = Path(cache_dir) / "runs"
+    if not all((runs / task / "metrics.json").is_file() for task in TASKS):
+        return None
+    mean, low, high = paired_difference(runs / "mtc", runs / "mtl", split=split)
+    return verdict(f"MtL − MtC {split} macro-F1", mean, low, high)
+
+
 def calibration_verdicts(table: pd.DataFrame, *, goal: float = 0.05) -> list[str]:
     """One sentence per task of :func:`calibration_table` saying how far its probabilities can be taken at face
     value on new samples (judged on the test images, which no temperature saw)."""
