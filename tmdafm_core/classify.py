@@ -82,13 +82,13 @@ def raw_upload_suffix(name, data: bytes) -> str | None:
     Bruker and Gwyddion files are recognised by their content; container formats (a JPK file is a TIFF, Igor and
     HDF5-based files have no distinctive signature) by their name, after which their reader checks the content.
     """
-    from .data.scans import RAW_SUFFIXES, _suffix
+    from .data.scans import RAW_SUFFIXES, file_suffix
 
     if data.startswith(b"\\*File list"):
         return ".spm"
     if data.startswith(b"GWYP"):
         return ".gwy"
-    suffix = _suffix(Path(display_name(name)))
+    suffix = file_suffix(Path(display_name(name)))
     return suffix if suffix in RAW_SUFFIXES and suffix not in (".spm", ".gwy") else None
 
 

@@ -63,17 +63,17 @@ def _add_info(sub) -> None:
 
 
 def _scan_summary(path: Path) -> str:
-    from tmdafm_core.data.scans import height_channel, list_channels, prepare_scan, read_scan
+    from tmdafm_core.data.scans import crop_scan, height_channel, list_channels, read_scan
 
     channels = list_channels(path)
-    scan = read_scan(path)
+    # Read once: the channel just listed (None lets read_scan refuse a file without a height channel).
+    scan = read_scan(path, channel=height_channel(channels))
     width_um, height_um = scan.size_um
-    lines = [f"{path}: {scan.format} file, channels: {', '.join(channels)}",
-             f"height channel: {scan.channel}" + ("" if height_channel(channels) else " (only channel)"),
+    lines = [f"{path}: {scan.format} file, channels: {', '.join(channels)}", f"height channel: {scan.channel}",
              f"scan: {scan.height_nm.shape[1]} x {scan.height_nm.shape[0]} px, {width_um:.3g} x {height_um:.3g} um, "
              f"{scan.pixel_size_nm:.4g} nm/px"]
     try:
-        crop = prepare_scan(path)[0]
+        crop = crop_scan(scan)[0]
         box = crop.provenance
         lines.append(f"as data: levelled ({box['levelling']}), central crop x {box['crop_x0_um']:.3g}-"
                      f"{box['crop_x1_um']:.3g} um, y {box['crop_y0_um']:.3g}-{box['crop_y1_um']:.3g} um, "

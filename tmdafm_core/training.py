@@ -1427,7 +1427,8 @@ class Predictions:
             frame["spread"] = self.spread
         novelty = self.novelty if self.novelty is not None else np.full(len(self.images), np.nan)
         frame["novelty"] = novelty
-        frame["unfamiliar"] = pd.array([None if np.isnan(v) else bool(v > 1.0) for v in novelty], dtype="boolean")
+        frame["unfamiliar"] = pd.array([None if np.isnan(v) else bool(flag) for v, flag in
+                                        zip(novelty, self.unfamiliar, strict=True)], dtype="boolean")
         return frame
 
 
@@ -1568,7 +1569,7 @@ def _predict_loaded(run: Run, loaded: list, skipped: list, *, cam, batch_size: i
         skipped=skipped,
         novelty=novelty,
         calibrated=run.calibrated,
-        notes=[run.trust_note] if run.trust_note else [],
+        notes=[note] if (note := run.trust_note) else [],  # read once: it may open the run's config.json
     )
 
 

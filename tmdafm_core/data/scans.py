@@ -39,7 +39,8 @@ _CHANNEL_LIST = re.compile(r"channel list: (.*)$", re.DOTALL)
 _NO_CHANNEL = "\x00"  # a name no file has: the reader's refusal lists the channels the file does have
 
 
-def _suffix(path: Path) -> str:
+def file_suffix(path: Path) -> str:
+    """A file's suffix in lower case, the two-part ones (``.jpk-qi-image``, ``.h5-jpk``) whole."""
     name = path.name.lower()
     for suffix in (".jpk-qi-image", ".h5-jpk"):
         if name.endswith(suffix):
@@ -54,7 +55,7 @@ def raw_format(path) -> str | None:
     not mistaken for one.
     """
     path = Path(path)
-    suffix = _suffix(path)
+    suffix = file_suffix(path)
     if suffix in SUFFIX_FORMATS:
         return SUFFIX_FORMATS[suffix]
     if _NUMBERED.match(suffix) and path.is_file():
@@ -399,19 +400,25 @@ def prepare_scan(path, *, channel: str | None = None, levelling: str = "default"
         ``scan_width_um``, ``scan_height_um``, ``crop_x0_um``, ``crop_y0_um``, ``crop_x1_um``, ``crop_y1_um``,
         ``notes``.
     """
+    return crop_scan(read_scan(path, channel=channel), levelling=levelling, crop_um=crop_um, tile=tile)
+
+
+def crop_scan(scan: Scan, *, levelling: str = "default", crop_um: float | None = DEFAULT_CROP_UM,
+              tile: bool = False) -> list[Crop]:
+    """Level a scan already read (:func:`read_scan`) and cut its crops, as :func:`prepare_scan` does."""
     import json
 
     from .levelling import level
 
-    scan = read_scan(path, channel=channel)
-    boxes = crop_boxes(scan.height_nm.shape, scan.pixel_size_nm, crop_um=crop_um, tile=tile, source=str(path))
+    path = scan.source
+    boxes = crop_boxes(scan.height_nm.shape, scan.pixel_size_nm, crop_um=crop_um, tile=tile, source=path)
     levelled, steps = level(scan.height_nm, levelling)
     width_um, height_um = scan.size_um
     um = scan.pixel_size_nm / 1000.0
     crops = []
     for row, column, rows, columns in boxes:
         crops.append(Crop(levelled[row:row + rows, column:column + columns].copy(), scan.pixel_size_nm, {
-            "source_file": str(path), "format": scan.format, "channel": scan.channel, "levelling": levelling,
+            "source_file": path, "format": scan.format, "channel": scan.channel, "levelling": levelling,
             "levelling_steps": json.dumps(steps), "scan_width_um": round(width_um, 6),
             "scan_height_um": round(height_um, 6), "crop_x0_um": round(column * um, 6),
             "crop_y0_um": round(row * um, 6), "crop_x1_um": round((column + columns) * um, 6),
