@@ -68,6 +68,42 @@ def stage_panels(cache, task: str, mode: str):
     return selection.stage_panels(cache, task, mode)
 
 
+def structure_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per task x stage: silhouette and centroid shift of each mode side by side (2 decimals)."""
+    wide = table.pivot_table(index=["task", "n_classes"], columns="mode", values=["silhouette", "centroid_shift"],
+                             dropna=False)
+    rows = pd.DataFrame({"task": [results.TASK_NAMES.get(t, t) for t, _ in wide.index],
+                         "n_classes": [int(n) for _, n in wide.index]})
+    for value in ("silhouette", "centroid_shift"):
+        for mode in selection.SEQUENTIAL_MODES:
+            column = (value, mode)
+            rows[f"{value}_{mode}"] = (wide[column].round(2).to_numpy() if column in wide.columns
+                                       else float("nan"))
+    return rows
+
+
+def structure_sentence(table: pd.DataFrame, *, goal: float = 0.25) -> str:
+    """What the stage projections show, in words: class separation at the last stage and whether Sequential
+    training keeps classes in place better than restarting from the base weights (mean centroid shift)."""
+    parts = []
+    for task, part in table.groupby("task", sort=False):
+        name = results.TASK_NAMES.get(task, task)
+        last = part[part["n_classes"] == part["n_classes"].max()]
+        separation = ", ".join(f"{selection.MODE_TITLES[r.mode]} {r.silhouette:.2f}" for r in last.itertuples())
+        shifts = part.groupby("mode")["centroid_shift"].mean()
+        sentence = f"{name}: silhouette at {int(last['n_classes'].iloc[0])} classes {separation}"
+        sentence += (" (visible groups)" if (last["silhouette"] >= goal).all() else
+                     f" (below {goal}: the classes overlap in the plotted plane)")
+        if {"imagenet", "sequential"} <= set(shifts.dropna().index):
+            kept = shifts["sequential"] < shifts["imagenet"]
+            sentence += (f"; classes move {shifts['sequential']:.2f} (Sequential) against {shifts['imagenet']:.2f} "
+                         f"(ImageNet) of the stage's spread per stage on average: "
+                         + ("Sequential keeps them in place better, as the paper's Figure 5." if kept else
+                            "Sequential does not keep them in place better here."))
+        parts.append(sentence)
+    return " ".join(p if p.endswith(".") else p + "." for p in parts)
+
+
 # --- layout -----------------------------------------------------------------------------------------------------
 
 def _study_facts(cache, table: pd.DataFrame):
@@ -133,7 +169,25 @@ def _stages(cache):
                                                      for m in selection.SEQUENTIAL_MODES])], className="control"),
     ]), _export.figure_panel(graph, data=data), _ui.caption(
         "Each stage's images in its own latent projection, aligned stage to stage so a class keeps its place as "
-        "classes are added. The /latent page shows any stage in full."), id="stages")
+        "classes are added. The /latent page shows any stage in full."), *_structure(cache, tasks), id="stages")
+
+
+def _structure(cache, tasks) -> list:
+    tables = [t for t in (selection.stage_structure(cache, task) for task in tasks) if t is not None]
+    if not tables:
+        return []
+    table = pd.concat(tables, ignore_index=True)
+    rows = structure_rows(table)
+    titles = {"silhouette": "silhouette", "centroid_shift": "centroid shift"}
+    columns = [{"name": ["", "task"], "id": "task"}, {"name": ["", "classes"], "id": "n_classes"}]
+    columns += [{"name": [titles[v], selection.MODE_TITLES[m]], "id": f"{v}_{m}"}
+                for v in titles for m in selection.SEQUENTIAL_MODES]
+    return [html.H3("Class structure per stage"),
+            dash_table.DataTable(id="stage-structure", data=rows.to_dict("records"), columns=columns,
+                                 merge_duplicate_headers=True, **_ui.TABLE_STYLE),
+            _ui.caption("Silhouette of the material labels on the plotted axes (−1..1; above 0.25 the classes form "
+                        "visible groups). Centroid shift: mean distance a class centre moved since the previous "
+                        "stage, in units of that stage's spread. " + structure_sentence(table))]
 
 
 def sequential_body(cache) -> list:

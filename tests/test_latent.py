@@ -22,6 +22,7 @@ from tmdafm_core.latent import (
     fit_projection,
     read_latent_outputs,
     run_embeddings,
+    stage_structure,
     write_latent_outputs,
 )
 
@@ -490,3 +491,24 @@ def test_run_embeddings_of_an_image_run_follow_the_manifest(tmp_path):
     # The same activations as the model's own prediction path for two images.
     direct = predict(load_run(tmp_path / "run", table.attrs["fold"]), manifest["path"].iloc[[0, 7]].tolist())
     np.testing.assert_allclose(table.filter(like="latent").to_numpy()[[0, 7]], direct.embeddings, atol=1e-5)
+
+
+def test_stage_structure_silhouette_and_centroid_shift_by_hand():
+    # Two tight classes 10 apart: silhouette near 1; the next stage moves class A by 2 and adds a class C.
+    first = pd.DataFrame({"PC1": [0.0, 0.0, 10.0, 10.0], "PC2": [0.0, 1.0, 0.0, 1.0],
+                          "material": ["A", "A", "B", "B"]})
+    second = pd.DataFrame({"PC1": [2.0, 2.0, 10.0, 10.0, 5.0, 5.0], "PC2": [0.0, 1.0, 0.0, 1.0, 20.0, 21.0],
+                           "material": ["A", "A", "B", "B", "C", "C"]})
+    table = stage_structure([(2, first), (3, second)])
+    assert table["n_classes"].tolist() == [2, 3]
+    # a = 1 within a class, b = mean distance to the other class's two points = (10 + sqrt(101)) / 2
+    b = (10 + np.sqrt(101)) / 2
+    assert table["silhouette"].iloc[0] == pytest.approx(1 - 1 / b)
+    spread = np.sqrt(((first[["PC1", "PC2"]] - first[["PC1", "PC2"]].mean()) ** 2).sum(axis=1).mean())
+    assert np.isnan(table["centroid_shift"].iloc[0])
+    assert table["centroid_shift"].iloc[1] == pytest.approx((2 + 0) / 2 / spread)
+
+
+def test_stage_structure_of_one_class_has_no_silhouette():
+    one = pd.DataFrame({"PC1": [0.0, 1.0], "PC2": [0.0, 1.0], "material": ["A", "A"]})
+    assert np.isnan(stage_structure([(1, one)])["silhouette"].iloc[0])

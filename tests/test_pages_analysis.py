@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tmdafm_core import calibration, figures, latent, pipeline, results
+from tmdafm_core import calibration, figures, latent, pipeline, results, selection
 from tmdafm_core.data import LabelSpace
 from tmdafm_core.features import FEATURE_COLUMNS
 
@@ -387,6 +387,13 @@ def test_sequential_page_rows_and_stage_panels(app_context, store):
     figure, data = sequential.stage_panels(cache, "mtc", "sequential")
     assert [a.text for a in figure.layout.annotations] == ["2 classes", "3 classes"]
     assert set(data["stage"]) == {"2 classes", "3 classes"}
+    structure = selection.stage_structure(cache, "mtc")
+    assert structure["n_classes"].tolist() == [2, 3, 2, 3] and structure["centroid_shift"].isna().sum() == 2
+    assert structure["silhouette"].between(-1, 1).all()
+    assert "Class structure per stage" in text and "silhouette at 3 classes" in text
+    assert list(sequential.structure_rows(structure).columns) == [
+        "task", "n_classes", "silhouette_imagenet", "silhouette_sequential", "centroid_shift_imagenet",
+        "centroid_shift_sequential"]
 
 
 @pytest.mark.parametrize("page", ["physical", "performance", "sequential"])

@@ -513,6 +513,55 @@ def procrustes_align(points, reference, *, shared=None, scale: bool = True) -> t
     return aligned, residual
 
 
+def stage_structure(stages, *, x: str = "PC1", y: str = "PC2", label: str = "material") -> pd.DataFrame:
+    """How well each sequential stage's projection separates its classes, and how far the classes move between
+    consecutive stages (the paper's Figure 5 claim: Sequential training keeps a class in place).
+
+    Parameters
+    ----------
+    stages : sequence of (int, DataFrame)
+        Class count and the stage's aligned points (``x``, ``y`` and ``label`` columns), fewest classes first.
+    x, y : str
+        The plotted axes.
+    label : str
+        Column with each image's class.
+
+    Returns
+    -------
+    DataFrame
+        One row per stage: ``n_classes``; ``silhouette`` of the class labels on (x, y) (-1..1; above 0.25 the
+        classes form visible groups; NaN below two classes); ``centroid_shift``, the mean distance a class
+        centroid moved since the previous stage, over the classes both stages hold, in units of the previous
+        stage's root-mean-square spread about its centre (unit-free, so stages and modes compare; NaN for the
+        first stage).
+
+    Examples
+    --------
+    >>> a = pd.DataFrame({"PC1": [0, 0, 10, 10.], "PC2": [0, 1, 0, 1.], "material": ["A", "A", "B", "B"]})
+    >>> stage_structure([(2, a), (2, a)])["centroid_shift"].tolist()
+    [nan, 0.0]
+    """
+    from sklearn.metrics import silhouette_score
+
+    rows, previous = [], None
+    for n_classes, frame in stages:
+        frame = frame.dropna(subset=[x, y, label])
+        points, labels = frame[[x, y]].to_numpy(dtype=np.float64), frame[label].astype(str).to_numpy()
+        n_labels = len(np.unique(labels))
+        silhouette = (float(silhouette_score(points, labels)) if 2 <= n_labels < len(points) else float("nan"))
+        centres = {name: points[labels == name].mean(axis=0) for name in np.unique(labels)}
+        shift = float("nan")
+        if previous is not None:
+            before, spread = previous
+            common = [name for name in centres if name in before]
+            if common and spread > 0:
+                shift = float(np.mean([np.linalg.norm(centres[n] - before[n]) for n in common]) / spread)
+        spread = float(np.sqrt(((points - points.mean(axis=0)) ** 2).sum(axis=1).mean())) if len(points) else 0.0
+        previous = (centres, spread)
+        rows.append({"n_classes": int(n_classes), "silhouette": silhouette, "centroid_shift": shift})
+    return pd.DataFrame(rows, columns=["n_classes", "silhouette", "centroid_shift"])
+
+
 # --- statistics -------------------------------------------------------------------------------------------------
 
 def _spread_ok(centred: np.ndarray, reference: np.ndarray) -> np.ndarray:

@@ -113,11 +113,34 @@ def stage_panels(cache_dir, task: str, mode: str):
     if not models:
         return None, None
     stages = [(f"{model.n_classes} classes", load_points(cache_dir, model.key)) for model in models]
-    coords = stages[0][1].attrs["coords"]
-    x, y = coords["pca"][:2] if len(coords.get("pca", [])) >= 2 else coords.get("umap2", [None, None])
+    x, y = _plotted_axes(stages[0][1])
     figure = stage_panels_figure(stages, x=x, y=y)
     data = pd.concat([p[["image", "material", x, y]].assign(stage=t) for t, p in stages], ignore_index=True)
     return figure, data
+
+
+def stage_structure(cache_dir, task: str) -> pd.DataFrame | None:
+    """Class separation and centroid shifts of every stored sequential stage of ``task``
+    (:func:`tmdafm_core.latent.stage_structure` on the plotted axes), one row per mode and stage, or None."""
+    from .latent import stage_structure
+
+    tables = []
+    for mode in SEQUENTIAL_MODES:
+        models = stage_models(cache_dir, task, mode)
+        if not models:
+            continue
+        stages = [(model.n_classes, load_points(cache_dir, model.key)) for model in models]
+        x, y = _plotted_axes(stages[0][1])
+        tables.append(stage_structure(stages, x=x, y=y).assign(task=task, mode=mode))
+    if not tables:
+        return None
+    table = pd.concat(tables, ignore_index=True)
+    return table[["task", "mode", "n_classes", "silhouette", "centroid_shift"]]
+
+
+def _plotted_axes(points: pd.DataFrame) -> tuple[str, str]:
+    coords = points.attrs["coords"]
+    return tuple(coords["pca"][:2]) if len(coords.get("pca", [])) >= 2 else tuple(coords.get("umap2", [None, None]))
 
 
 def coordinate_columns(frame: pd.DataFrame) -> dict[str, list[str]]:
