@@ -17,7 +17,7 @@ import pandas as pd
 from dash import ClientsideFunction, Input, Output, Patch, State, ctx, dcc, html, no_update
 
 from pages import _export
-from tmdafm_core import classify, figures, selection
+from tmdafm_core import classify, figures, results, selection
 
 dash.register_page(__name__, path="/latent", name="Latent space", title="Latent space · tmdafm", order=1)
 _export.register("latent-graph", "tmdafm_latent_space")
@@ -430,7 +430,7 @@ def stages_view(cache, model: str, kind: str, x: str, y: str):
             continue
         figure = figures.stage_panels_figure([(f"{s.n_classes} classes", frame) for s, (_, frame)
                                               in zip(stages, frames, strict=True)], x=columns[0], y=columns[1])
-        panels += [html.H3(f"{selection.MODE_TITLES[key_mode]} · {task.upper()}"),
+        panels += [html.H3(f"{results.mode_titles(cache)[key_mode]} · {task.upper()}"),
                    dcc.Graph(figure=figure, config={"displaylogo": False,
                                                     "toImageButtonOptions": {"filename": f"tmdafm_stages_{task}_"
                                                                                          f"{key_mode}", "scale": 3}})]

@@ -51,7 +51,7 @@ def sequential_rows(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
 
 
 def supported_sentence(rows: pd.DataFrame) -> str:
-    """How many Sequential − ImageNet differences the study supports, in words."""
+    """How many Sequential − base-arm differences the study supports, in words."""
     judged = rows["supported"].dropna() if "supported" in rows else pd.Series(dtype=object)
     if judged.empty:
         return "No intervals: the study's runs lack per-fold scores (rebuild with `tmdafm precompute`)."
@@ -82,14 +82,14 @@ def structure_rows(table: pd.DataFrame) -> pd.DataFrame:
     return rows
 
 
-def structure_sentence(table: pd.DataFrame, *, goal: float = 0.25) -> str:
+def structure_sentence(table: pd.DataFrame, titles: dict, *, goal: float = 0.25) -> str:
     """What the stage projections show, in words: class separation at the last stage and whether Sequential
     training keeps classes in place better than restarting from the base weights (mean centroid shift)."""
     parts = []
     for task, part in table.groupby("task", sort=False):
         name = results.TASK_NAMES.get(task, task)
         last = part[part["n_classes"] == part["n_classes"].max()]
-        separation = ", ".join(f"{selection.MODE_TITLES[r.mode]} {r.silhouette:.2f}" for r in last.itertuples())
+        separation = ", ".join(f"{titles[r.mode]} {r.silhouette:.2f}" for r in last.itertuples())
         shifts = part.groupby("mode")["centroid_shift"].mean()
         sentence = f"{name}: silhouette at {int(last['n_classes'].iloc[0])} classes {separation}"
         sentence += (" (visible groups)" if (last["silhouette"] >= goal).all() else
@@ -97,7 +97,7 @@ def structure_sentence(table: pd.DataFrame, *, goal: float = 0.25) -> str:
         if {"imagenet", "sequential"} <= set(shifts.dropna().index):
             kept = shifts["sequential"] < shifts["imagenet"]
             sentence += (f"; classes move {shifts['sequential']:.2f} (Sequential) against {shifts['imagenet']:.2f} "
-                         f"(ImageNet) of the stage's spread per stage on average: "
+                         f"({titles['imagenet']}) of the stage's spread per stage on average: "
                          + ("Sequential keeps them in place better, as the paper's Figure 5." if kept else
                             "Sequential does not keep them in place better here."))
         parts.append(sentence)
@@ -115,21 +115,26 @@ def _study_facts(cache, table: pd.DataFrame):
               "paper's); its test images and the other classes stay whole" if semantics["volume_mode"] == "paper"
               else "training images kept of the newly added class, whole samples first (its validation and test "
                    "images and the other classes stay whole)")
+    base = results.mode_titles(cache)["imagenet"]
+    start = {"ImageNet": "the ImageNet weights", "Scratch": "random weights (the demo cannot download ImageNet "
+             "weights, so this arm is the paper's ImageNet arm without its pretraining)"}.get(base, "the base weights")
     return _ui.caption(
-        f"Classes added in this order: {' → '.join(classes)}. ImageNet: every "
-        "stage starts from the base weights; Sequential: each stage starts from the fold model of the stage with "
+        f"Classes added in this order: {' → '.join(classes)}. {base}: every stage starts from {start}; "
+        "Sequential: each stage starts from the fold model of the stage with "
         f"one class fewer, trained at full volume, {head}. Volume: {volume}. Error bars: sample standard "
         "deviation over folds.")
 
 
 def _figure4(cache, table: pd.DataFrame):
     splits = [s for s in ("test", "val", "train") if s in set(table["split"])]
-    graph = dcc.Graph(id="sequential-f1", figure=figures.sequential_figure(table, split=splits[0]),
+    base = results.mode_titles(cache)["imagenet"]
+    graph = dcc.Graph(id="sequential-f1", figure=figures.sequential_figure(table, split=splits[0],
+                                                                           mode_titles=results.mode_titles(cache)),
                       config=_export.graph_config(f"tmdafm_sequential_f1_{splits[0]}"))
     rows = sequential_rows(table, splits[0])
     names = {"task": "task", "n_classes": "classes", "volume": "volume", "new_class": "new class",
-             "new_class_train_images": "its training images", "imagenet": "ImageNet F1 (%)",
-             "sequential": "Sequential F1 (%)", "gain": "Sequential − ImageNet (pp)",
+             "new_class_train_images": "its training images", "imagenet": f"{base} F1 (%)",
+             "sequential": "Sequential F1 (%)", "gain": f"Sequential − {base} (pp)",
              "interval": "95 % interval (pp)", "supported": "interval excludes 0"}
     return [
         _ui.card("F1 against training volume (Figure 4)", html.Div(className="controls", children=[html.Label([
@@ -144,7 +149,7 @@ def _figure4(cache, table: pd.DataFrame):
             style_data_conditional=[{"if": {"filter_query": "{gain} > 0", "column_id": "gain"}, "color": "#1b7f5a"},
                                     {"if": {"filter_query": "{gain} < 0", "column_id": "gain"}, "color": "#b4232c"}],
             ),
-            _ui.caption("Macro-F1 mean ± std over folds in the chosen partition. Sequential − ImageNet is the "
+            _ui.caption(f"Macro-F1 mean ± std over folds in the chosen partition. Sequential − {base} is the "
                         "mean of the per-fold differences (both arms train on the same folds), with a 95 % "
                         "Student-t interval over folds. " + supported_sentence(rows)), id="sequential-numbers"),
     ]
@@ -157,6 +162,7 @@ def _stages(cache):
             "The per-stage projections (latent/sequential/<task>/<mode>/<n>cls/projection.csv) are not in the "
             "store. Build them with ", html.Code(results.precompute_command(cache)), "."]), id="stages")
     modes = [m for m in selection.SEQUENTIAL_MODES if selection.stage_models(cache, tasks[0], m)]
+    titles = results.mode_titles(cache)
     figure, data = stage_panels(cache, tasks[0], modes[0])
     graph = dcc.Graph(id="stage-panels", figure=figure,
                       config=_export.graph_config(f"tmdafm_stages_{tasks[0]}_{modes[0]}"))
@@ -165,7 +171,7 @@ def _stages(cache):
                                             options=[{"label": results.TASK_NAMES[t], "value": t} for t in tasks])],
                    className="control"),
         html.Label(["mode ", dcc.RadioItems(id="stage-mode", value=modes[0], inline=True, className="radio",
-                                            options=[{"label": selection.MODE_TITLES[m], "value": m}
+                                            options=[{"label": titles[m], "value": m}
                                                      for m in selection.SEQUENTIAL_MODES])], className="control"),
     ]), _export.figure_panel(graph, data=data), _ui.caption(
         "Each stage's images in its own latent projection, aligned stage to stage so a class keeps its place as "
@@ -180,14 +186,14 @@ def _structure(cache, tasks) -> list:
     rows = structure_rows(table)
     titles = {"silhouette": "silhouette", "centroid_shift": "centroid shift"}
     columns = [{"name": ["", "task"], "id": "task"}, {"name": ["", "classes"], "id": "n_classes"}]
-    columns += [{"name": [titles[v], selection.MODE_TITLES[m]], "id": f"{v}_{m}"}
-                for v in titles for m in selection.SEQUENTIAL_MODES]
+    arms = results.mode_titles(cache)
+    columns += [{"name": [titles[v], arms[m]], "id": f"{v}_{m}"} for v in titles for m in selection.SEQUENTIAL_MODES]
     return [html.H3("Class structure per stage"),
             dash_table.DataTable(id="stage-structure", data=rows.to_dict("records"), columns=columns,
                                  merge_duplicate_headers=True, **_ui.TABLE_STYLE),
             _ui.caption("Silhouette of the material labels on the plotted axes (−1..1; above 0.25 the classes form "
                         "visible groups). Centroid shift: mean distance a class centre moved since the previous "
-                        "stage, in units of that stage's spread. " + structure_sentence(table))]
+                        "stage, in units of that stage's spread. " + structure_sentence(table, arms))]
 
 
 def sequential_body(cache) -> list:
@@ -223,7 +229,7 @@ def _on_split(split, config):
     table = results.sequential_results(_ui.cache_dir())
     config = {**(config or {}), "toImageButtonOptions": {**(config or {}).get("toImageButtonOptions", {}),
                                                          "filename": f"tmdafm_sequential_f1_{split}"}}
-    return (figures.sequential_figure(table, split=split), config,
+    return (figures.sequential_figure(table, split=split, mode_titles=results.mode_titles(_ui.cache_dir())), config,
             sequential_rows(table, split).to_dict("records"))
 
 

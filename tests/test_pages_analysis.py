@@ -372,12 +372,15 @@ def test_sequential_page_rows_and_stage_panels(app_context, store):
     original = study.read_text() if study.is_file() else None
     document = json.loads(original) if original else {"order": ["MoS2", "WS2", "WSe2"]}
     assert "whole samples first" in text or "drawn at random" in text
-    study.write_text(json.dumps({**document, "train": {"head": "reset", "volume_mode": "paper"}}))
+    study.write_text(json.dumps({**document, "train": {"head": "reset", "volume_mode": "paper", "weights": "none"}}))
     try:
         text = _text(sequential.layout())
+        assert results.mode_titles(cache) == {"imagenet": "Scratch", "sequential": "Sequential"}
+        assert [m.title for m in selection.stage_models(cache, "mtc", "imagenet")][0] == "Scratch · MTC · 2 classes"
     finally:
         study.write_text(original) if original else study.unlink()
     assert "fresh output layer" in text and "drawn at random (the paper's)" in text
+    assert "Scratch: every stage starts from random weights" in text and "ImageNet:" not in text
     rows = sequential.sequential_rows(results.sequential_results(cache), "test")
     assert list(rows["volume"][:3]) == ["2", "4", "full"] and len(rows) == 2 * 2 * 3
     assert list(rows["supported"]).count("yes") == 2 and rows["interval"].iloc[0] == "-5.0 to +1.0"
@@ -394,6 +397,12 @@ def test_sequential_page_rows_and_stage_panels(app_context, store):
     assert list(sequential.structure_rows(structure).columns) == [
         "task", "n_classes", "silhouette_imagenet", "silhouette_sequential", "centroid_shift_imagenet",
         "centroid_shift_sequential"]
+
+
+def test_base_arm_is_named_by_what_it_started_from():
+    assert results.base_arm_title("imagenet-v1") == "ImageNet"
+    assert results.base_arm_title("none") == "Scratch"
+    assert results.base_arm_title("/lab/backbone.pt") == "Pretrained (backbone.pt)"
 
 
 @pytest.mark.parametrize("page", ["physical", "performance", "sequential"])

@@ -544,11 +544,13 @@ def descriptor_scatter_figure(points: pd.DataFrame, *, x: str, y: str, descripto
 
 
 def sequential_figure(results: pd.DataFrame, *, split: str = "test", n_classes=None, volumes=None,
-                      height: int | None = None) -> go.Figure:
+                      height: int | None = None, mode_titles: dict | None = None) -> go.Figure:
     """Macro-F1 (%, mean ± std over folds) against the new class's training volume, ImageNet against Sequential
     starting weights, one panel per task (rows) and class count (columns): paper Figure 4.
 
-    ``results`` is ``sequential/results.csv``; ``volumes`` the x order (default: numbers ascending, then full).
+    ``results`` is ``sequential/results.csv``; ``volumes`` the x order (default: numbers ascending, then full);
+    ``mode_titles`` the legend names of the arms (:func:`tmdafm_core.results.mode_titles`; default ImageNet and
+    Sequential).
     """
     from plotly.subplots import make_subplots
 
@@ -568,6 +570,7 @@ def sequential_figure(results: pd.DataFrame, *, split: str = "test", n_classes=N
         for col, n in enumerate(n_classes, start=1):
             cell = part[(part["task"] == task) & (part["n_classes"].astype(int) == n)]
             for mode, style in MODE_STYLES.items():
+                style = {**style, "name": (mode_titles or {}).get(mode, style["name"])}
                 rows = cell[cell["mode"] == mode].set_index(cell[cell["mode"] == mode]["volume"].astype(str))
                 rows = rows.reindex([v for v in volumes if v in rows.index])
                 if rows.empty:

@@ -367,6 +367,26 @@ def sequential_semantics(cache_dir) -> dict:
     return {"head": train.get("head", "keep"), "volume_mode": train.get("volume_mode", "train-samples")}
 
 
+def base_arm_title(weights) -> str:
+    """What the sequential study's restarting arm starts every stage from, for labels: ``ImageNet`` only when it
+    really started from ImageNet weights; ``Scratch`` for random weights (``none``: the demo, which cannot download
+    ImageNet); ``Pretrained (<file>)`` for a backbone state dict."""
+    weights = str(weights or "none")
+    if weights.startswith("imagenet"):
+        return "ImageNet"
+    if weights == "none":
+        return "Scratch"
+    return f"Pretrained ({Path(weights).name})"
+
+
+def mode_titles(cache_dir) -> dict[str, str]:
+    """Display names of the sequential study's two arms in this store: the restarting arm (key ``imagenet``, titled
+    by :func:`base_arm_title` from ``study.json``'s weights; ``ImageNet`` when unknown) and ``Sequential``."""
+    study = _read_json(Path(cache_dir) / "sequential" / "study.json") or {}
+    weights = (study.get("train") or {}).get("weights", "imagenet")
+    return {"imagenet": base_arm_title(weights), "sequential": "Sequential"}
+
+
 def volume_order(volumes) -> list[str]:
     """Training volumes from smallest to ``full`` (numbers ascending, then ``full``)."""
     volumes = list(dict.fromkeys(str(v) for v in volumes))

@@ -78,7 +78,10 @@ def _stage_classes(folder: Path) -> int | None:
 
 def latent_models(cache_dir) -> list[LatentModel]:
     """Models with a projection in the store: MtC/MtL runs first, then the sequential stages by task, mode, size."""
+    from .results import mode_titles
+
     root = Path(cache_dir) / LATENT_DIR
+    titles = mode_titles(cache_dir)
     models = [LatentModel(task, TASK_TITLES[task], root / task, task) for task in TASKS
               if (root / task / "projection.csv").is_file()]
     for task in TASKS:
@@ -86,7 +89,7 @@ def latent_models(cache_dir) -> list[LatentModel]:
             base = root / SEQUENTIAL_DIR / task / mode
             stages = sorted((n, folder) for folder in (base.iterdir() if base.is_dir() else [])
                             if (n := _stage_classes(folder)) is not None and (folder / "projection.csv").is_file())
-            models += [LatentModel(f"seq/{task}/{mode}/{n}", f"{MODE_TITLES[mode]} · {task.upper()} · {n} classes",
+            models += [LatentModel(f"seq/{task}/{mode}/{n}", f"{titles[mode]} · {task.upper()} · {n} classes",
                                    folder, task, mode, n) for n, folder in stages]
     return models
 
