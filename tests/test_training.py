@@ -161,6 +161,14 @@ def test_resume_refuses_other_settings(stripes, tmp_path):
         cross_validate(stripes, tmp_path / "run", folds=2, **{**TINY, "lr": 1e-3})
 
 
+def test_a_run_written_before_a_setting_existed_resumes_with_its_default(stripes, tmp_path):
+    first = cross_validate(stripes, tmp_path / "run", folds=2, **TINY)
+    path = tmp_path / "run" / "config.json"
+    document = json.loads(path.read_text())
+    path.write_text(json.dumps({k: v for k, v in document.items() if k not in ("schedule", "optimizer")}))
+    assert cross_validate(stripes, tmp_path / "run", folds=2, **TINY)["f1_macro"] == first["f1_macro"]
+
+
 def test_mtl_run_reports_element_accuracy_and_valid_materials(stripes, tmp_path):
     metrics = cross_validate(stripes, tmp_path / "mtl", folds=2, task="mtl", **TINY)
     assert metrics["task"] == "mtl"
@@ -204,6 +212,8 @@ def test_unknown_architecture_fails_before_training(stripes, tmp_path):
     ({"image_size": 8}, "image_size must be in"),
     ({"device": "tpu"}, "device must be 'cpu' or 'cuda'"),
     ({"precision": "fp16"}, "precision must be one of"),
+    ({"schedule": "step"}, "schedule must be one of"),
+    ({"optimizer": "sgd"}, "optimizer must be one of"),
 ])
 def test_bad_settings_are_one_line_errors(change, message):
     with pytest.raises(ValueError, match=message) as error:
@@ -305,6 +315,31 @@ def test_bf16_autocast_on_the_cpu_trains_an_image_run(stripes, tmp_path):
     metrics = cross_validate(stripes, tmp_path / "bf16", folds=2, precision="bf16", **TINY)
     assert json.loads((tmp_path / "bf16" / "config.json").read_text())["precision"] == "bf16"
     assert np.isfinite(metrics["f1_macro"]["val"]["mean"])
+
+
+def test_warmup_cosine_rises_to_lr_then_decays_to_zero():
+    config = TrainConfig(epochs=4, lr=0.01, schedule="warmup-cosine", optimizer="adamw", weight_decay=0.05)
+    model = torch.nn.Linear(2, 2)
+    optimizer, scheduler = training.build_optimizer(model, config, steps_per_epoch=10)
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.param_groups[0]["weight_decay"] == 0.05
+    rates = []
+    for _ in range(40):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    warmup = round(training.WARMUP_SHARE * 40)
+    assert rates[0] == pytest.approx(1e-4) and rates[warmup] == pytest.approx(0.01)
+    assert np.all(np.diff(rates[:warmup + 1]) > 0) and np.all(np.diff(rates[warmup:]) < 0)
+    assert rates[-1] < 1e-4
+    constant, none = training.build_optimizer(model, TrainConfig(lr=0.01), steps_per_epoch=10)
+    assert none is None and isinstance(constant, torch.optim.Adam)
+
+
+def test_schedule_and_optimizer_are_recorded_in_the_run(stripes, tmp_path):
+    cross_validate(stripes, tmp_path / "cos", folds=2, schedule="warmup-cosine", optimizer="adamw",
+                   weight_decay=0.01, **TINY)
+    config = json.loads((tmp_path / "cos" / "config.json").read_text())
+    assert (config["schedule"], config["optimizer"], config["weight_decay"]) == ("warmup-cosine", "adamw", 0.01)
 
 
 def test_grid_search_writes_a_ranked_table(tmp_path):

@@ -67,6 +67,12 @@ from .models import (
 TASKS = ("mtc", "mtl")
 SELECT_RULES = ("f1", "paper")
 PRECISIONS = ("auto", "fp32", "bf16")
+#: Learning-rate schedules: the paper's constant Adam rate, or a linear warm-up over the first
+#: :data:`WARMUP_SHARE` of the steps followed by a cosine decay to zero (what scratch training needs to settle).
+SCHEDULES = ("constant", "warmup-cosine")
+WARMUP_SHARE = 0.1
+#: ``adam``: weight decay as an L2 term in the gradient (the paper's optimizer); ``adamw``: decoupled decay.
+OPTIMIZERS = ("adam", "adamw")
 PARTITIONS = ("train", "val", "test")
 #: Image size used when the images of a data set differ in size (ImageNet's training size).
 FALLBACK_IMAGE_SIZE = 224
@@ -97,6 +103,8 @@ class TrainConfig:
     image_size: int | None = None
     device: str = "cpu"
     precision: str = "auto"
+    schedule: str = "constant"
+    optimizer: str = "adam"
     seed: int = 0
     select: str = "f1"
     weighted_sampler: bool = True
@@ -121,8 +129,9 @@ class TrainConfig:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.image_size is not None:
             check_input_side(self.image_size)
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        for name, allowed in (("precision", PRECISIONS), ("schedule", SCHEDULES), ("optimizer", OPTIMIZERS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         resolve_device(self.device)
         return self
 
@@ -315,12 +324,43 @@ def decode_strict(logits: torch.Tensor, element_matrix) -> torch.Tensor:
     return torch.where(matches.any(dim=1), matches.to(torch.int64).argmax(dim=1), unknown)
 
 
+# --- optimisation ---------------------------------------------------------------------------------------------
+
+def _steps_per_epoch(n_train: int, batch_size: int) -> int:
+    """Optimizer steps of one epoch of ``n_train`` images (the last batch is dropped when it would hold one)."""
+    n = n_train - 1 if n_train % batch_size == 1 and n_train > 1 else n_train
+    return max(1, math.ceil(n / batch_size))
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig, *, steps_per_epoch: int):
+    """The optimizer and the per-step learning-rate scheduler (None for ``schedule="constant"``) of ``config``.
+
+    ``warmup-cosine`` rises linearly from ``lr / 100`` to ``lr`` over the first :data:`WARMUP_SHARE` of the
+    ``epochs * steps_per_epoch`` steps, then follows a cosine to zero (the scratch-training recipe of the
+    torchvision references, per step instead of per epoch because the demo trains few epochs).
+    """
+    make = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    optimizer = make(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if config.schedule == "constant":
+        return optimizer, None
+    total = config.epochs * steps_per_epoch
+    warmup = max(1, round(WARMUP_SHARE * total))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return 0.01 + 0.99 * step / warmup
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 # --- one epoch --------------------------------------------------------------------------------------------------
 
 def train_one_epoch(model, optimizer, criterion, batches: InputBatches, targets: torch.Tensor,
                     class_index: np.ndarray, order: np.ndarray, *, task: str, element_matrix, batch_size: int,
-                    flip_generator: torch.Generator, n_classes: int, precision: str = "auto") -> dict:
-    """One pass over ``order`` (training positions) in train mode.
+                    flip_generator: torch.Generator, n_classes: int, precision: str = "auto",
+                    scheduler=None) -> dict:
+    """One pass over ``order`` (training positions) in train mode; ``scheduler`` steps after every batch.
 
     Returns the mean loss and the accuracy / macro-F1 of the predictions made on the (augmented) training batches.
     """
@@ -339,6 +379,8 @@ def train_one_epoch(model, optimizer, criterion, batches: InputBatches, targets:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         total_loss += float(loss.detach()) * len(index)
         predictions.append(decode_classes(logits.detach().float(), task, element_matrix).cpu())
     scores = classification_scores(class_index[order], torch.cat(predictions).numpy(), n_classes)
@@ -458,7 +500,8 @@ def fit_fold(data: FoldData, config: TrainConfig, fold: int, *, progress: bool =
     model, mean, std = _build_fold_model(data, config, n_outputs)
     channels_last = data.stored.ndim == 4
     model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps = _steps_per_epoch(len(data.partitions["train"]), config.batch_size)
+    optimizer, scheduler = build_optimizer(model, config, steps_per_epoch=steps)
     criterion = _criterion(task)
     batches = InputBatches(data.stored, mean=mean, std=std, device=device, channels_last=channels_last)
     targets = _targets(data.class_index, labels, task)
@@ -473,7 +516,7 @@ def fit_fold(data: FoldData, config: TrainConfig, fold: int, *, progress: bool =
     for epoch in epochs:
         order = epoch_order(parts["train"], data.class_index, weighted=config.weighted_sampler, generator=generator)
         train = train_one_epoch(model, optimizer, criterion, batches, targets, data.class_index, order,
-                                flip_generator=generator, **common)
+                                flip_generator=generator, scheduler=scheduler, **common)
         val = evaluate(model, criterion, batches, targets, data.class_index, parts["val"], **common)
         history += [{"fold": fold, "epoch": epoch, "split": split, "loss": s["loss"], "accuracy": s["accuracy"],
                      "f1_macro": s["f1_macro"]} for split, s in (("train", train), ("val", val))]
@@ -704,8 +747,10 @@ def _check_resumable(run_dir: Path, config_document: dict) -> None:
     except (OSError, json.JSONDecodeError):
         raise ValueError(f"{path}: unreadable config of an earlier run; delete {run_dir} or choose another --out") \
             from None
+    # A setting added after that run was written has its default there.
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     changed = sorted(k for k in set(previous) | set(config_document) if k not in _RESUME_FREE
-                     and previous.get(k) != config_document.get(k))
+                     and previous.get(k, defaults.get(k)) != config_document.get(k))
     if changed and not any(run_dir.glob("fold*.pt")):
         return  # an earlier attempt that finished no fold (e.g. it failed at once) holds nothing to keep
     if changed:
@@ -913,7 +958,7 @@ def cross_validate(data, out_dir, *, arch: str = "resnet18", weights: str = "ima
                    folds: int = 5, epochs: int = 60, lr: float = 7.5e-5, batch_size: int = 32,
                    dropout: float = 0.0, image_size: int | None = None, device: str = "cpu", seed: int = 0,
                    select: str = "f1", weighted_sampler: bool = True, test_fraction: float = 0.1,
-                   precision: str = "auto",
+                   precision: str = "auto", schedule: str = "constant", optimizer: str = "adam",
                    dask_address: str | None = None, progress: bool = False, labels: LabelSpace | None = None,
                    presplit: bool = False, fold_weights: dict | None = None, train_limits: dict | None = None,
                    images: torch.Tensor | None = None, save_optimizer: bool = True, head: str = "keep",
@@ -975,7 +1020,11 @@ def cross_validate(data, out_dir, *, arch: str = "resnet18", weights: str = "ima
         With ``fold_weights``: an MtC output layer keeps the rows of the classes the checkpoint knows, or starts
         fresh (``reset``, the paper's sequential training). MtL element outputs carry over either way.
     weight_decay : float
-        Adam's L2 penalty (the paper: 0).
+        Weight decay (the paper: 0): an L2 term with ``optimizer="adam"``, decoupled with ``"adamw"``.
+    schedule : {"constant", "warmup-cosine"}
+        Learning rate over training (:func:`build_optimizer`): the paper's constant rate, or a warm-up and cosine
+        decay (the demo's scratch training).
+    optimizer : {"adam", "adamw"}
     allow_duplicates : bool
         Train although some images repeat others (the same file or identical content,
         :func:`tmdafm_core.data.readers.find_duplicates`); by default that is refused, since a repeat can be
@@ -1001,7 +1050,8 @@ def cross_validate(data, out_dir, *, arch: str = "resnet18", weights: str = "ima
                          folds=folds, epochs=epochs, lr=lr, batch_size=batch_size, dropout=dropout,
                          image_size=(image_size or default_image_size(frame)) if is_image else None, device=device,
                          precision=precision, seed=seed, select=select, weighted_sampler=weighted_sampler,
-                         test_fraction=test_fraction, weight_decay=weight_decay).validate()
+                         test_fraction=test_fraction, weight_decay=weight_decay, schedule=schedule,
+                         optimizer=optimizer).validate()
     if tune is True:
         tune = FEATURE_MLP_GRID
     tune = {k: [float(v) for v in tune[k]] for k in FEATURE_MLP_GRID} if tune else None
