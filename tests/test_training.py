@@ -78,7 +78,8 @@ def test_run_directory_and_metrics_schema(mtc_run):
     on_disk = json.loads((run_dir / "metrics.json").read_text())
     assert on_disk == json.loads(json.dumps(metrics))
     assert list(on_disk) == ["task", "classes", "elements", "folds", "accuracy", "f1_macro",
-                             "confusion_test_percent", "per_fold", "calibration", "novelty"]
+                             "confusion_test_percent", "per_fold", "precision_used", "calibration", "novelty"]
+    assert on_disk["precision_used"] == "fp32"  # auto on the CPU
     calibration = on_disk["calibration"]
     assert len(calibration["temperature"]) == 2 and all(t > 0 for t in calibration["temperature"])
     for key in ("ece", "ece_uncalibrated", "brier", "brier_uncalibrated"):
@@ -314,7 +315,15 @@ def test_feature_mlp_tunes_each_fold_on_its_training_part(tmp_path, monkeypatch)
 def test_bf16_autocast_on_the_cpu_trains_an_image_run(stripes, tmp_path):
     metrics = cross_validate(stripes, tmp_path / "bf16", folds=2, precision="bf16", **TINY)
     assert json.loads((tmp_path / "bf16" / "config.json").read_text())["precision"] == "bf16"
-    assert np.isfinite(metrics["f1_macro"]["val"]["mean"])
+    assert np.isfinite(metrics["f1_macro"]["val"]["mean"]) and metrics["precision_used"] == "bf16"
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "fp32")])
+def test_native_precision_follows_the_cpu(monkeypatch, native, expected):
+    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: native)
+    assert training.resolve_precision("native", torch.device("cpu")) == expected
+    assert training.resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert training.resolve_precision("native", torch.device("cuda")) == "bf16"
 
 
 def test_warmup_cosine_rises_to_lr_then_decays_to_zero():

@@ -218,9 +218,15 @@ def _training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-fraction", type=float, default=0.1,
                    help="held-out share of samples when the data marks no test set (default: 0.1)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast) (default: cpu)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="auto: bf16 autocast on GPUs, float32 on CPUs; bf16: also on CPUs (faster where the CPU has "
-                        "AVX512-BF16/AMX) (default: auto)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "native"), default="auto",
+                   help="auto: bf16 autocast on GPUs, float32 on CPUs; native: bf16 also on CPUs that compute it in "
+                        "hardware (AVX512-BF16/AMX), float32 on others; bf16: always (default: auto)")
+    p.add_argument("--schedule", choices=("constant", "warmup-cosine"), default="constant",
+                   help="learning rate: constant (the paper) or warmup-cosine (default: constant)")
+    p.add_argument("--optimizer", choices=("adam", "adamw"), default="adam",
+                   help="adam (weight decay as L2, the paper) or adamw (decoupled decay) (default: adam)")
+    p.add_argument("--weight-decay", type=float, default=0.0,
+                   help="weight decay (train-features: with --no-tune) (default: 0)")
     p.add_argument("--seed", type=int, default=0, help="seed of split, initialisation, sampling, flips (default: 0)")
     p.add_argument("--dask", metavar="ADDR", help="run the folds as tasks on this Dask scheduler")
     p.add_argument("--allow-duplicates", action="store_true",
@@ -231,7 +237,8 @@ def _fit(data, args, **model_options) -> int:
     from tmdafm_core.training import format_metrics, grid_search
 
     options = dict(task=args.task, folds=args.folds, epochs=args.epochs, device=args.device,
-                   precision=args.precision, seed=args.seed,
+                   precision=args.precision, schedule=args.schedule, optimizer=args.optimizer,
+                   weight_decay=args.weight_decay, seed=args.seed,
                    select=args.select, weighted_sampler=args.weighted_sampler, test_fraction=args.test_fraction,
                    dask_address=args.dask, progress=True, allow_duplicates=args.allow_duplicates, **model_options)
     if len(args.lr) * len(args.dropout) * len(args.batch_size) > 1 and not model_options.get("tune"):
@@ -310,7 +317,6 @@ def _add_train_features(sub) -> None:
     p.add_argument("--no-tune", dest="tune", action="store_false",
                    help="no inner grid search per fold (default: tune lr in 1e-3,3e-4,1e-4, weight decay in 0,1e-3, "
                         "dropout in 0,0.5)")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="Adam L2 penalty with --no-tune (default: 0)")
 
 
 def _run_train_features(args) -> int:
@@ -322,7 +328,7 @@ def _run_train_features(args) -> int:
         _say(note)
     if args.tune:
         return _fit(table, args, tune=True)
-    return _fit(table, args, weight_decay=args.weight_decay)
+    return _fit(table, args)
 
 
 def _add_predict(sub) -> None:

@@ -66,7 +66,7 @@ from .models import (
 
 TASKS = ("mtc", "mtl")
 SELECT_RULES = ("f1", "paper")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "native")
 #: Learning-rate schedules: the paper's constant Adam rate, or a linear warm-up over the first
 #: :data:`WARMUP_SHARE` of the steps followed by a cosine decay to zero (what scratch training needs to settle).
 SCHEDULES = ("constant", "warmup-cosine")
@@ -152,10 +152,33 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AMX or AVX512-BF16, from ``/proc/cpuinfo``; False elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``"bf16"`` or ``"fp32"``: what ``precision`` means on ``device``.
+
+    ``auto``: bf16 on GPUs, float32 on the CPU (the default; results do not depend on the CPU); ``bf16``: always;
+    ``native``: bf16 where the hardware computes it (GPUs, CPUs with AMX / AVX512-BF16: the demo's training, 1.6x
+    faster there), float32 elsewhere (emulated bf16 is slower than float32); ``fp32``: never.
+    """
+    if precision == "bf16" or (precision in ("auto", "native") and device.type == "cuda"):
+        return "bf16"
+    if precision == "native" and cpu_has_native_bf16():
+        return "bf16"
+    return "fp32"
+
+
 def _autocast(device: torch.device, precision: str = "auto"):
-    """Mixed precision of forward passes: ``auto`` is bf16 autocast on GPUs and float32 on the CPU; ``bf16`` also
-    autocasts on the CPU (about 1.8x faster training on CPUs with AVX512-BF16 or AMX, slower on others)."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+    """Mixed precision of forward passes (:func:`resolve_precision`)."""
+    if resolve_precision(precision, device) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -551,6 +574,7 @@ def fit_fold(data: FoldData, config: TrainConfig, fold: int, *, progress: bool =
         "mean": [float(m) for m in mean],
         "std": [float(s) for s in std],
         "weights_source": getattr(model, "weights_source", data.weights_source),
+        "precision_used": resolve_precision(config.precision, device),
         "fold": fold,
         "scores": scores,
         "history": history,
@@ -711,6 +735,9 @@ def summarize_folds(checkpoints: list[dict]) -> dict:
     }
     if first["task"] == "mtl":
         document["decoding"] = "valid-material"
+    used = sorted({ck["precision_used"] for ck in checkpoints if "precision_used" in ck})
+    if used:
+        document["precision_used"] = used[0] if len(used) == 1 else used
     if all("calibration" in ck for ck in checkpoints):
         from .calibration import summarize_calibration
 
@@ -983,9 +1010,10 @@ def cross_validate(data, out_dir, *, arch: str = "resnet18", weights: str = "ima
         Model input side in pixels; default :func:`default_image_size`.
     device : {"cpu", "cuda"}
         ``cuda`` trains with bf16 autocast.
-    precision : {"auto", "fp32", "bf16"}
-        ``auto``: bf16 autocast on GPUs, float32 on the CPU; ``bf16`` autocasts on the CPU too (faster on CPUs with
-        AVX512-BF16 / AMX); ``fp32`` never autocasts.
+    precision : {"auto", "fp32", "bf16", "native"}
+        Autocast of the forward passes (:func:`resolve_precision`): ``auto`` bf16 on GPUs, float32 on the CPU;
+        ``native`` bf16 wherever the hardware has it (CPUs with AVX512-BF16 / AMX too); ``bf16`` always; ``fp32``
+        never. The precision used is recorded per fold and in ``metrics.json`` (``precision_used``).
     seed : int
         Seeds the split, the initialisation, the sampler and the flips; equal seeds give equal runs on the CPU.
     select : {"f1", "paper"}
