@@ -10,7 +10,7 @@ import dash
 from dash import dcc, html
 
 from pages import _build
-from tmdafm_core import figures, pipeline
+from tmdafm_core import figures, pipeline, results
 
 dash.register_page(__name__, path="/", name="Overview", title="Overview · tmdafm", order=0)
 
@@ -35,14 +35,16 @@ def _fmt_count(value) -> str:
 
 def _synthetic_notice(info: dict):
     profile = info["profile"]
+    scope = results.demo_scope(info["cache"], profile)
     return html.Div(className="notice", id="synthetic-notice", children=[
         html.Strong("Synthetic demo data. "),
         f"These {info['n_images']} images were made by tmdafm's synthetic TMD-AFM generator "
         f"(seed {profile.get('seed', 0)}, {profile.get('size', '?')} × {profile.get('size', '?')} px per 1 µm crop). "
         "They imitate the published AFM crops (triangular domains, terraces, particles, scan artefacts) but are not "
-        "measurements. The demo models train from scratch (weights = none, no ImageNet download), so their scores "
-        "are not comparable with the paper's fine-tuned ResNets. Load your own data with ",
-        html.Code("tmdafm precompute DATA --out CACHE"), ".",
+        "measurements. Load your own data with ", html.Code("tmdafm precompute DATA --out CACHE"), ".",
+        html.Div(className="scope", children=[
+            html.Div([html.Strong("This demo can show: "), "; ".join(scope["can"]) + "."], id="demo-can"),
+            html.Div([html.Strong("It cannot show: "), "; ".join(scope["cannot"]) + "."], id="demo-cannot")]),
     ])
 
 

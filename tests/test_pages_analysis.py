@@ -399,6 +399,17 @@ def test_sequential_page_rows_and_stage_panels(app_context, store):
         "centroid_shift_sequential"]
 
 
+def test_demo_scope_says_what_the_store_can_and_cannot_show(store, tmp_path):
+    cache, _ = store
+    scope = results.demo_scope(cache)
+    assert scope["can"][0].startswith("the whole workflow on data with known answers: its models reach test macro-F1 MtC")
+    assert any("differences are supported by their 95 % interval" in line for line in scope["can"])
+    assert any(line.startswith("tight intervals: 3 folds") for line in scope["cannot"])
+    empty = results.demo_scope(tmp_path, {"training": "demo", "weights": None})
+    assert not any("known answers" in line for line in empty["can"])
+    assert any("the demo trains from scratch" in line for line in empty["cannot"])
+
+
 def test_base_arm_is_named_by_what_it_started_from():
     assert results.base_arm_title("imagenet-v1") == "ImageNet"
     assert results.base_arm_title("none") == "Scratch"

@@ -160,6 +160,40 @@ def task_comparison(cache_dir, split: str = "test") -> str | None:
     return verdict(f"MtL − MtC {split} macro-F1", mean, low, high)
 
 
+def demo_scope(cache_dir, profile: dict | None = None) -> dict[str, list[str]]:
+    """What the synthetic demo in this store can and cannot show, in sentences with the store's own numbers
+    (the overview's banner): ``{"can": [...], "cannot": [...]}``. Parts the store does not hold yet are left out;
+    ``profile`` as in :func:`base_weights`."""
+    can, cannot = [], []
+    metrics = metrics_table(cache_dir)
+    test = metrics[metrics["split"] == "test"].set_index("task")
+    folds = int(metrics["folds"].max()) if len(metrics) else 0
+    if len(test):
+        scores = ", ".join(f"{task} {100 * row.f1_mean:.0f} ± {100 * row.f1_std:.0f} %" for task, row in test.iterrows()
+                           if task in TASK_NAMES.values())
+        can.append(f"the whole workflow on data with known answers: its models reach test macro-F1 {scores} "
+                   f"(mean ± std over {folds} folds)")
+    if calibration_table(cache_dir).shape[0]:
+        can.append("calibrated probabilities and an \"unlike the training images\" warning on every prediction")
+    can.append("which physical descriptors the latent space follows (/physical, /latent)")
+    table = sequential_results(cache_dir)
+    arm = mode_titles(cache_dir, profile)["imagenet"]
+    if table is not None and {"diff_low", "diff_high"} <= set(table.columns):
+        judged = table[(table["split"] == "test") & table["diff_low"].notna()].drop_duplicates(
+            ["task", "n_classes", "volume"])
+        supported = int(((judged["diff_low"] > 0) | (judged["diff_high"] < 0)).sum())
+        can.append(f"honest comparisons: {supported} of {len(judged)} Sequential − {arm} differences are supported "
+                   "by their 95 % interval (/sequential)")
+    cannot.append("any accuracy on real films: the images are generated, not measured")
+    if arm != "ImageNet":
+        cannot.append(f"ImageNet transfer learning: nothing can be downloaded here, so the demo trains from "
+                      f"{'scratch' if arm == 'Scratch' else arm.lower()} and its '{arm}' arm is not the paper's "
+                      "ImageNet arm")
+    if 0 < folds < 5:
+        cannot.append(f"tight intervals: {folds} folds (the paper used 5) leave wide ones")
+    return {"can": can, "cannot": cannot}
+
+
 def calibration_verdicts(table: pd.DataFrame, *, goal: float = 0.05) -> list[str]:
     """One sentence per task of :func:`calibration_table` saying how far its probabilities can be taken at face
     value on new samples (judged on the test images, which no temperature saw)."""
@@ -379,12 +413,22 @@ def base_arm_title(weights) -> str:
     return f"Pretrained ({Path(weights).name})"
 
 
-def mode_titles(cache_dir) -> dict[str, str]:
-    """Display names of the sequential study's two arms in this store: the restarting arm (key ``imagenet``, titled
-    by :func:`base_arm_title` from ``study.json``'s weights; ``ImageNet`` when unknown) and ``Sequential``."""
+def base_weights(cache_dir, profile: dict | None = None) -> str | None:
+    """The starting weights of the store's models: the sequential study's (``study.json``), else the MtC run's
+    (``config.json``), else what the store's precompute ``profile`` (a :class:`~tmdafm_core.pipeline.Profile` as a
+    dict) trains from (the demo: ``none``); None when unknown."""
     study = _read_json(Path(cache_dir) / "sequential" / "study.json") or {}
-    weights = (study.get("train") or {}).get("weights", "imagenet")
-    return {"imagenet": base_arm_title(weights), "sequential": "Sequential"}
+    config = _read_json(Path(cache_dir) / "runs" / "mtc" / "config.json") or {}
+    weights = (study.get("train") or {}).get("weights") or config.get("weights")
+    if weights is None and profile:
+        weights = profile.get("weights") or {"demo": "none", "paper": "imagenet"}.get(profile.get("training"))
+    return weights
+
+
+def mode_titles(cache_dir, profile: dict | None = None) -> dict[str, str]:
+    """Display names of the sequential study's two arms in this store: the restarting arm (key ``imagenet``, titled
+    by :func:`base_arm_title` from :func:`base_weights`; ``ImageNet`` when unknown) and ``Sequential``."""
+    return {"imagenet": base_arm_title(base_weights(cache_dir, profile) or "imagenet"), "sequential": "Sequential"}
 
 
 def volume_order(volumes) -> list[str]:

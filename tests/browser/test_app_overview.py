@@ -48,7 +48,8 @@ def test_overview_of_a_prepared_store(dash_duo, tmdafm_app, tmp_path):
     assert int(total[1]) == table.loc["total", "train_pool"]
     assert int(total[-4]) == 40  # images
     assert "synthetic" in dash_duo.find_element("#synthetic-notice").text.lower()
-    assert "weights = none" in dash_duo.find_element("#synthetic-notice").text
+    assert "demo trains from scratch" in dash_duo.find_element("#demo-cannot").text
+    assert "data with known answers" not in dash_duo.find_element("#demo-can").text  # no runs in this store
     # element vectors in MtC order: MoS2 = [Mo, W, S, Se] = 1 0 1 0
     assert _rows(dash_duo, "#class-table tbody tr")[0].split() == ["0", "MoS2", "1", "0", "1", "0"]
     thumbs = dash_duo.find_elements("#examples img")
