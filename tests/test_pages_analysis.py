@@ -402,7 +402,7 @@ def test_sequential_page_rows_and_stage_panels(app_context, store):
 def test_demo_scope_says_what_the_store_can_and_cannot_show(store, tmp_path):
     cache, _ = store
     scope = results.demo_scope(cache)
-    assert scope["can"][0].startswith("the whole workflow on data with known answers: its models reach test macro-F1 MtC")
+    assert scope["can"][0].startswith("the whole workflow on data with known answers: its models reach test macro-F1")
     assert any("differences are supported by their 95 % interval" in line for line in scope["can"])
     assert any(line.startswith("tight intervals: 3 folds") for line in scope["cannot"])
     empty = results.demo_scope(tmp_path, {"training": "demo", "weights": None})
