@@ -280,6 +280,60 @@ def _run_train(args) -> int:
     return _fit(manifest, args, arch=args.arch, weights=args.weights, image_size=args.image_size)
 
 
+def _add_pretrain(sub) -> None:
+    p = sub.add_parser("pretrain", help="pretrain a ResNet backbone on unlabelled AFM images, for --weights",
+                       description="Self-supervised (contrastive) pretraining on a folder of unlabelled images or "
+                                   "instrument files, or on a synthetic corpus from the generator's whole parameter "
+                                   "space (--synthetic N; it also allows --objective parameters). The output is a "
+                                   "torchvision state dict: `tmdafm train ... --weights BACKBONE.pt`.")
+    p.add_argument("data", type=Path, nargs="?", help="folder of unlabelled images / instrument files")
+    p.add_argument("--out", type=Path, required=True, metavar="BACKBONE.pt", help="backbone file to write")
+    p.add_argument("--synthetic", type=int, metavar="N", help="pretrain on N synthetic images instead of DATA")
+    p.add_argument("--objective", choices=("contrastive", "parameters"), default="contrastive",
+                   help="contrastive (SimCLR, any images) or parameters (regress the generator's physical "
+                        "parameters; --synthetic only) (default: contrastive)")
+    p.add_argument("--arch", default="resnet18", help="torchvision ResNet (default: resnet18)")
+    p.add_argument("--image-size", type=int, default=64, help="input side in pixels (default: 64)")
+    p.add_argument("--epochs", type=int, default=10, help="passes over the images (default: 10)")
+    p.add_argument("--batch-size", type=int, default=128, help="images per step (default: 128)")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate (default: 2e-3)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--seed", type=int, default=0, help="seed of corpus, initialisation and views (default: 0)")
+    _scan_options(p)
+
+
+def _run_pretrain(args) -> int:
+    from tmdafm_core.pretrain import (
+        pretrain_backbone,
+        read_unlabelled,
+        save_backbone,
+        synthetic_corpus,
+        unlabelled_images,
+    )
+
+    if (args.data is None) == (args.synthetic is None):
+        raise ValueError("give either DATA (a folder of unlabelled images) or --synthetic N, not both or neither")
+    truth = None
+    if args.synthetic is not None:
+        images, truth = synthetic_corpus(args.synthetic, image_size=args.image_size, seed=args.seed,
+                                         jobs=os.cpu_count() or 1)
+    else:
+        if args.objective == "parameters":
+            raise ValueError("--objective parameters needs the generator's parameters: use it with --synthetic N")
+        images, problems = read_unlabelled(unlabelled_images(args.data), image_size=args.image_size,
+                                           crop_um=_crop(args))
+        for line in problems:
+            _say(line)
+    _say(f"pretraining {args.arch} on {len(images)} images ({args.objective}, {args.epochs} epochs)")
+    result = pretrain_backbone(images, arch=args.arch, objective=args.objective, truth=truth, epochs=args.epochs,
+                               batch_size=args.batch_size, lr=args.lr, device=args.device, seed=args.seed,
+                               progress=lambda epoch, total, loss: _say(f"epoch {epoch}/{total}: loss {loss:.4f}"))
+    save_backbone(result, args.out)
+    print(f"wrote {args.out} ({args.arch}, {result['objective']}, {result['seconds']:.0f} s); fine-tune from it with "
+          f"`tmdafm train DATA --weights {args.out} --arch {args.arch}`")
+    return 0
+
+
 def _add_extract(sub) -> None:
     p = sub.add_parser("extract", help="pooled features of a frozen backbone per image (feature-extraction mode)")
     p.add_argument("data", type=Path, help="data set (any supported source)")
@@ -858,6 +912,7 @@ _COMMANDS = {
     "prepare": (_add_prepare, _run_prepare),
     "synth": (_add_synth, _run_synth),
     "train": (_add_train, _run_train),
+    "pretrain": (_add_pretrain, _run_pretrain),
     "extract": (_add_extract, _run_extract),
     "train-features": (_add_train_features, _run_train_features),
     "predict": (_add_predict, _run_predict),

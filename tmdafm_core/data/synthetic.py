@@ -205,6 +205,46 @@ def sample_params(material: str, rng) -> SampleParams:
     )
 
 
+def broad_params(rng) -> SampleParams:
+    """Draw one sample from the generator's whole parameter space, not from any material's prior.
+
+    Every growth mode is equally likely and every factor (density, coverage, stacking, particles, terraces, texture,
+    tip, noise) is drawn over the union of the ranges the material priors use, independently of the others: an
+    unlabelled corpus for pretraining (:mod:`tmdafm_core.pretrain`) that covers the five classes' looks without
+    being drawn from their distributions. ``material`` is ``"unlabelled"``.
+    """
+    rng = np.random.default_rng(rng)
+    mode = GROWTH_MODES[int(rng.integers(len(GROWTH_MODES)))]
+    priors = list(_MATERIAL_PRIORS.values())
+    look = priors[int(rng.integers(len(priors)))]  # texture and particle scales of some material, mixed freely below
+    density_range, coverage_range = _MODE_RANGES[mode]
+    density, coverage = _log_uniform(rng, *density_range), rng.uniform(*coverage_range)
+    bilayer, max_layers, bilayer_scale = rng.uniform(0.0, 0.7), 2, rng.uniform(0.3, 0.55)
+    if mode == "pyramids":
+        bilayer, max_layers, bilayer_scale = rng.uniform(0.6, 1.0), int(rng.integers(3, 5)), rng.uniform(0.65, 0.85)
+    granular_size, granular_height = math.nan, 0.0
+    if mode == "granular" or rng.random() < 0.2:
+        granular_size, granular_height = rng.uniform(10.0, 40.0), rng.uniform(0.2, 0.9)
+    area_um2 = -math.log(1.0 - coverage) / float(np.clip(density, 1.0, 300.0))
+    edge_nm = float(np.clip(math.sqrt(4.0 * area_um2 / math.sqrt(3.0)) * 1000.0, 45.0, 700.0))
+    has_terraces = rng.random() < 0.45
+    return SampleParams(
+        material="unlabelled", growth_mode=mode, domain_density_per_um2=float(np.clip(density, 1.0, 300.0)),
+        domain_size_nm=edge_nm, domain_size_spread=rng.uniform(0.1, 0.35), orientation_deg=rng.uniform(0.0, 120.0),
+        flipped_fraction=rng.uniform(0.0, 0.5), misoriented_fraction=rng.uniform(0.0, 0.12),
+        truncation=rng.uniform(0.0, 1.0 / 3.0), monolayer_nm=rng.uniform(0.6, 0.75), bilayer_probability=bilayer,
+        bilayer_scale=bilayer_scale, max_layers=max_layers, boundary_depth=rng.uniform(0.35, 0.65),
+        nucleus_probability=rng.uniform(0.0, 0.6), particle_density_per_um2=_log_uniform(rng, 1.0, 200.0),
+        particle_diameter_nm=rng.uniform(*look["particle_nm"]), particle_height_nm=rng.uniform(1.0, 2.5),
+        terrace_spacing_nm=_log_uniform(rng, 50.0, 150.0) if has_terraces else math.nan,
+        terrace_angle_deg=rng.uniform(0.0, 180.0), terrace_step_nm=rng.uniform(0.25, 0.5),
+        terrace_wave_nm=rng.uniform(0.0, 14.0), terrace_wavelength_nm=rng.uniform(250.0, 900.0),
+        granular_size_nm=granular_size, granular_height_nm=granular_height,
+        granular_needles=float(rng.random() < 0.5) * rng.uniform(0.5, 1.0), tip_sigma_nm=rng.uniform(1.5, 4.5),
+        noise_nm=_log_uniform(rng, 0.015, 0.15), scan_line_nm=rng.uniform(0.0, 0.05),
+    )
+
+
 def reference_params(material: str = "MoS2", **overrides) -> SampleParams:
     """A plain, moderate sample (isolated triangles, few particles, no terraces, low noise) to sweep one factor.
 
