@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tmdafm_core import pretrain
+from tmdafm_core import pretrain, results
 from tmdafm_core.cli import main
 from tmdafm_core.data import save_tiff
 from tmdafm_core.data.synthetic import broad_params
@@ -70,8 +70,9 @@ def test_pretrained_backbone_loads_as_weights(corpus, tmp_path, objective):
                                         precision="fp32", seed=0)
     assert len(result["history"]) == 2 and all(np.isfinite(result["history"]))
     assert not any(k.startswith("fc.") for k in result["state_dict"])
-    path = pretrain.save_backbone(result, tmp_path / "backbone.pt")
+    path = pretrain.save_backbone(result, tmp_path / "backbone.pt", title="AFM-pretrained (test)")
     assert torch.load(path, weights_only=True)["objective"] == objective
+    assert results.base_arm_title(path) == "AFM-pretrained (test)"
     model = build_model("resnet18", 3, weights=path)
     assert torch.equal(model.backbone.conv1.weight, result["state_dict"]["conv1.weight"])
     again = pretrain.pretrain_backbone(images, objective=objective, truth=truth, epochs=2, batch_size=4,

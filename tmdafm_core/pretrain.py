@@ -272,12 +272,23 @@ def pretrain_backbone(images: torch.Tensor, *, arch: str = "resnet18", objective
             "format": BACKBONE_FORMAT}
 
 
-def save_backbone(result: dict, path) -> Path:
+def save_backbone(result: dict, path, *, title: str | None = None) -> Path:
     """Write :func:`pretrain_backbone`'s result where ``--weights`` can read it (tensors, numbers and strings only:
-    it loads with ``weights_only=True``)."""
-    from .store import write_atomic
+    it loads with ``weights_only=True``), and beside it ``<name>.json``: everything but the tensors, with ``title``,
+    the name pages give models that start from it (default ``"AFM-pretrained (<file name>)"``)."""
+    from .store import write_atomic, write_json
 
-    return write_atomic(path, lambda tmp: torch.save(result, tmp))
+    path = Path(path)
+    document = {k: v for k, v in result.items() if k != "state_dict"}
+    document["title"] = title or f"AFM-pretrained ({path.stem})"
+    write_atomic(path, lambda tmp: torch.save({**result, "title": document["title"]}, tmp))
+    write_json(backbone_description_path(path), document)
+    return path
+
+
+def backbone_description_path(path) -> Path:
+    """Where :func:`save_backbone` describes a backbone file: the same name with ``.json``."""
+    return Path(path).with_suffix(".json")
 
 
 # --- unlabelled folders -------------------------------------------------------------------------------------------

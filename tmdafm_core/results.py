@@ -403,14 +403,16 @@ def sequential_semantics(cache_dir) -> dict:
 
 def base_arm_title(weights) -> str:
     """What the sequential study's restarting arm starts every stage from, for labels: ``ImageNet`` only when it
-    really started from ImageNet weights; ``Scratch`` for random weights (``none``: the demo, which cannot download
-    ImageNet); ``Pretrained (<file>)`` for a backbone state dict."""
+    really started from ImageNet weights; ``Scratch`` for random weights (``none``); a backbone file's own title
+    (``tmdafm pretrain`` writes it beside the file, e.g. "AFM-pretrained (synthetic)"), else
+    ``Pretrained (<file>)``."""
     weights = str(weights or "none")
     if weights.startswith("imagenet"):
         return "ImageNet"
     if weights == "none":
         return "Scratch"
-    return f"Pretrained ({Path(weights).name})"
+    described = _read_json(Path(weights).with_suffix(".json")) or {}  # written by `tmdafm pretrain` beside it
+    return str(described.get("title") or f"Pretrained ({Path(weights).name})")
 
 
 def base_weights(cache_dir, profile: dict | None = None) -> str | None:
