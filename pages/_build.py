@@ -37,6 +37,7 @@ _WRITE_EVERY_S = 0.5  # progress lines arrive per image: the status file is rewr
 #: What each step makes, as the banner names it.
 STEP_NAMES = {
     "dataset": "demo data set", "thumbnails": "thumbnails", "descriptors": "physical descriptors",
+    "pretrain": "AFM-pretrained backbone (training)",
     "mtc": "MtC run (training)", "mtl": "MtL run (training)", "sequential": "sequential study (training)",
     "latent-mtc": "MtC latent space", "latent-mtl": "MtL latent space",
     "latent-sequential": "sequential latent projections",

@@ -123,6 +123,7 @@ def _curves(cache, tasks):
 
 _CALIBRATION_NAMES = {"task": "task", "temperature": "temperature (mean, range)",
                       "ece_val": "val ECE (before → after)", "ece_test": "test ECE (before → after)",
+                      "ece_test_floor": "test ECE sampling alone explains",
                       "brier_test": "test Brier (before → after)",
                       "flagged": "flagged unfamiliar, val / test (%)"}
 
@@ -135,6 +136,7 @@ def calibration_rows(table: pd.DataFrame) -> list[dict]:
     return [{"task": row["task"], "temperature": row["temperature"],
              **{key: f"{number(row[key + '_uncalibrated'])} → {number(row[key])}"
                 for key in ("ece_val", "ece_test", "brier_test")},
+             "ece_test_floor": f"≤ {number(row['ece_test_floor'])}",
              "flagged": f"{number(row['flagged_val'], 100, 1)} / {number(row['flagged_test'], 100, 1)}"}
             for _, row in table.iterrows()]
 

@@ -320,6 +320,8 @@ def test_calibration_table_and_reliability_diagram(store):
     assert "does not carry over to new samples" in results.calibration_verdicts(worse)[0]
     good = table.assign(ece_test=0.02)
     assert "right about 8 times in 10" in results.calibration_verdicts(good)[0]
+    noisy = table.assign(ece_test=0.09, ece_test_uncalibrated=0.2, ece_test_floor=0.12)
+    assert "consistent with calibrated" in results.calibration_verdicts(noisy)[0]
     reliability = results.reliability_table(cache)
     assert set(reliability["probabilities"]) == {"calibrated", "uncalibrated"}
     assert reliability.groupby(["task", "probabilities"])["count"].sum().eq(3 * 200).all()  # 3 folds pooled

@@ -50,9 +50,10 @@ def test_precompute_resumes_after_stopping_between_steps(built):
     assert [r.step for r in first] == ["dataset", "descriptors"]
     assert all(r.status == "computed" and r.reason == "not in the store" for r in first)
     statuses = _statuses(second)
-    assert list(statuses) == list(pipeline.STEPS)
+    reported = [s for s in pipeline.STEPS if s != "pretrain"]  # the tiny profile does not pretrain
+    assert list(statuses) == reported
     assert statuses["dataset"] == statuses["descriptors"] == "from cache"
-    assert [s for s, v in statuses.items() if v == "computed"] == [s for s in pipeline.STEPS
+    assert [s for s, v in statuses.items() if v == "computed"] == [s for s in reported
                                                                     if s not in ("dataset", "descriptors")]
 
 
@@ -109,6 +110,7 @@ def test_warm_rerun_serves_everything_from_the_store(built):
     assert time.perf_counter() - start < 10
     summary = pipeline.format_summary(results, cache)
     assert "0 step(s) computed, 9 from the cache" in summary and f"tmdafm app --cache {cache}" in summary
+    assert "pretrain" not in summary  # the tiny profile does not pretrain
 
 
 def test_changed_setting_recomputes_only_what_depends_on_it(built, tmp_path):
@@ -330,9 +332,31 @@ def test_demo_profile_uses_the_experiments_training_options():
     from tmdafm_core.experiments import PROFILES
 
     options = pipeline.PROFILES["demo"].train_options
-    assert {k: options[k] for k in PROFILES["demo"]} == PROFILES["demo"]
+    assert {k: options[k] for k in PROFILES["demo"]} == {**PROFILES["demo"], "weights": pipeline.PRETRAINED_WEIGHTS}
     assert pipeline.PROFILES["demo"].folds == PROFILES["demo"]["folds"]
     assert pipeline.PROFILES["paper"].train_options["device"] == "cuda"
+
+
+def test_a_pretraining_profile_fine_tunes_its_runs_and_arm_from_the_stores_backbone(tmp_path):
+    from tmdafm_core import results
+
+    profile = dataclasses.replace(PROFILE, order=("MoS2", "WS2"), sequential_task="mtc", n_boot=20,
+                                  weights=pipeline.PRETRAINED_WEIGHTS, pretrain_images=16, pretrain_epochs=1)
+    cache = tmp_path / "cache"
+    pipeline.precompute(cache, profile=profile, steps=["mtc", "sequential"])
+    backbone = cache / "pretrained" / "backbone.pt"
+    assert backbone.is_file() and store.step_done(cache, "pretrain")
+    assert json.loads((cache / "runs" / "mtc" / "config.json").read_text())["weights"] == str(backbone)
+    assert json.loads((cache / "sequential" / "study.json").read_text())["train"]["weights"] == str(backbone)
+    assert results.mode_titles(cache)["imagenet"] == "AFM-pretrained (synthetic)"
+    record = store.read_record(cache)
+    assert record["mtc"]["inputs"]["pretrain"] == record["pretrain"]["output"]
+    assert record["mtc"]["settings"]["train"]["weights"] == pipeline.PRETRAINED_WEIGHTS  # no path in the key
+    assert "pretrain" in [a.key for a in pipeline.store_contents(cache)]
+    again = pipeline.precompute(cache, profile=profile, steps=["mtc", "sequential"])
+    assert {r.status for r in again} == {"from cache"}
+    with pytest.raises(ValueError, match="pretrain_images >= 2"):
+        dataclasses.replace(PROFILE, weights=pipeline.PRETRAINED_WEIGHTS)
 
 
 def test_procrustes_align_recovers_a_similarity_transform():

@@ -48,6 +48,19 @@ def test_ece_and_brier_by_hand():
     assert bins["count"][-1] == 1  # a top probability of exactly 1 falls in the last bin
 
 
+def test_ece_noise_floor_shrinks_with_more_images_and_covers_calibrated_draws():
+    rng = np.random.default_rng(3)
+    confidence = rng.uniform(0.5, 1.0, 100)
+    small, large = calibration.ece_noise_floor(confidence), calibration.ece_noise_floor(np.tile(confidence, 25))
+    assert large < small / 3  # about 1 / sqrt(25)
+    # ECEs of perfectly calibrated draws on the same confidences stay under the 95 % floor about 95 % of the time
+    probabilities = np.column_stack([confidence, 1 - confidence])
+    inside = [calibration.expected_calibration_error(probabilities, (rng.random(100) >= confidence).astype(int))
+              <= small for _ in range(400)]
+    assert 0.9 < np.mean(inside) <= 1.0
+    assert np.isnan(calibration.ece_noise_floor(np.zeros(0)))
+
+
 def test_calibration_validation():
     with pytest.raises(ValueError, match="task must be"):
         calibration.fit_temperature(np.zeros((2, 2)), [0, 1], task="regression")
@@ -72,6 +85,7 @@ def test_calibrating_overconfident_outputs_lowers_the_test_error():
     assert report["brier"]["test"] < report["brier_uncalibrated"]["test"]
     summary = calibration.summarize_calibration([report, report])
     assert summary["temperature"] == [report["temperature"]] * 2
+    assert 0 < summary["ece_floor"]["test"] < 0.05  # 3000 test images: sampling explains little
     assert sum(summary["reliability"]["test"]["count"]) == 2 * 3000
     json.dumps(summary, allow_nan=False)  # empty bins are null, not NaN
 

@@ -125,6 +125,37 @@ def expected_calibration_error(probabilities, true, *, n_bins: int = N_BINS) -> 
     return _ece_of_bins(reliability_bins(probabilities, true, n_bins=n_bins))
 
 
+def ece_noise_floor(confidence, *, n_bins: int = N_BINS, draws: int = 2000, quantile: float = 0.95,
+                    seed: int = 0) -> float:
+    """The ECE that perfectly calibrated predictions with these top probabilities still show on this few images.
+
+    Each image is drawn right with probability equal to its ``confidence`` (what calibration means) ``draws``
+    times; the ``quantile`` of the resulting ECEs is the largest ECE that sampling alone explains (with ~100 test
+    images it is several hundredths: a measured ECE below it cannot be told from perfect calibration).
+
+    Parameters
+    ----------
+    confidence : array of float, shape (N,)
+        Top probability of each image.
+
+    Examples
+    --------
+    >>> round(ece_noise_floor(np.full(100, 0.8)), 2) > 0.05
+    True
+    """
+    confidence = np.asarray(confidence, dtype=np.float64)
+    if confidence.ndim != 1 or not len(confidence):
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    which = np.minimum((confidence * n_bins).astype(np.int64), n_bins - 1)
+    count = np.bincount(which, minlength=n_bins)
+    summed = np.bincount(which, weights=confidence, minlength=n_bins)
+    correct = rng.random((draws, len(confidence))) < confidence  # (draws, N)
+    hits = np.stack([np.bincount(which, weights=row, minlength=n_bins) for row in correct.astype(np.float64)])
+    ece = np.abs(summed[None, :] - hits).sum(axis=1) / count.sum()
+    return float(np.quantile(ece, quantile))
+
+
 def brier_score(probabilities, true) -> float:
     """Multi-class Brier score: mean over images of ``sum_k (p_k - [k == true])^2`` (0 is perfect, 2 the worst)."""
     probabilities, true = _check(probabilities, true)
@@ -149,7 +180,9 @@ def calibration_report(logits: dict, true: dict, *, task: str, element_matrix=No
     -------
     dict
         ``temperature``; ``ece``, ``ece_uncalibrated``, ``brier``, ``brier_uncalibrated`` per partition;
-        ``reliability`` (:func:`reliability_bins` of the test images, ``test`` and ``test_uncalibrated``).
+        ``ece_floor`` per partition (:func:`ece_noise_floor` of the calibrated probabilities: the ECE sampling
+        alone explains on that many images); ``reliability`` (:func:`reliability_bins` of the test images, ``test``
+        and ``test_uncalibrated``).
     """
     if task == "mtl" and element_matrix is None:
         raise ValueError("an MtL report needs the element matrix (classes x elements)")
@@ -157,7 +190,7 @@ def calibration_report(logits: dict, true: dict, *, task: str, element_matrix=No
     targets = val_true if task == "mtc" else np.asarray(element_matrix, dtype=np.float32)[val_true]
     temperature = fit_temperature(logits["val"], targets, task=task)
     report = {"temperature": temperature, "ece": {}, "ece_uncalibrated": {}, "brier": {}, "brier_uncalibrated": {},
-              "reliability": {}}
+              "ece_floor": {}, "reliability": {}}
     for part in ("val", "test"):
         for suffix, t in (("", temperature), ("_uncalibrated", 1.0)):
             p = class_probabilities(logits[part], temperature=t, element_matrix=element_matrix)
@@ -165,6 +198,8 @@ def calibration_report(logits: dict, true: dict, *, task: str, element_matrix=No
             report["brier" + suffix][part] = brier_score(p, true[part])
             if part == "test":
                 report["reliability"]["test" + suffix] = reliability_bins(p, true[part])
+            if not suffix:
+                report["ece_floor"][part] = ece_noise_floor(p.max(axis=1) if len(p) else p.reshape(0))
     return report
 
 
@@ -176,8 +211,9 @@ def summarize_calibration(reports: list[dict]) -> dict:
     an empty bin) and ``edges`` (``bins + 1`` values).
     """
     document = {"temperature": [r["temperature"] for r in reports], "bins": N_BINS}
-    for key in ("ece", "ece_uncalibrated", "brier", "brier_uncalibrated"):
-        document[key] = {part: float(np.nanmean([r[key][part] for r in reports])) for part in ("val", "test")}
+    for key in ("ece", "ece_uncalibrated", "brier", "brier_uncalibrated", "ece_floor"):
+        if all(key in r for r in reports):  # folds fitted before the noise floor was kept have none
+            document[key] = {part: float(np.nanmean([r[key][part] for r in reports])) for part in ("val", "test")}
     document["reliability"] = {}
     for key in ("test", "test_uncalibrated"):
         pooled = {name: np.sum([r["reliability"][key][name] for r in reports], axis=0) for name in

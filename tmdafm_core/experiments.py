@@ -87,8 +87,9 @@ ABLATION_MODES = ("fine-tune", "feature-extraction", "scratch")
 #: its Tables 4-5 and Figures 3-5) and wants a GPU; its Table 2 (the ablation) used ResNet18 V1
 #: (:data:`PAPER_ABLATION_MODEL`).
 PROFILES = {
-    "demo": {"arch": "resnet18", "weights": "none", "image_size": 32, "epochs": 3, "folds": 2, "lr": 1e-3,
-             "batch_size": 64, "dropout": 0.0, "device": "cpu", "threads": 1, "fold_jobs": 2},
+    "demo": {"arch": "resnet18", "weights": "none", "image_size": 32, "epochs": 3, "folds": 2, "lr": 2e-3,
+             "batch_size": 32, "dropout": 0.0, "weight_decay": 0.05, "schedule": "warmup-cosine", "optimizer": "adamw",
+             "precision": "native", "device": "cpu", "threads": 1, "fold_jobs": 2},
     "paper": {"arch": "resnet152", "weights": "imagenet-v2", "image_size": None, "epochs": 60, "folds": 5,
               "lr": 7.5e-5, "batch_size": 32, "dropout": 0.0, "device": "cuda", "threads": None, "fold_jobs": 1},
 }

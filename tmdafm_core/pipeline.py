@@ -79,6 +79,10 @@ _FORMAT_VERSION = 1  # bump when the prepared manifest's meaning changes, so old
 
 #: Descriptor definitions a store can be built with: our resolution-aware set, or the paper's pixel definitions.
 DESCRIPTOR_SETS = ("physical", "paper")
+#: ``weights`` of a profile whose runs start from the store's own pretrained backbone (the ``pretrain`` step).
+PRETRAINED_WEIGHTS = "afm-pretrained"
+PRETRAINED_DIR, BACKBONE_NAME = "pretrained", "backbone.pt"
+PRETRAINED_TITLE = "AFM-pretrained (synthetic)"
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,11 @@ class Profile:
     fold_jobs : int, optional
         Override of the training profile's folds trained at once in local processes (speed only; ``tiny`` uses 1:
         its runs are too short to repay starting processes).
+    pretrain_images, pretrain_epochs, pretrain_objective
+        With ``pretrain_images > 0`` the ``pretrain`` step pretrains the profile's backbone on that many images of
+        a synthetic corpus from the generator's whole parameter space (:mod:`tmdafm_core.pretrain`), and every
+        run whose ``weights`` is ``"afm-pretrained"`` (:data:`PRETRAINED_WEIGHTS`) fine-tunes from it: the demo's
+        stand-in for ImageNet, titled "AFM-pretrained (synthetic)" on every page.
     """
 
     name: str
@@ -148,10 +157,15 @@ class Profile:
     descriptors: str = "physical"
     scan_crop_um: float | None = DEFAULT_CROP_UM
     fold_jobs: int | None = None
+    pretrain_images: int = 0
+    pretrain_epochs: int = 10
+    pretrain_objective: str = "parameters"
 
     def __post_init__(self):
         if self.descriptors not in DESCRIPTOR_SETS:
             raise ValueError(f"descriptors must be one of {', '.join(DESCRIPTOR_SETS)}, got {self.descriptors!r}")
+        if self.weights == PRETRAINED_WEIGHTS and self.pretrain_images < 2:
+            raise ValueError(f"weights {PRETRAINED_WEIGHTS!r} needs a pretraining corpus: set pretrain_images >= 2")
 
     @classmethod
     def from_dict(cls, document: dict) -> Profile:
@@ -183,7 +197,8 @@ class Profile:
 #: 60 epochs, 5 folds) and is meant for a GPU (``device="cuda"``); ``tiny`` builds a whole store in well under a
 #: minute, for tests and trying the app.
 PROFILES = {
-    "demo": Profile("demo", run_epochs=10, run_image_size=64, volumes=("full", 16), sequential_task="both"),
+    "demo": Profile("demo", run_epochs=10, run_image_size=64, volumes=("full", 16), sequential_task="both",
+                    weights=PRETRAINED_WEIGHTS, pretrain_images=1536, pretrain_epochs=8),
     "paper": Profile("paper", size=256, training="paper"),
     "tiny": Profile("tiny", n=80, size=32, n_folds=2, epochs=1, image_size=32, order=("MoS2", "WS2", "WSe2"),
                     fold_jobs=1,
@@ -499,10 +514,11 @@ RUNS_DIR, LATENT_DIR, SEQUENTIAL_DIR = "runs", "latent", "sequential"
 PREDICTIONS_NAME, EMBEDDINGS_NAME = "predictions.csv", "embeddings.parquet"
 LATENT_COMPONENTS = 10
 #: Pipeline steps in the order they run, and the steps each one reads.
-STEPS = ("dataset", "thumbnails", "descriptors", "mtc", "mtl", "sequential", "latent-mtc", "latent-mtl",
+STEPS = ("dataset", "thumbnails", "descriptors", "pretrain", "mtc", "mtl", "sequential", "latent-mtc", "latent-mtl",
          "latent-sequential")
-DEPENDS = {"dataset": (), "thumbnails": ("dataset",), "descriptors": ("dataset",), "mtc": ("dataset",),
-           "mtl": ("dataset",), "sequential": ("dataset",), "latent-mtc": ("mtc", "descriptors"),
+DEPENDS = {"dataset": (), "thumbnails": ("dataset",), "descriptors": ("dataset",), "pretrain": (),
+           "mtc": ("dataset", "pretrain"), "mtl": ("dataset", "pretrain"), "sequential": ("dataset", "pretrain"),
+           "latent-mtc": ("mtc", "descriptors"),
            "latent-mtl": ("mtl", "descriptors"), "latent-sequential": ("sequential", "dataset")}
 _KEY_FILE = ".precompute.json"  # inside a run / study folder: what it was trained with, to resume or reuse it
 _LATENT_FORMAT = 3  # 2: pre-ReLU latent features (the paper's); 3: predictions of the fold ensemble, with novelty
@@ -643,10 +659,46 @@ def _step_descriptors(ctx: _Context):
     return [path]
 
 
+def run_training_options(profile) -> dict:
+    """``cross_validate`` keywords of a profile's MtC / MtL runs: its training options (without the speed-only
+    ``threads`` and ``fold_jobs``), with ``run_epochs`` and ``run_image_size`` when set."""
+    profile = _resolve_profile(profile)
+    train = {k: v for k, v in profile.train_options.items() if k not in ("threads", "fold_jobs")}
+    overrides = {"epochs": profile.run_epochs, "image_size": profile.run_image_size}
+    return {**train, **{key: value for key, value in overrides.items() if value is not None}}
+
+
 def _run_options(ctx: _Context) -> dict:
-    """Training keywords of the MtC / MtL runs: the profile's, with ``run_epochs`` and ``run_image_size`` when set."""
-    overrides = {"epochs": ctx.profile.run_epochs, "image_size": ctx.profile.run_image_size}
-    return {**ctx.train, **{key: value for key, value in overrides.items() if value is not None}}
+    return run_training_options(ctx.profile)
+
+
+def _with_backbone(ctx: _Context, options: dict) -> dict:
+    """``options`` with :data:`PRETRAINED_WEIGHTS` replaced by the store's backbone file (keys keep the name, so
+    a moved store keeps its keys; the backbone's content enters them through the ``pretrain`` step's output)."""
+    if options.get("weights") != PRETRAINED_WEIGHTS:
+        return options
+    return {**options, "weights": str(ctx.cache / PRETRAINED_DIR / BACKBONE_NAME)}
+
+
+def _step_pretrain(ctx: _Context):
+    """The profile's backbone, pretrained on a synthetic corpus (nothing when the profile does not pretrain)."""
+    folder = ctx.cache / PRETRAINED_DIR
+    profile = ctx.profile
+    if profile.pretrain_images <= 0:
+        shutil.rmtree(folder, ignore_errors=True)
+        return []
+    from .pretrain import pretrain_backbone, save_backbone, synthetic_corpus
+
+    image_size = profile.run_image_size or ctx.train.get("image_size") or 64
+    _report(ctx.progress, f"pretrain: rendering {profile.pretrain_images} corpus images", 0, 2)
+    images, truth = synthetic_corpus(profile.pretrain_images, size=profile.size, image_size=image_size,
+                                     seed=profile.seed, jobs=os.cpu_count() or 1)
+    _report(ctx.progress, "pretrain: training the backbone", 1, 2)
+    result = pretrain_backbone(images, arch=ctx.train.get("arch", "resnet18"), objective=profile.pretrain_objective,
+                               truth=truth, epochs=profile.pretrain_epochs, seed=profile.seed,
+                               precision=ctx.train.get("precision", "native"), device=ctx.train.get("device", "cpu"))
+    path = save_backbone(result, folder / BACKBONE_NAME, title=PRETRAINED_TITLE)
+    return [path, path.with_suffix(".json")]
 
 
 def _train_run(ctx: _Context, task: str):
@@ -663,7 +715,7 @@ def _train_run(ctx: _Context, task: str):
               "format": _RUN_FORMAT}
     staging = _staging(target, compat, reuse=True)
     cross_validate(ctx.manifest, staging, task=task, presplit=True, save_optimizer=False, progress=ctx.bars,
-                   fold_jobs=ctx.fold_jobs, **_run_options(ctx))
+                   fold_jobs=ctx.fold_jobs, **_with_backbone(ctx, _run_options(ctx)))
     _swap_in(staging, target)
     return _files_under(target)
 
@@ -676,7 +728,8 @@ def _step_sequential(ctx: _Context):
     compat = {"train": ctx.train, "inputs": {"dataset": ctx.records["dataset"]["output"]},
               "semantics": _SEQUENTIAL_SEMANTICS}
     options = dict(order=ctx.order, volumes=ctx.profile.volumes, task=ctx.profile.sequential_task, modes=MODES,
-                   progress=ctx.bars, fold_jobs=ctx.fold_jobs, **_SEQUENTIAL_SEMANTICS, **ctx.train)
+                   progress=ctx.bars, fold_jobs=ctx.fold_jobs, **_SEQUENTIAL_SEMANTICS,
+                   **_with_backbone(ctx, ctx.train))
     staging = _staging(target, compat, reuse=True)
     try:
         sequential_study(ctx.manifest, staging, **options)
@@ -806,6 +859,13 @@ def _settings(ctx: _Context, step: str) -> dict:
         from .features.table import FEATURE_CODE_VERSION
 
         return {"code": FEATURE_CODE_VERSION, "paper_pixels": profile.descriptors == "paper"}
+    if step == "pretrain":
+        if profile.pretrain_images <= 0:
+            return {"pretrain": None}
+        return {"images": profile.pretrain_images, "epochs": profile.pretrain_epochs, "size": profile.size,
+                "objective": profile.pretrain_objective, "seed": profile.seed, "arch": ctx.train.get("arch"),
+                "image_size": profile.run_image_size or ctx.train.get("image_size"),
+                "precision": ctx.train.get("precision"), "format": 1}
     if step in ("mtc", "mtl"):
         if step in ctx.given_runs:
             folder = ctx.given_runs[step]
@@ -825,7 +885,7 @@ def _settings(ctx: _Context, step: str) -> dict:
 
 
 _STEP_FUNCTIONS = {
-    "thumbnails": _step_thumbnails, "descriptors": _step_descriptors,
+    "thumbnails": _step_thumbnails, "descriptors": _step_descriptors, "pretrain": _step_pretrain,
     "mtc": lambda ctx: _train_run(ctx, "mtc"), "mtl": lambda ctx: _train_run(ctx, "mtl"),
     "sequential": _step_sequential,
     "latent-mtc": lambda ctx: _latent_run(ctx, "mtc"), "latent-mtl": lambda ctx: _latent_run(ctx, "mtl"),
@@ -833,7 +893,8 @@ _STEP_FUNCTIONS = {
 }
 _TORCH_STEPS = ("mtc", "mtl", "sequential", "latent-mtc", "latent-mtl", "latent-sequential")
 _STEP_PATHS = {"dataset": f"{DATASET_DIR}/{MANIFEST_NAME}", "thumbnails": f"{THUMBNAILS_DIR}/{ATLAS_NAME}",
-               "descriptors": FEATURES_NAME, "mtc": f"{RUNS_DIR}/mtc", "mtl": f"{RUNS_DIR}/mtl",
+               "descriptors": FEATURES_NAME, "pretrain": f"{PRETRAINED_DIR}/{BACKBONE_NAME}", "mtc": f"{RUNS_DIR}/mtc",
+               "mtl": f"{RUNS_DIR}/mtl",
                "sequential": f"{SEQUENTIAL_DIR}/results.csv", "latent-mtc": f"{LATENT_DIR}/mtc",
                "latent-mtl": f"{LATENT_DIR}/mtl", "latent-sequential": f"{LATENT_DIR}/{SEQUENTIAL_DIR}"}
 
@@ -959,7 +1020,8 @@ def given_runs(paths) -> dict:
 #: Written when a store is created: ``precompute`` only ever writes into a folder that holds it (or that is empty).
 STORE_MARKER = ".tmdafm-store"
 #: Where each step writes; only files the store recorded there are ever replaced or removed.
-_STEP_OUTPUTS = {"thumbnails": THUMBNAILS_DIR, "descriptors": FEATURES_NAME, "mtc": f"{RUNS_DIR}/mtc",
+_STEP_OUTPUTS = {"thumbnails": THUMBNAILS_DIR, "descriptors": FEATURES_NAME, "pretrain": PRETRAINED_DIR,
+                 "mtc": f"{RUNS_DIR}/mtc",
                  "mtl": f"{RUNS_DIR}/mtl", "sequential": SEQUENTIAL_DIR, "latent-mtc": f"{LATENT_DIR}/mtc",
                  "latent-mtl": f"{LATENT_DIR}/mtl", "latent-sequential": f"{LATENT_DIR}/{SEQUENTIAL_DIR}"}
 
@@ -1048,7 +1110,10 @@ def precompute(cache_dir, data=None, *, profile="demo", progress=None, steps=Non
         # thumbnails goes ahead once another precompute has finished those steps).
         with exclusive(cache_dir, f"step-{step}"):
             ctx.records = read_record(cache_dir)
-            results.append(_run_step(ctx, step))
+            result = _run_step(ctx, step)
+        if step == "pretrain" and ctx.profile.pretrain_images <= 0:
+            continue  # recorded (its dependants' keys read it) but nothing was made: not a step to report
+        results.append(result)
         if progress is True:
             result = results[-1]
             print(f"tmdafm precompute: [{number}/{len(wanted)}] {step}: {result.status}"
@@ -1114,7 +1179,12 @@ def app_steps(cache_dir, *, profile="demo") -> tuple[str, ...]:
     scratch (minutes on a CPU), only the data set and thumbnails for a data set of yours or the paper profile
     (ImageNet weights, meant for a GPU: train those with ``tmdafm precompute``)."""
     data, profile = recorded_source(cache_dir, profile)
-    return STEPS if data is None and profile.training != "paper" else ("dataset", "thumbnails")
+    return _steps_of(profile, STEPS) if data is None and profile.training != "paper" else ("dataset", "thumbnails")
+
+
+def _steps_of(profile: Profile, steps) -> tuple[str, ...]:
+    """``steps`` without ``pretrain`` for a profile that does not pretrain (it is recorded, not shown)."""
+    return tuple(step for step in steps if step != "pretrain" or profile.pretrain_images > 0)
 
 
 def complete_store(cache_dir, *, profile="demo", progress=None, steps=("thumbnails",),
@@ -1128,7 +1198,7 @@ def complete_store(cache_dir, *, profile="demo", progress=None, steps=("thumbnai
     """
     cache_dir = Path(cache_dir)
     data, profile = recorded_source(cache_dir, profile)
-    wanted = _with_dependencies(steps)
+    wanted = _steps_of(profile, _with_dependencies(steps))  # precompute records a skipped pretrain by itself
     results = []
     for number, step in enumerate(wanted, 1):
         if on_step is not None:
@@ -1152,7 +1222,8 @@ class Artifact:
 
 _ARTIFACT_TITLES = {
     "dataset": "data set (manifest with splits)", "thumbnails": "image thumbnails and hover atlas",
-    "descriptors": "physical descriptors", "mtc": "MtC run (material classes)", "mtl": "MtL run (element labels)",
+    "descriptors": "physical descriptors", "pretrain": f"{PRETRAINED_TITLE} backbone (profiles that pretrain)",
+    "mtc": "MtC run (material classes)", "mtl": "MtL run (element labels)",
     "sequential": "sequential-training study", "latent-mtc": "MtC latent space (PCA/UMAP, tables, predictions)",
     "latent-mtl": "MtL latent space (PCA/UMAP, tables, predictions)",
     "latent-sequential": "sequential latent projections (aligned stage to stage)",
@@ -1176,8 +1247,14 @@ def store_contents(cache_dir) -> list[Artifact]:
         if "profile" in prepared:
             profile_args = profile_arguments(Profile.from_dict(prepared["profile"]))
     thumbs = read_json(cache_dir / THUMBNAILS_DIR / "thumbnails.json") or {}
+    # A store not prepared yet is filled with the demo, which pretrains.
+    recorded = Profile.from_dict(prepared["profile"]) if prepared is not None and "profile" in prepared \
+        else PROFILES["demo"]
+    pretrains = recorded.pretrain_images > 0
     artifacts = []
     for step in STEPS:
+        if step == "pretrain" and not pretrains:
+            continue  # this store's profile trains from other weights: nothing to show or build
         present = records.get(step, {}).get("status") == "done"
         if step == "dataset":
             present = prepared is not None

@@ -114,7 +114,7 @@ def metrics_table(cache_dir) -> pd.DataFrame:
 
 
 CALIBRATION_COLUMNS = ("task", "temperature", "ece_val_uncalibrated", "ece_val", "ece_test_uncalibrated", "ece_test",
-                       "brier_test_uncalibrated", "brier_test", "flagged_val", "flagged_test")
+                       "ece_test_floor", "brier_test_uncalibrated", "brier_test", "flagged_val", "flagged_test")
 
 
 def calibration_table(cache_dir) -> pd.DataFrame:
@@ -122,9 +122,11 @@ def calibration_table(cache_dir) -> pd.DataFrame:
 
     Columns :data:`CALIBRATION_COLUMNS`: the fold temperatures (``"1.41 (1.22-1.60)"``: mean and range), ECE and
     Brier score before and after calibration (means over folds; validation is what the temperature was fitted on,
-    test is independent), and the share of genuine held-out validation / test images that the novelty threshold
-    flags as unfamiliar. Runs built before calibration was kept have no row. ``attrs["novelty_quantile"]``: the
-    share of validation images below the novelty threshold.
+    test is independent), the test ECE that sampling alone explains on that many images (``ece_test_floor``,
+    :func:`tmdafm_core.calibration.ece_noise_floor`; NaN for runs built before it was kept), and the share of
+    genuine held-out validation / test images that the novelty threshold flags as unfamiliar. Runs built before
+    calibration was kept have no row. ``attrs["novelty_quantile"]``: the share of validation images below the
+    novelty threshold.
     """
     from .novelty import DEFAULT_QUANTILE
 
@@ -142,6 +144,7 @@ def calibration_table(cache_dir) -> pd.DataFrame:
                      **{f"{metric}_{part}{suffix}": block[metric + suffix][part]
                         for metric in ("ece", "brier") for part in ("val", "test") for suffix in ("", "_uncalibrated")
                         if f"{metric}_{part}{suffix}" in CALIBRATION_COLUMNS},
+                     "ece_test_floor": block.get("ece_floor", {}).get("test", np.nan),
                      "flagged_val": flagged.get("val", np.nan), "flagged_test": flagged.get("test", np.nan)})
     table = pd.DataFrame(rows, columns=list(CALIBRATION_COLUMNS))
     table.attrs["novelty_quantile"] = float(quantile)
@@ -200,10 +203,15 @@ def calibration_verdicts(table: pd.DataFrame, *, goal: float = 0.05) -> list[str
     sentences = []
     for _, row in table.iterrows():
         before, after = row["ece_test_uncalibrated"], row["ece_test"]
+        floor = row.get("ece_test_floor", np.nan)
         change = f"test ECE {before:.3f} → {after:.3f}"
         if after <= goal:
             sentences.append(f"{row['task']}: calibrated ({change}): a probability of 0.8 is right about 8 times "
                              "in 10 on new samples.")
+        elif after <= floor:
+            sentences.append(f"{row['task']}: consistent with calibrated ({change}): perfectly calibrated "
+                             f"probabilities would still show a test ECE up to {floor:.3f} on this few test images "
+                             f"(95 % of draws), so the test set cannot tell it apart; a larger test set could.")
         elif after < before:
             sentences.append(f"{row['task']}: the temperature helps ({change}) but the probabilities stay off by "
                              f"about {after:.2f} on average: read them as rough.")

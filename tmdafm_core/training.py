@@ -363,7 +363,9 @@ def build_optimizer(model: nn.Module, config: TrainConfig, *, steps_per_epoch: i
     torchvision references, per step instead of per epoch because the demo trains few epochs).
     """
     make = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    optimizer = make(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    # fused: one kernel over all parameters, 4-5x faster steps than the per-tensor loop on the CPU (ResNet18: 14 vs
+    # 66 ms), which dominates small-input training
+    optimizer = make(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
     if config.schedule == "constant":
         return optimizer, None
     total = config.epochs * steps_per_epoch
