@@ -68,7 +68,9 @@ class _Context:
 
     @property
     def options(self) -> dict:
-        return self.profile.train_options
+        from .pipeline import with_backbone
+
+        return with_backbone(self.store, self.profile.train_options)
 
 
 def _say(ctx: _Context, message: str) -> None:
@@ -139,7 +141,8 @@ def _table2(ctx: _Context) -> Artifact:
     rest = {k: v for k, v in options.items() if k not in ("arch", "weights")}
     if model["weights"] == "none":
         raise NotMade("Table 2 contrasts pretrained weights with training from scratch; this profile has no "
-                      "pretrained weights (use --profile paper with ImageNet weights in the torchvision cache)")
+                      "pretrained weights (the demo's AFM-pretrained backbone, or --profile paper with ImageNet "
+                      "weights in the torchvision cache)")
     _say(ctx, "table 2: fine-tuning vs feature extraction vs scratch")
     table = ablation_study(ctx.manifest, ctx.out / "runs" / "ablation", task="mtc", **model, **rest)
     files = [_write_table(ctx, "table2", table)]
