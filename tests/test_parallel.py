@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from tmdafm_core.parallel import imap_items, map_items
+from tmdafm_core import parallel
+from tmdafm_core.parallel import imap_items, map_items, shared_pools
 
 
 def _square(x):
@@ -34,6 +37,23 @@ def test_empty_input_gives_empty_list():
 def test_worker_errors_reach_the_caller():
     with pytest.raises(ValueError, match="item 3"):
         map_items(_fail_on_three, range(6), jobs=2, progress=False)
+
+
+def _pid(_):
+    return os.getpid()
+
+
+def test_shared_pools_reuse_their_workers_until_the_block_ends():
+    with shared_pools():
+        first = {pid for _, pid in imap_items(_pid, range(4), jobs=2, chunk_size=1, start_method="spawn")}
+        second = {pid for _, pid in imap_items(_pid, range(4), jobs=2, chunk_size=1, start_method="spawn")}
+        with shared_pools():  # nested: the outer block's pools
+            third = {pid for _, pid in imap_items(_pid, range(4), jobs=2, chunk_size=1, start_method="spawn")}
+        workers = first | second | third
+        assert len(workers) <= 2 and os.getpid() not in workers  # the same two processes served all three calls
+    assert parallel._shared is None
+    fresh = {pid for _, pid in imap_items(_pid, range(4), jobs=2, chunk_size=1, start_method="spawn")}
+    assert not fresh & workers  # outside the block every call starts its own processes
 
 
 def test_rejects_bad_job_count():

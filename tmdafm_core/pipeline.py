@@ -26,7 +26,7 @@ folders swapped in when complete, so an interrupted run (even ``kill -9``) resum
 never see half a run. Pages read the store only (:func:`store_contents`, :func:`dataset_overview`, ...).
 
 Profiles (:data:`PROFILES`): ``demo`` for a 2-core CPU (the experiments' demo training: ResNet18 fine-tuned from the
-store's own AFM-pretrained backbone (the ``pretrain`` step: 1024 synthetic images from the generator's whole
+store's own AFM-pretrained backbone (the ``pretrain`` step: 1536 synthetic images from the generator's whole
 parameter space, parameter regression) at 32 px for the sequential study's many runs, 64 px and 10 epochs for the
 MtC and MtL runs the app explores);
 ``paper`` is the study's setting (ImageNet weights from the torchvision cache, 60 epochs, 5 folds, native image
@@ -203,7 +203,7 @@ class Profile:
 #: minute, for tests and trying the app.
 PROFILES = {
     "demo": Profile("demo", run_epochs=10, run_image_size=64, volumes=("full", 16), sequential_task="both",
-                    weights=PRETRAINED_WEIGHTS, pretrain_images=1024, pretrain_epochs=8),
+                    weights=PRETRAINED_WEIGHTS, pretrain_images=1536, pretrain_epochs=8),
     "paper": Profile("paper", size=256, training="paper"),
     "tiny": Profile("tiny", n=80, size=32, n_folds=2, epochs=1, image_size=32, order=("MoS2", "WS2", "WSe2"),
                     fold_jobs=1,

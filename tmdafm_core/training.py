@@ -923,7 +923,7 @@ def _fold_task(spec: dict) -> dict:
         torch.set_num_threads(int(spec["threads"]))
     config = TrainConfig(**spec["config"])
     split = spec["split"]
-    stored = spec["features"] if spec["features"] is not None else load_data(split, image_size=spec["image_size"])
+    stored = spec["stored"] if spec["stored"] is not None else load_data(split, image_size=spec["image_size"])
     parts = _fold_partitions(split, spec["fold"], spec["train_limits"], config.seed)
     data = FoldData(stored, spec["class_index"], LabelSpace(*spec["labels"]), parts, image_size=spec["image_size"],
                     extra={"head": spec["head"]})
@@ -1151,7 +1151,13 @@ def cross_validate(data, out_dir, *, arch: str = "resnet18", weights: str = "ima
     if todo and (dask_address is not None or (fold_jobs > 1 and len(todo) > 1)):
         from .parallel import imap_items
 
-        spec = {"split": split, "features": features, "image_size": config.image_size, "class_index": class_index,
+        # Local processes get the inputs read once here (the sequential study passes them in already); a Dask
+        # worker reads its own, since the tensor would cross the network.
+        stored = features
+        if stored is None and dask_address is None:
+            stored = images if images is not None else load_data(split, image_size=config.image_size,
+                                                                 progress=progress)
+        spec = {"split": split, "stored": stored, "image_size": config.image_size, "class_index": class_index,
                 "labels": (labels.classes, labels.elements), "train_limits": train_limits, "head": head,
                 "tune": tune, "threads": None if dask_address is not None else 1}
         tasks = [{**spec, "fold": k, "config": _fold_config(config, fold_weights, k).to_dict()} for k in todo]
