@@ -79,7 +79,7 @@ ARCHITECTURES_NAME, ABLATION_NAME = "architectures.csv", "ablation.csv"
 ABLATION_MODES = ("fine-tune", "feature-extraction", "scratch")
 
 #: Training settings of the profiles. ``demo`` aims at the whole default sequential grid of a 1026-image set in
-#: about five minutes on 2 CPU cores (32 px, 3 epochs; the precompute's demo starts it from its AFM-pretrained
+#: about five minutes on 2 CPU cores (32 px, 2 epochs; the precompute's demo starts it from its AFM-pretrained
 #: backbone). Its recipe was chosen by measurement on the demo's MtC run (64 px, 10 epochs; validation macro-F1
 #: pooled over the 922 non-test images): constant Adam 1e-3 at batch 64 0.61 with validation F1 jumping between
 #: epochs; warm-up + cosine AdamW (lr 3e-3, weight decay 0.05) 0.61 rising steadily; the same at batch 32 (lr 2e-3)
@@ -93,7 +93,7 @@ ABLATION_MODES = ("fine-tune", "feature-extraction", "scratch")
 #: its Tables 4-5 and Figures 3-5) and wants a GPU; its Table 2 (the ablation) used ResNet18 V1
 #: (:data:`PAPER_ABLATION_MODEL`).
 PROFILES = {
-    "demo": {"arch": "resnet18", "weights": "none", "image_size": 32, "epochs": 3, "folds": 2, "lr": 2e-3,
+    "demo": {"arch": "resnet18", "weights": "none", "image_size": 32, "epochs": 2, "folds": 2, "lr": 2e-3,
              "batch_size": 32, "dropout": 0.0, "weight_decay": 0.05, "schedule": "warmup-cosine", "optimizer": "adamw",
              "precision": "native", "device": "cpu", "threads": 1, "fold_jobs": 2},
     "paper": {"arch": "resnet152", "weights": "imagenet-v2", "image_size": None, "epochs": 60, "folds": 5,
