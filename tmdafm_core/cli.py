@@ -806,7 +806,8 @@ def _add_precompute(sub) -> None:
                    help="the store (default: $TMDAFM_CACHE or ./cache)")
     p.add_argument("--profile", choices=tuple(PROFILES), default="demo",
                    help="demo: ResNet18 pretrained on synthetic scans, then fine-tuned, on a 2-core CPU (about "
-                        "10 min for 1026 images); paper: the study's settings (ImageNet weights in the torchvision cache, 60 epochs, 5 folds) for a GPU; "
+                        "10 min for 1026 images); paper: the study's settings (ImageNet weights in the torchvision "
+                        "cache, 60 epochs, 5 folds) for a GPU; "
                         "tiny: 80 images, 1 epoch, under a minute (tests). Options below override it")
     p.add_argument("--steps", type=_comma_list,
                    help="comma list of steps to run (with the steps they read); default: all")
