@@ -410,6 +410,8 @@ def test_demo_scope_says_what_the_store_can_and_cannot_show(store, tmp_path):
     empty = results.demo_scope(tmp_path, {"training": "demo", "weights": None})
     assert not any("known answers" in line for line in empty["can"])
     assert any("the demo trains from scratch" in line for line in empty["cannot"])
+    pretrained = results.demo_scope(tmp_path, {"training": "demo", "weights": "afm-pretrained"})
+    assert "start from its own 'AFM-pretrained (synthetic)' backbone" in " ".join(pretrained["cannot"])
 
 
 def test_base_arm_is_named_by_what_it_started_from():

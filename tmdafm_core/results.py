@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .features import FEATURE_COLUMNS, get_descriptor
-from .pipeline import store_contents
+from .pipeline import PRETRAINED_TITLE, PRETRAINED_WEIGHTS, store_contents
 
 TASKS = ("mtc", "mtl")
 TASK_NAMES = {"mtc": "MtC", "mtl": "MtL"}
@@ -188,10 +188,12 @@ def demo_scope(cache_dir, profile: dict | None = None) -> dict[str, list[str]]:
         can.append(f"honest comparisons: {supported} of {len(judged)} Sequential − {arm} differences are supported "
                    "by their 95 % interval (/sequential)")
     cannot.append("any accuracy on real films: the images are generated, not measured")
-    if arm != "ImageNet":
-        cannot.append(f"ImageNet transfer learning: nothing can be downloaded here, so the demo trains from "
-                      f"{'scratch' if arm == 'Scratch' else arm.lower()} and its '{arm}' arm is not the paper's "
-                      "ImageNet arm")
+    if arm == "Scratch":
+        cannot.append("ImageNet transfer learning: nothing can be downloaded here, so the demo trains from scratch "
+                      "and its 'Scratch' arm is not the paper's ImageNet arm")
+    elif arm != "ImageNet":
+        cannot.append(f"ImageNet transfer learning itself: nothing can be downloaded here, so the demo's models start "
+                      f"from its own '{arm}' backbone instead of ImageNet weights")
     if 0 < folds < 5:
         cannot.append(f"tight intervals: {folds} folds (the paper used 5) leave wide ones")
     return {"can": can, "cannot": cannot}
@@ -419,6 +421,8 @@ def base_arm_title(weights) -> str:
         return "ImageNet"
     if weights == "none":
         return "Scratch"
+    if weights == PRETRAINED_WEIGHTS:  # a profile's name for the store's own backbone, before it is built
+        return PRETRAINED_TITLE
     described = _read_json(Path(weights).with_suffix(".json")) or {}  # written by `tmdafm pretrain` beside it
     return str(described.get("title") or f"Pretrained ({Path(weights).name})")
 
