@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -152,6 +153,7 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+@functools.cache  # read once: every forward pass asks through _autocast
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 in hardware (AMX or AVX512-BF16, from ``/proc/cpuinfo``; False elsewhere)."""
     try:
@@ -349,10 +351,15 @@ def decode_strict(logits: torch.Tensor, element_matrix) -> torch.Tensor:
 
 # --- optimisation ---------------------------------------------------------------------------------------------
 
+def _trained_count(n_train: int, batch_size: int) -> int:
+    """Images of an epoch's ``n_train`` draws that are trained on: a last batch of one is dropped (BatchNorm cannot
+    normalise a batch of one in train mode; the draw is random anyway)."""
+    return n_train - 1 if n_train % batch_size == 1 and n_train > 1 else n_train
+
+
 def _steps_per_epoch(n_train: int, batch_size: int) -> int:
-    """Optimizer steps of one epoch of ``n_train`` images (the last batch is dropped when it would hold one)."""
-    n = n_train - 1 if n_train % batch_size == 1 and n_train > 1 else n_train
-    return max(1, math.ceil(n / batch_size))
+    """Optimizer steps of one epoch of ``n_train`` images."""
+    return max(1, math.ceil(_trained_count(n_train, batch_size) / batch_size))
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig, *, steps_per_epoch: int):
@@ -391,8 +398,7 @@ def train_one_epoch(model, optimizer, criterion, batches: InputBatches, targets:
     """
     model.train()
     device = batches.device
-    if len(order) % batch_size == 1 and len(order) > 1:
-        order = order[:-1]  # BatchNorm cannot normalise a batch of one in train mode; the draw is random anyway
+    order = order[:_trained_count(len(order), batch_size)]
     total_loss, predictions = 0.0, []
     for start in range(0, len(order), batch_size):
         index = order[start:start + batch_size]
@@ -916,6 +922,13 @@ def _fold_partitions(split: pd.DataFrame, fold: int, train_limits: dict | None, 
     return parts
 
 
+def _stored_inputs(features, images, split: pd.DataFrame, config: TrainConfig, progress: bool) -> torch.Tensor:
+    """What the folds train on: the feature table's vectors, or the images (given, else read once)."""
+    if features is not None:
+        return features
+    return images if images is not None else load_data(split, image_size=config.image_size, progress=progress)
+
+
 def _fold_task(spec: dict) -> dict:
     """One fold as a self-contained task (a Dask worker or a local process): reads its own data, returns the
     checkpoint."""
@@ -1153,10 +1166,7 @@ def cross_validate(data, out_dir, *, arch: str = "resnet18", weights: str = "ima
 
         # Local processes get the inputs read once here (the sequential study passes them in already); a Dask
         # worker reads its own, since the tensor would cross the network.
-        stored = features
-        if stored is None and dask_address is None:
-            stored = images if images is not None else load_data(split, image_size=config.image_size,
-                                                                 progress=progress)
+        stored = features if dask_address is not None else _stored_inputs(features, images, split, config, progress)
         spec = {"split": split, "stored": stored, "image_size": config.image_size, "class_index": class_index,
                 "labels": (labels.classes, labels.elements), "train_limits": train_limits, "head": head,
                 "tune": tune, "threads": None if dask_address is not None else 1}
@@ -1167,11 +1177,7 @@ def cross_validate(data, out_dir, *, arch: str = "resnet18", weights: str = "ima
             _save_fold(checkpoint, run_dir, todo[position], save_optimizer)
             done[todo[position]] = checkpoint
     elif todo:
-        if features is not None:
-            stored = features
-        else:
-            stored = images if images is not None else load_data(split, image_size=config.image_size,
-                                                                 progress=progress)
+        stored = _stored_inputs(features, images, split, config, progress)
         for k in todo:
             fold_data = FoldData(stored, class_index, labels, _fold_partitions(split, k, train_limits, config.seed),
                                  image_size=config.image_size, extra={"head": head})
