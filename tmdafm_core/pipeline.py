@@ -583,7 +583,7 @@ class _Context:
     @property
     def train(self) -> dict:
         """Training keywords (without ``threads`` and ``fold_jobs``, which change speed, not results)."""
-        return {k: v for k, v in self.profile.train_options.items() if k not in ("threads", "fold_jobs")}
+        return _result_options(self.profile)
 
     @property
     def fold_jobs(self) -> int:
@@ -668,9 +668,12 @@ def run_training_options(profile) -> dict:
     """``cross_validate`` keywords of a profile's MtC / MtL runs: its training options (without the speed-only
     ``threads`` and ``fold_jobs``), with ``run_epochs`` and ``run_image_size`` when set."""
     profile = _resolve_profile(profile)
-    train = {k: v for k, v in profile.train_options.items() if k not in ("threads", "fold_jobs")}
     overrides = {"epochs": profile.run_epochs, "image_size": profile.run_image_size}
-    return {**train, **{key: value for key, value in overrides.items() if value is not None}}
+    return {**_result_options(profile), **{key: value for key, value in overrides.items() if value is not None}}
+
+
+def _result_options(profile: Profile) -> dict:
+    return {k: v for k, v in profile.train_options.items() if k not in ("threads", "fold_jobs")}
 
 
 def _run_options(ctx: _Context) -> dict:
@@ -692,9 +695,9 @@ def _step_pretrain(ctx: _Context):
     if profile.pretrain_images <= 0:
         shutil.rmtree(folder, ignore_errors=True)
         return []
-    from .pretrain import pretrain_backbone, save_backbone, synthetic_corpus
+    from .pretrain import backbone_description_path, pretrain_backbone, save_backbone, synthetic_corpus
 
-    image_size = profile.run_image_size or ctx.train.get("image_size") or 64
+    image_size = _pretrain_image_size(ctx)
     _report(ctx.progress, f"pretrain: rendering {profile.pretrain_images} corpus images", 0, 2)
     images, truth = synthetic_corpus(profile.pretrain_images, size=profile.size, image_size=image_size,
                                      seed=profile.seed, jobs=os.cpu_count() or 1)
@@ -703,7 +706,12 @@ def _step_pretrain(ctx: _Context):
                                truth=truth, epochs=profile.pretrain_epochs, seed=profile.seed,
                                precision=ctx.train.get("precision", "native"), device=ctx.train.get("device", "cpu"))
     path = save_backbone(result, folder / BACKBONE_NAME, title=PRETRAINED_TITLE)
-    return [path, path.with_suffix(".json")]
+    return [path, backbone_description_path(path)]
+
+
+def _pretrain_image_size(ctx: _Context) -> int:
+    """The backbone learns at the input side of the MtC / MtL runs it serves (64 px when the profile has none)."""
+    return _run_options(ctx).get("image_size") or 64
 
 
 def _train_run(ctx: _Context, task: str):
@@ -869,7 +877,7 @@ def _settings(ctx: _Context, step: str) -> dict:
             return {"pretrain": None}
         return {"images": profile.pretrain_images, "epochs": profile.pretrain_epochs, "size": profile.size,
                 "objective": profile.pretrain_objective, "seed": profile.seed, "arch": ctx.train.get("arch"),
-                "image_size": profile.run_image_size or ctx.train.get("image_size"),
+                "image_size": _pretrain_image_size(ctx),
                 "precision": ctx.train.get("precision"), "format": 1}
     if step in ("mtc", "mtl"):
         if step in ctx.given_runs:

@@ -51,27 +51,14 @@ BACKBONE_FORMAT = 1
 
 def _render_job(job: tuple) -> tuple[np.ndarray, dict]:
     from .data.images import scale_pixels
-    from .data.synthetic import broad_params, render_surface
+    from .data.synthetic import broad_params, render_surface, truth_columns
+    from .training import resize_image
 
     sample_seed, crop_seed, size, image_size = job
     params = broad_params(sample_seed)
     height, truth = render_surface(params, size, seed=crop_seed)
-    image = scale_pixels(height, source="synthetic corpus")
-    tensor = torch.from_numpy(image)[None, None]
-    if image_size != size:
-        tensor = F.interpolate(tensor, size=(image_size, image_size), mode="bilinear", antialias=True,
-                               align_corners=False)
-    row = {"sample_id": f"corpus-{sample_seed}", "truth_growth_mode": params.growth_mode,
-           "truth_coverage": truth["coverage"]}
-    for column in PARAMETER_TARGETS:
-        field = column[len("truth_"):]
-        if column == "truth_particle_density_per_um2":
-            from .data.synthetic import expected_particle_density
-
-            row[column] = expected_particle_density(params)
-        elif column != "truth_coverage":
-            row[column] = float(getattr(params, field))
-    return tensor[0].clamp(0.0, 1.0).numpy(), row
+    image = resize_image(scale_pixels(height, source="synthetic corpus"), image_size)
+    return image.numpy(), {"sample_id": f"corpus-{sample_seed}", **truth_columns(params, truth)}
 
 
 def synthetic_corpus(n: int, *, size: int = 128, image_size: int = 64, seed: int = 0, crops_per_sample: int = 2,
@@ -94,7 +81,8 @@ def synthetic_corpus(n: int, *, size: int = 128, image_size: int = 64, seed: int
     -------
     images : Tensor of float32, shape (n, 1, image_size, image_size), heights scaled to 0..1 per image
     truth : DataFrame
-        One row per image: ``sample_id``, ``truth_growth_mode`` and the :data:`PARAMETER_TARGETS` columns.
+        One row per image: ``sample_id`` and the ``truth_*`` columns of a synthetic manifest
+        (:func:`tmdafm_core.data.synthetic.truth_columns`), :data:`PARAMETER_TARGETS` among them.
     """
     if int(n) != n or n < 2:
         raise ValueError(f"n must be a whole number >= 2, got {n!r}")
@@ -249,14 +237,12 @@ def pretrain_backbone(images: torch.Tensor, *, arch: str = "resnet18", objective
             batch = images[index]
             with _autocast(torch_device, precision):
                 if objective == "contrastive":
-                    z1 = model(prepare(random_views(batch, generator)))
-                    z2 = model(prepare(random_views(batch, generator)))
-            if objective == "contrastive":
-                loss = nt_xent(z1, z2)
-            else:
-                with _autocast(torch_device, precision):
-                    prediction = model(prepare(random_views(batch, generator, min_area=1.0)))
-                loss = _masked_mse(prediction, targets[index].to(torch_device))
+                    outputs = (model(prepare(random_views(batch, generator))),
+                               model(prepare(random_views(batch, generator))))
+                else:
+                    outputs = model(prepare(random_views(batch, generator, min_area=1.0)))
+            loss = (nt_xent(*outputs) if objective == "contrastive"
+                    else _masked_mse(outputs, targets[index].to(torch_device)))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -608,13 +608,10 @@ def expected_particle_density(params: SampleParams) -> float:
     return params.particle_density_per_um2 + params.nucleus_probability * params.domain_density_per_um2
 
 
-def _write_one(job: dict, out_dir: Path, size: int) -> dict:
-    params = job["params"]
-    height, truth = render_surface(params, size, seed=job["seed"])
-    pixel_nm = params.scan_size_nm / size
-    save_tiff(out_dir / job["name"], height, pixel_size_nm=pixel_nm)
-    row = {"path": job["name"], "material": job["material"], "sample_id": job["sample_id"], "split": job["split"],
-           "pixel_size_nm": pixel_nm, "truth_growth_mode": params.growth_mode}
+def truth_columns(params: SampleParams, truth: dict) -> dict:
+    """The ``truth_*`` manifest columns of one rendered crop: its sample's parameters and what
+    :func:`render_surface` measured on it (coverage, grain, particle and terrace counts, relative noise)."""
+    row = {"truth_growth_mode": params.growth_mode}
     row.update({column: getattr(params, field) for column, field in _TRUTH_PARAMETERS.items()})
     row["truth_particle_density_per_um2"] = expected_particle_density(params)
     row.update({
@@ -625,6 +622,15 @@ def _write_one(job: dict, out_dir: Path, size: int) -> dict:
         "truth_noise_amplitude": truth["noise_amplitude"],
     })
     return row
+
+
+def _write_one(job: dict, out_dir: Path, size: int) -> dict:
+    params = job["params"]
+    height, truth = render_surface(params, size, seed=job["seed"])
+    pixel_nm = params.scan_size_nm / size
+    save_tiff(out_dir / job["name"], height, pixel_size_nm=pixel_nm)
+    return {"path": job["name"], "material": job["material"], "sample_id": job["sample_id"], "split": job["split"],
+            "pixel_size_nm": pixel_nm, **truth_columns(params, truth)}
 
 
 def _is_previous_output(path: Path) -> bool:
