@@ -127,9 +127,9 @@ def _study_facts(cache, table: pd.DataFrame):
 
 def _figure4(cache, table: pd.DataFrame):
     splits = [s for s in ("test", "val", "train") if s in set(table["split"])]
-    base = results.mode_titles(cache)["imagenet"]
-    graph = dcc.Graph(id="sequential-f1", figure=figures.sequential_figure(table, split=splits[0],
-                                                                           mode_titles=results.mode_titles(cache)),
+    titles = results.mode_titles(cache)
+    base = titles["imagenet"]
+    graph = dcc.Graph(id="sequential-f1", figure=figures.sequential_figure(table, split=splits[0], mode_titles=titles),
                       config=_export.graph_config(f"tmdafm_sequential_f1_{splits[0]}"))
     rows = sequential_rows(table, splits[0])
     names = {"task": "task", "n_classes": "classes", "volume": "volume", "new_class": "new class",
