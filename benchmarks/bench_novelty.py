@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tmdafm_core.data import synthetic  # noqa: E402
 from tmdafm_core.data.images import scale_pixels  # noqa: E402
+from tmdafm_core.layout import load_manifest  # noqa: E402
 from tmdafm_core.novelty import DEFAULT_QUANTILE  # noqa: E402
-from tmdafm_core.pipeline import load_manifest  # noqa: E402
 
 REAL_AFM = Path(__file__).with_name("data") / "topostats_dna_afm.npz"
 

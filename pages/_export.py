@@ -29,7 +29,7 @@ import dash
 import pandas as pd
 from dash import Input, Output, State, dcc, html
 
-from tmdafm_core import export, pipeline, selection
+from tmdafm_core import export, layout, selection
 
 SELECTION_STORE = "selection"  # app.py's shared selection
 _REGISTERED: dict[str, str] = {}
@@ -167,7 +167,7 @@ def selection_csv(cache: Path, data) -> dict | None:
     if not images:
         return None
     try:
-        manifest = pipeline.load_manifest(cache)
+        manifest = layout.load_manifest(cache)
     except (FileNotFoundError, ValueError):
         manifest = None
     predictions_path = cache / "latent" / "mtc" / "predictions.csv"

@@ -10,7 +10,8 @@ import dash
 from dash import dcc, html
 
 from pages import _build
-from tmdafm_core import figures, pipeline, results
+from tmdafm_core import figures, results
+from tmdafm_core.layout import store_ready
 
 dash.register_page(__name__, path="/", name="Overview", title="Overview · tmdafm", order=0)
 
@@ -126,7 +127,7 @@ def _chart(info: dict):
 
 
 def _examples(cache: Path, info: dict):
-    examples = pipeline.example_thumbnails(cache, per_material=9)  # one row at the usual page width
+    examples = results.example_thumbnails(cache, per_material=9)  # one row at the usual page width
     colours = figures.material_colours(info["classes"])
     rows = []
     for material, items in examples.items():
@@ -174,7 +175,7 @@ def _store(info: dict):
 
 def overview_body(cache: Path) -> list:
     """The overview's sections for a store that holds a prepared data set."""
-    info = pipeline.dataset_overview(cache)
+    info = results.dataset_overview(cache)
     if not info["prepared"]:
         return [_store(info)]
     sections = [_synthetic_notice(info)] if info["synthetic"] else []
@@ -198,5 +199,5 @@ def _preparing(cache: Path):
 
 def layout(**_query):
     cache = _cache()
-    children = overview_body(cache) if pipeline.store_ready(cache) else [_preparing(cache)]
+    children = overview_body(cache) if store_ready(cache) else [_preparing(cache)]
     return html.Div(id="overview-body", children=children)

@@ -218,7 +218,7 @@ def _figure8_body(cache, task: str, descriptor: str):
 
 def _manifest_points(cache):
     try:
-        from tmdafm_core.pipeline import load_manifest
+        from tmdafm_core.layout import load_manifest
 
         return load_manifest(cache)[["image", "material", "split"]].assign(predicted=None)
     except (FileNotFoundError, ValueError):
@@ -254,7 +254,7 @@ def _model_choice(cache, tasks):
 
 def layout(**_query):
     cache = _ui.cache_dir()
-    tasks = [t for t in results.TASKS if (cache / results.LATENT_DIR / t / "table5.csv").is_file()] or ["mtc"]
+    tasks = results.analysed_tasks(cache) or ["mtc"]
     try:
         body = physical_body(cache, tasks[0])
     except ValueError as exc:

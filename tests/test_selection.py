@@ -10,6 +10,7 @@ import pytest
 
 from tmdafm_core import figures, pipeline, selection
 from tmdafm_core.features import FEATURE_COLUMNS
+from tmdafm_core.layout import StoreLayout
 
 TINY = pipeline.Profile("tiny", n=40, size=32, n_folds=2)
 
@@ -140,7 +141,7 @@ def test_gallery_and_atlas(store):
     assert [item["image"] for item in items] == list(points["image"][:3])
     assert all(item["uri"].startswith("data:image/png;base64,") for item in items)
     assert items[0]["material"] == points["material"].iat[0]
-    atlas_path = store / "thumbnails" / selection.ATLAS_NAME
+    atlas_path = StoreLayout(store).atlas
     atlas_path.write_text(json.dumps({points["image"].iat[0]: "data:image/png;base64,AAAA"}))
     try:
         assert selection.thumbnail_atlas(store, points["image"][:2]) == {points["image"].iat[0]:

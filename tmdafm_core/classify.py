@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import shlex
 import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -31,6 +30,7 @@ import pandas as pd
 
 from .data.images import UnreadableImage, afm_colours, normalize_height, read_pixels, to_height_gray
 from .features import MIN_SIZE_PX
+from .layout import METRICS_NAME, PROJECTION_NAME, PROJECTION_TABLE_NAME, StoreLayout, load_manifest
 from .selection import percentile_of, read_features
 
 #: At most this many files per upload; more are reported, not classified.
@@ -255,14 +255,9 @@ def loaded_run(run_dir) -> _Loaded:
 
 def missing_for_classify(cache_dir) -> list[tuple[str, str]]:
     """``[(what is missing, command that builds it)]`` for classification; empty when it can run."""
-    cache_dir = Path(cache_dir)
-    command = f"tmdafm precompute --out {shlex.quote(str(cache_dir))}"
-    missing = []
-    if not (cache_dir / "runs" / "mtc" / "metrics.json").is_file():
-        missing.append(("trained MtC model (runs/mtc)", command))
-    if not (cache_dir / "latent" / "mtc" / "projection.npz").is_file():
-        missing.append(("saved latent projection (latent/mtc/projection.npz)", command))
-    return missing
+    layout = StoreLayout(cache_dir)
+    needed = {"mtc": layout.run_metrics("mtc"), "latent-mtc": layout.latent("mtc") / PROJECTION_NAME}
+    return layout.missing([step for step, path in needed.items() if not path.is_file()])
 
 
 class Classifier:
@@ -282,19 +277,17 @@ class Classifier:
         missing = missing_for_classify(self.cache_dir)
         if missing:
             raise FileNotFoundError(f"{self.cache_dir}: {missing[0][0]} is missing; build it with `{missing[0][1]}`")
-        runs = self.cache_dir / "runs"
-        self.mtc = loaded_run(runs / "mtc")
-        self.mtl = loaded_run(runs / "mtl") if (runs / "mtl" / "metrics.json").is_file() else None
-        latent_dir = self.cache_dir / "latent" / "mtc"
-        self.projection = Projection.load(latent_dir / "projection.npz")
+        layout = StoreLayout(self.cache_dir)
+        self.mtc = loaded_run(layout.run("mtc"))
+        self.mtl = loaded_run(layout.run("mtl")) if layout.run_metrics("mtl").is_file() else None
+        self.projection = Projection.load(layout.latent("mtc") / PROJECTION_NAME)
         self.projection_lock = threading.Lock()
-        table = pd.read_csv(latent_dir / "projection.csv", dtype={"image": str})
+        table = pd.read_csv(layout.latent("mtc") / PROJECTION_TABLE_NAME, dtype={"image": str})
         self.images = table["image"].to_numpy()
         self.points = table
         if self.projection.train_embeddings is not None and len(self.projection.train_embeddings) == len(table):
             self.neighbour_space = self.projection.train_embeddings.astype(np.float32)
         else:  # a PCA-only projection keeps no embeddings: embed the data set once with the same model
-            from .pipeline import load_manifest
             from .training import embed
 
             manifest = load_manifest(self.cache_dir)
@@ -436,9 +429,9 @@ _CLASSIFIERS_LOCK = threading.Lock()
 def classifier_for(cache_dir) -> Classifier:
     """The shared :class:`Classifier` of a store (rebuilt when its models or projection change)."""
     cache_dir = Path(cache_dir).resolve()
-    stamp = tuple((p.name, p.stat().st_mtime_ns) for p in (cache_dir / "runs" / "mtc" / "metrics.json",
-                                                           cache_dir / "runs" / "mtl" / "metrics.json",
-                                                           cache_dir / "latent" / "mtc" / "projection.npz")
+    layout = StoreLayout(cache_dir)
+    stamp = tuple((p.name, p.stat().st_mtime_ns) for p in (layout.run_metrics("mtc"), layout.run_metrics("mtl"),
+                                                           layout.latent("mtc") / PROJECTION_NAME)
                   if p.is_file())
     with _CLASSIFIERS_LOCK:
         key = (str(cache_dir), stamp)
@@ -484,7 +477,6 @@ def results_table(results) -> pd.DataFrame:
 def _store_image_view(cache_dir: str, image: str, stamp: tuple) -> dict:
     from .data import load_image
     from .data.images import scan_crops
-    from .pipeline import load_manifest
 
     manifest = load_manifest(cache_dir)
     rows = manifest.index[manifest["image"] == image]
@@ -496,8 +488,8 @@ def _store_image_view(cache_dir: str, image: str, stamp: tuple) -> dict:
             "split": None if pd.isna(row["split"]) else str(row["split"]), "width": int(height.shape[1]),
             "height": int(height.shape[0]), "pixel_size_nm": float(pixel_nm),
             "uri": png_uri(afm_rgb(height), max_side=512), "cam_uri": None, "cam_note": None, "predicted": None}
-    run_dir = Path(cache_dir) / "runs" / "mtc"
-    if (run_dir / "metrics.json").is_file():
+    run_dir = StoreLayout(cache_dir).run("mtc")
+    if (run_dir / METRICS_NAME).is_file():
         loaded = loaded_run(run_dir)
         from .training import predict
 
@@ -516,7 +508,7 @@ def store_image_view(cache_dir, image: str) -> dict:
     map is flat (``cam_note`` then says why).
     """
     cache_dir = Path(cache_dir).resolve()
-    run_dir = cache_dir / "runs" / "mtc"
+    run_dir = StoreLayout(cache_dir).run("mtc")
     stamp = _run_files_stamp(run_dir) if run_dir.is_dir() else ()
     return _store_image_view(str(cache_dir), str(image), stamp)
 

@@ -473,7 +473,7 @@ def _run_import_model(args) -> int:
 # --- reproduce --------------------------------------------------------------------------------------------------
 
 def _add_reproduce(sub) -> None:
-    from tmdafm_core.pipeline import PROFILES
+    from tmdafm_core.profiles import PROFILES
 
     p = sub.add_parser("reproduce", help="every table and figure of the paper the inputs allow, with the paper's "
                                          "numbering (CSV, HTML, PNG/SVG/PDF, index.html, README.md)")
@@ -494,7 +494,7 @@ def _add_reproduce(sub) -> None:
 
 
 def _run_reproduce(args) -> int:
-    from tmdafm_core.pipeline import named_profile
+    from tmdafm_core.profiles import named_profile
     from tmdafm_core.reproduce import reproduce
 
     if args.data is not None and not args.data.exists():
@@ -793,7 +793,8 @@ def _profile_value(field):
 def _add_precompute(sub) -> None:
     from dataclasses import fields
 
-    from tmdafm_core.pipeline import _PROFILE_FLAGS, PROFILES, STEPS, Profile
+    from tmdafm_core.layout import STEPS
+    from tmdafm_core.profiles import PROFILE_FLAGS, PROFILES, Profile
     from tmdafm_core.store import default_cache_dir
 
     p = sub.add_parser("precompute", help="build everything the app shows into a store (resumable; no DATA: the "
@@ -820,7 +821,7 @@ def _add_precompute(sub) -> None:
     for field in fields(Profile):
         if field.name == "name":
             continue
-        flag = _PROFILE_FLAGS.get(field.name, "--" + field.name.replace("_", "-"))
+        flag = PROFILE_FLAGS.get(field.name, "--" + field.name.replace("_", "-"))
         group.add_argument(flag, dest=f"profile_{field.name}", type=_profile_value(field), metavar="X",
                            help=f"{field.name} (profile default: {getattr(PROFILES['demo'], field.name)} in demo)")
 
@@ -828,7 +829,8 @@ def _add_precompute(sub) -> None:
 def _run_precompute(args) -> int:
     import dataclasses
 
-    from tmdafm_core.pipeline import PROFILES, format_summary, precompute
+    from tmdafm_core.pipeline import format_summary, precompute
+    from tmdafm_core.profiles import PROFILES
 
     overrides = {key[len("profile_"):]: value for key, value in vars(args).items()
                  if key.startswith("profile_") and value is not None}
@@ -852,7 +854,7 @@ DEFAULT_PORT = 8050
 
 def add_app_arguments(p) -> None:
     """The app's options, shared by ``tmdafm app`` and ``python app.py``."""
-    from tmdafm_core.pipeline import PROFILES
+    from tmdafm_core.profiles import PROFILES
     from tmdafm_core.store import default_cache_dir
 
     p.add_argument("--cache", type=Path, default=default_cache_dir(),
@@ -872,7 +874,7 @@ def add_app_arguments(p) -> None:
 
 def app_profile(args):
     """The precompute profile the app's options name: ``--profile``, with ``--descriptors`` when not the default."""
-    from tmdafm_core.pipeline import named_profile
+    from tmdafm_core.profiles import named_profile
 
     if args.descriptors == "physical":
         return args.profile

@@ -55,6 +55,7 @@ import pandas as pd
 from .data import PAPER_MATERIALS, FeatureTable, LabelSpace
 from .models import ARCHITECTURES, WEIGHT_CHOICES
 from .parallel import shared_pools
+from .profiles import RECIPES, recipe_options
 from .training import (
     HEAD_STARTS,
     METRICS_NAME,
@@ -78,47 +79,11 @@ RESULT_COLUMNS = ("n_classes", "mode", "task", "volume", "split", "f1_mean", "f1
 ARCHITECTURES_NAME, ABLATION_NAME = "architectures.csv", "ablation.csv"
 ABLATION_MODES = ("fine-tune", "feature-extraction", "scratch")
 
-#: Training settings of the profiles. ``demo`` aims at the whole default sequential grid of a 1026-image set in
-#: about five minutes on 2 CPU cores (32 px, 2 epochs; the precompute's demo starts it from its AFM-pretrained
-#: backbone). Its recipe was chosen by measurement on the demo's MtC run (64 px, 10 epochs; validation macro-F1
-#: pooled over the 922 non-test images): constant Adam 1e-3 at batch 64 0.61 with validation F1 jumping between
-#: epochs; warm-up + cosine AdamW (lr 3e-3, weight decay 0.05) 0.61 rising steadily; the same at batch 32 (lr 2e-3)
-#: 0.68-0.77; bf16 autocast (``native`` on CPUs with AMX / AVX512-BF16) 1.6x faster at 64 px with validation F1
-#: within a point of float32 (and no faster at 32 px). It trains with one torch thread: on a CPU shared with other
-#: processes, two threads on two cores ran ResNet18 about 30x slower than one (threads wait for each other), and at
-#: 32 px one thread is as fast as two.
-#: Its two folds train at once in two processes of one thread each (``fold_jobs``: 1.97x faster for the demo's MtC
-#: run on 2 cores, identical results; ``benchmarks/bench_fold_jobs.py``).
-#: ``paper`` is the paper's setting (native image size, 60 epochs, ResNet152 with ImageNet V2 weights, the model of
-#: its Tables 4-5 and Figures 3-5) and wants a GPU; its Table 2 (the ablation) used ResNet18 V1
-#: (:data:`PAPER_ABLATION_MODEL`).
-PROFILES = {
-    "demo": {"arch": "resnet18", "weights": "none", "image_size": 32, "epochs": 2, "folds": 2, "lr": 2e-3,
-             "batch_size": 32, "dropout": 0.0, "weight_decay": 0.05, "schedule": "warmup-cosine", "optimizer": "adamw",
-             "precision": "native", "device": "cpu", "threads": 1, "fold_jobs": 2},
-    "paper": {"arch": "resnet152", "weights": "imagenet-v2", "image_size": None, "epochs": 60, "folds": 5,
-              "lr": 7.5e-5, "batch_size": 32, "dropout": 0.0, "device": "cuda", "threads": None, "fold_jobs": 1},
-}
 #: The model of the paper's Table 2 (fine-tuning vs feature extraction vs scratch).
 PAPER_ABLATION_MODEL = {"arch": "resnet18", "weights": "imagenet-v1"}
 
-
-def profile_options(profile: str | None = None, **explicit) -> dict:
-    """Training keywords of a profile, overridden by every explicit keyword that is not None.
-
-    Parameters
-    ----------
-    profile : {"demo", "paper"}, optional
-        No profile: only the explicit keywords (the engine's defaults fill the rest).
-    **explicit
-        ``cross_validate`` keywords, and ``threads`` (torch CPU threads while the experiment runs); None means
-        "not given".
-    """
-    if profile is not None and profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; use one of {', '.join(PROFILES)}")
-    options = dict(PROFILES[profile]) if profile else {}
-    options.update({k: v for k, v in explicit.items() if v is not None})
-    return options
+#: Earlier names of the training recipes (:mod:`tmdafm_core.profiles`), kept importable.
+PROFILES, profile_options = RECIPES, recipe_options
 
 
 @contextlib.contextmanager
@@ -352,7 +317,7 @@ def sequential_study(data: pd.DataFrame, out_dir, *, order=PAPER_MATERIALS, volu
     **train
         :func:`tmdafm_core.training.cross_validate` keywords (``arch``, ``weights`` — the base weights, ``epochs``,
         ``folds``, ``lr``, ``batch_size``, ``dropout``, ``image_size``, ``device``, ``seed``, ...), e.g. from
-        :func:`profile_options`.
+        :func:`~tmdafm_core.profiles.recipe_options`.
 
     Returns
     -------

@@ -36,7 +36,6 @@ store in about a minute, for tests and trying the app.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import os
@@ -45,7 +44,7 @@ import shutil
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +53,48 @@ import pandas as pd
 from .data import IMAGE_SUFFIXES, LabelSpace, afm_colours, load_image, read_dataset, split_dataset
 from .data.images import scan_crops
 from .data.scans import DEFAULT_CROP_UM
+from .layout import (
+    ATLAS_NAME,
+    BACKBONE_NAME,
+    DATASET_DIR,
+    DEPENDS,
+    EMBEDDINGS_NAME,
+    FEATURES_NAME,
+    LATENT_DIR,
+    MANIFEST_NAME,
+    PREDICTIONS_NAME,
+    PREPARED_NAME,
+    PRETRAINED_DIR,
+    RUNS_DIR,
+    SEQUENTIAL_DIR,
+    STEP_OUTPUTS,
+    STEP_PATHS,
+    STEPS,
+    STORE_MARKER,
+    SYNTHETIC_IMAGES_DIR,
+    THUMBNAILS_DIR,
+    THUMBNAILS_MARKER,
+    Artifact,
+    StoreLayout,
+    load_manifest,
+    recorded_source,
+    store_contents,
+    store_ready,
+    thumbnail_name,
+    thumbnail_uri,
+)
+from .profiles import (
+    DESCRIPTOR_SETS,
+    PRETRAINED_TITLE,
+    PRETRAINED_WEIGHTS,
+    PROFILE_FLAGS,
+    PROFILES,
+    Profile,
+    named_profile,
+    profile_arguments,
+    resolve_profile,
+)
+from .results import dataset_overview, example_thumbnails, split_table
 from .store import (
     check_file,
     check_files,
@@ -70,161 +111,20 @@ from .store import (
     write_json,
 )
 
-DATASET_DIR = "dataset"
-MANIFEST_NAME = "manifest.parquet"
-PREPARED_NAME = "prepared.json"
-SYNTHETIC_IMAGES_DIR = "images"
-THUMBNAILS_DIR = "thumbnails"
+#: Public names; those defined in :mod:`~tmdafm_core.layout`, :mod:`~tmdafm_core.profiles` and
+#: :mod:`~tmdafm_core.results` stay importable from here.
+__all__ = [
+    "Artifact", "DATASET_DIR", "DEPENDS", "DESCRIPTOR_SETS", "MANIFEST_NAME", "PREPARED_NAME", "PRETRAINED_TITLE",
+    "PRETRAINED_WEIGHTS", "PROFILE_FLAGS", "PROFILES", "Profile", "RUNS_DIR", "STEPS", "STORE_MARKER", "StepResult",
+    "THUMBNAILS_DIR", "app_steps", "claim_store", "complete_store", "dataset_overview", "example_thumbnails",
+    "format_summary", "given_runs", "load_manifest", "named_profile", "precompute", "prepare_dataset",
+    "prepare_thumbnails", "profile_arguments", "recorded_source", "render_thumbnail", "run_training_options",
+    "split_table", "store_contents", "store_ready", "thumbnail_name", "thumbnail_uri", "with_backbone",
+    "write_atlas",
+]
+
 THUMBNAIL_PX = 96
 _FORMAT_VERSION = 1  # bump when the prepared manifest's meaning changes, so old stores are rebuilt
-
-
-#: Descriptor definitions a store can be built with: our resolution-aware set, or the paper's pixel definitions.
-DESCRIPTOR_SETS = ("physical", "paper")
-#: ``weights`` of a profile whose runs start from the store's own pretrained backbone (the ``pretrain`` step).
-PRETRAINED_WEIGHTS = "afm-pretrained"
-PRETRAINED_DIR, BACKBONE_NAME = "pretrained", "backbone.pt"
-PRETRAINED_TITLE = "AFM-pretrained (synthetic)"
-
-
-@dataclass(frozen=True)
-class Profile:
-    """Settings of one precompute profile: which data, how it is split, trained and analysed.
-
-    Training options come from the experiments profile named by ``training``
-    (:data:`tmdafm_core.experiments.PROFILES`, ``"demo"`` or ``"paper"``); every field below that is not None
-    overrides the option of the same meaning there. The split and the cross-validated runs use the same folds.
-
-    Attributes
-    ----------
-    name : str
-    n, size : int
-        Synthetic data set generated when no DATA is given: images, and pixels per 1 µm side.
-    seed : int
-        Seed of the synthetic images, the split, training, UMAP and bootstrap.
-    test_fraction : float
-        Share of samples held out for test when the data carries no test marks.
-    training : {"demo", "paper"}
-        Experiments profile with the training options.
-    n_folds, epochs, image_size, arch, weights, device : optional
-        Overrides of the training profile (``n_folds`` is its ``folds``).
-    run_epochs, run_image_size : int, optional
-        Epochs and input side (px) of the MtC and MtL runs the app explores, when they should train longer or on
-        larger inputs than the sequential study's many runs (default: ``epochs``, ``image_size``). A ResNet's
-        last feature map is the input side / 32: 64 px gives 2 x 2 activation maps, 32 px a flat 1 x 1 one.
-    order : tuple of str, optional
-        Class order of the sequential study; default every class of the data set, in MtC order.
-    volumes : tuple
-        Training-volume sweep of the sequential study (``"full"`` and image counts).
-    sequential_task : {"mtc", "mtl", "both"}
-    umap_dims : tuple of int
-        UMAP layouts of the latent spaces (2 and/or 3; empty: PCA only).
-    n_boot : int
-        Bootstrap resamples of the correlation intervals.
-    descriptors : {"physical", "paper"}
-        ``physical``: the resolution-aware descriptors (densities per µm², sizes in nm, noise-robust defaults);
-        ``paper``: the paper's pixel-based definitions exactly (``paper_pixels=True``).
-    scan_crop_um : float or None
-        Instrument files in DATA: side of the central crop (µm) taken after levelling (the paper's 1 µm), or None
-        for whole scans.
-    fold_jobs : int, optional
-        Override of the training profile's folds trained at once in local processes (speed only; ``tiny`` uses 1:
-        its runs are too short to repay starting processes).
-    pretrain_images, pretrain_epochs, pretrain_objective
-        With ``pretrain_images > 0`` the ``pretrain`` step pretrains the profile's backbone on that many images of
-        a synthetic corpus from the generator's whole parameter space (:mod:`tmdafm_core.pretrain`), and every
-        run whose ``weights`` is ``"afm-pretrained"`` (:data:`PRETRAINED_WEIGHTS`) fine-tunes from it: the demo's
-        stand-in for ImageNet, titled "AFM-pretrained (synthetic)" on every page.
-    """
-
-    name: str
-    n: int = 1026
-    size: int = 128
-    seed: int = 0
-    test_fraction: float = 0.1
-    training: str = "demo"
-    n_folds: int | None = None
-    epochs: int | None = None
-    image_size: int | None = None
-    arch: str | None = None
-    weights: str | None = None
-    device: str | None = None
-    run_epochs: int | None = None
-    run_image_size: int | None = None
-    order: tuple | None = None
-    volumes: tuple = ("full", 64, 32, 16, 8)
-    sequential_task: str = "both"
-    umap_dims: tuple = (2, 3)
-    n_boot: int = 1000
-    descriptors: str = "physical"
-    scan_crop_um: float | None = DEFAULT_CROP_UM
-    fold_jobs: int | None = None
-    pretrain_images: int = 0
-    pretrain_epochs: int = 10
-    pretrain_objective: str = "parameters"
-
-    def __post_init__(self):
-        if self.descriptors not in DESCRIPTOR_SETS:
-            raise ValueError(f"descriptors must be one of {', '.join(DESCRIPTOR_SETS)}, got {self.descriptors!r}")
-        if self.weights == PRETRAINED_WEIGHTS and self.pretrain_images < 2:
-            raise ValueError(f"weights {PRETRAINED_WEIGHTS!r} needs a pretraining corpus: set pretrain_images >= 2")
-
-    @classmethod
-    def from_dict(cls, document: dict) -> Profile:
-        """A profile from :func:`dataclasses.asdict` output (e.g. read back from JSON, lists for tuples)."""
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in document.items() if k in known}
-        for name in ("order", "volumes", "umap_dims"):
-            if isinstance(values.get(name), list):
-                values[name] = tuple(values[name])
-        return cls(**values)
-
-    @property
-    def train_options(self) -> dict:
-        """``cross_validate`` keywords: the experiments profile, these overrides, seed and test fraction."""
-        from .experiments import profile_options  # imports torch: only when training settings are needed
-
-        return profile_options(self.training, folds=self.n_folds, epochs=self.epochs, image_size=self.image_size,
-                               arch=self.arch, weights=self.weights, device=self.device, seed=self.seed,
-                               test_fraction=self.test_fraction, fold_jobs=self.fold_jobs)
-
-    @property
-    def folds(self) -> int:
-        """Cross-validation folds of the split and of every run."""
-        return int(self.n_folds) if self.n_folds is not None else int(self.train_options["folds"])
-
-
-#: ``demo`` runs on a 2-core laptop without a download: it pretrains its own backbone on synthetic images and fine-tunes
-#: from it (the experiments' demo training options otherwise). Pretraining was chosen by measurement (demo MtC run,
-#: validation macro-F1 from 16 training images per class / from all): scratch 0.33 / 0.68, parameter regression
-#: 0.48 / 0.72, SimCLR contrastive 0.49 / 0.69 at twice the pretraining time (2048 images, 10 epochs each);
-#: ``paper`` is the study's setting (the experiments' paper options: ImageNet weights from the torchvision cache,
-#: 60 epochs, 5 folds) and is meant for a GPU (``device="cuda"``); ``tiny`` builds a whole store in well under a
-#: minute, for tests and trying the app.
-PROFILES = {
-    "demo": Profile("demo", run_epochs=10, run_image_size=64, volumes=("full", 16), sequential_task="both",
-                    weights=PRETRAINED_WEIGHTS, pretrain_images=1536, pretrain_epochs=8),
-    "paper": Profile("paper", size=256, training="paper"),
-    "tiny": Profile("tiny", n=80, size=32, n_folds=2, epochs=1, image_size=32, order=("MoS2", "WS2", "WSe2"),
-                    fold_jobs=1,
-                    volumes=("full", 8), umap_dims=(2,), n_boot=50),
-}
-
-
-def named_profile(name: str, *, descriptors: str | None = None) -> Profile:
-    """The profile ``name`` of :data:`PROFILES`, with another descriptor set when ``descriptors`` is given."""
-    profile = _resolve_profile(name)
-    return replace(profile, descriptors=descriptors) if descriptors else profile
-
-
-def _resolve_profile(profile) -> Profile:
-    if isinstance(profile, Profile):
-        return profile
-    if isinstance(profile, dict):
-        return Profile.from_dict(profile)
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
-    return PROFILES[profile]
 
 
 # --- small store helpers ----------------------------------------------------------------------------------------
@@ -288,20 +188,6 @@ def _data_root(settings: dict, cache_dir: Path) -> Path:
     return Path(settings["source"]["path"])
 
 
-def _prepared_record(cache_dir: Path) -> dict | None:
-    """The prepared.json of a data set whose manifest is there and readable, else None (to be rebuilt)."""
-    import pyarrow.parquet
-
-    record = _read_json(cache_dir / DATASET_DIR / PREPARED_NAME)
-    if record is None or not {"settings", "fingerprint", "root"} <= set(record):
-        return None
-    try:  # the footer is enough to tell a whole file from a truncated or foreign one
-        pyarrow.parquet.read_metadata(cache_dir / DATASET_DIR / MANIFEST_NAME)
-    except (OSError, pyarrow.ArrowException):
-        return None
-    return record
-
-
 def _generate_synthetic(images_dir: Path, profile: Profile, progress) -> None:
     from .data.synthetic import write_synthetic_dataset
 
@@ -353,14 +239,14 @@ def prepare_dataset(cache_dir, data=None, *, profile="demo", progress=None) -> p
         The tidy manifest with ``split`` ("train"/"test") and ``fold`` (validation fold of train rows, -1 for test),
         as :func:`load_manifest` returns it.
     """
-    profile = _resolve_profile(profile)
+    profile = resolve_profile(profile)
     if data is not None and not Path(data).exists():
         raise FileNotFoundError(f"{data}: no such file or folder; give a data set folder or manifest CSV")
     cache_dir = claim_store(cache_dir)
     settings = _dataset_settings(profile, data, cache_dir)
     dataset_dir = cache_dir / DATASET_DIR
     with _exclusive(cache_dir, "dataset"):
-        record = _prepared_record(cache_dir)
+        record = StoreLayout(cache_dir).prepared_record()
         if record is not None and record.get("settings") == settings:
             root = _data_root(settings, cache_dir)
             if root.exists() and _fingerprint(root, exclude=cache_dir.resolve()) == record.get("fingerprint"):
@@ -399,36 +285,7 @@ def prepare_dataset(cache_dir, data=None, *, profile="demo", progress=None) -> p
     return load_manifest(cache_dir)
 
 
-def load_manifest(cache_dir) -> pd.DataFrame:
-    """The prepared manifest of the store, with ``path`` pointing at the images wherever the store now lives.
-
-    ``attrs`` carry ``root`` (data root), ``source`` (layout), ``skipped`` and ``record`` (the prepared.json).
-    Raises FileNotFoundError when the data set has not been prepared.
-    """
-    cache_dir = Path(cache_dir)
-    record = _prepared_record(cache_dir)
-    if record is None:
-        raise FileNotFoundError(f"{cache_dir / DATASET_DIR / MANIFEST_NAME}: no prepared data set; run the app or "
-                                f"`tmdafm precompute --out {shlex.quote(str(cache_dir))}`")
-    try:
-        manifest = pd.read_parquet(cache_dir / DATASET_DIR / MANIFEST_NAME)
-    except (OSError, ValueError) as exc:  # pyarrow's errors derive from these
-        raise ValueError(f"{cache_dir / DATASET_DIR / MANIFEST_NAME}: unreadable ({exc}); prepare the data set "
-                         "again (the app or `tmdafm precompute` rebuilds it)") from None
-    root = cache_dir / record["root"] if record.get("root_in_store") else Path(record["root"])
-    # Relative image paths make the store relocatable: a moved cache still finds its synthetic images.
-    manifest["path"] = [str(root / image) for image in manifest["image"]]
-    manifest.attrs = {"root": str(root), "source": record.get("layout", ""), "skipped": record.get("skipped", []),
-                      "record": record}
-    return manifest
-
-
 # --- step 2: thumbnails -----------------------------------------------------------------------------------------
-
-def thumbnail_name(image: str) -> str:
-    """File name of an image's thumbnail: a hash of its relative path (stable, any characters allowed)."""
-    return hashlib.sha1(image.encode()).hexdigest()[:20] + ".png"
-
 
 def render_thumbnail(path, *, size: int = THUMBNAIL_PX, crop_um=DEFAULT_CROP_UM) -> bytes:
     """PNG bytes of an image as the models see it (scaled 0..1) in the AFM gold colour scale, ``size`` px wide
@@ -457,11 +314,11 @@ def prepare_thumbnails(cache_dir, *, size: int = THUMBNAIL_PX, progress=None) ->
     folder = cache_dir / THUMBNAILS_DIR
     key = {"dataset": manifest.attrs["record"]["fingerprint"], "size": int(size), "format": _FORMAT_VERSION}
     with _exclusive(cache_dir, "thumbnails"):
-        marker = _read_json(folder / "thumbnails.json")
+        marker = _read_json(folder / THUMBNAILS_MARKER)
         if marker is None or marker.get("key") != key:
             if folder.exists():
                 shutil.rmtree(folder)
-            _write_json(folder / "thumbnails.json", {"key": key, "complete": False})
+            _write_json(folder / THUMBNAILS_MARKER, {"key": key, "complete": False})
         elif marker.get("complete"):
             _report(progress, "thumbnails ready (from the store)", 1, 1)
             return folder
@@ -475,56 +332,14 @@ def prepare_thumbnails(cache_dir, *, size: int = THUMBNAIL_PX, progress=None) ->
             done += 1
             if done % 25 == 0 or done == len(manifest):
                 _report(progress, "making thumbnails", done, len(manifest))
-        _write_json(folder / "thumbnails.json", {"key": key, "complete": True})
+        _write_json(folder / THUMBNAILS_MARKER, {"key": key, "complete": True})
     return folder
-
-
-def thumbnail_uri(cache_dir, image: str) -> str | None:
-    """``data:image/png;base64,...`` of one image's stored thumbnail, or None when it is not in the store."""
-    try:
-        png = (Path(cache_dir) / THUMBNAILS_DIR / thumbnail_name(image)).read_bytes()
-    except OSError:
-        return None
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
-def example_thumbnails(cache_dir, *, per_material: int = 6) -> dict[str, list[dict]]:
-    """Up to ``per_material`` thumbnails per material, one per sample where possible, spread over the samples.
-
-    Returns ``{material: [{"image", "sample_id", "split", "uri"}, ...]}`` in class (MtC) order; images whose
-    thumbnail is missing are left out.
-    """
-    manifest = load_manifest(cache_dir)
-    space = LabelSpace.from_materials(manifest["material"])
-    examples = {}
-    for material in space.classes:
-        rows = manifest[manifest["material"] == material]
-        picks = rows.drop_duplicates("sample_id")
-        if len(picks) < per_material:
-            picks = pd.concat([picks, rows.drop(picks.index)])
-        picks = picks.iloc[np.unique(np.linspace(0, len(picks) - 1, min(per_material, len(picks))).round()
-                                     .astype(int))]
-        examples[material] = [
-            {"image": row.image, "sample_id": row.sample_id, "split": row.split, "uri": uri}
-            for row in picks.itertuples() if (uri := thumbnail_uri(cache_dir, row.image)) is not None
-        ]
-    return examples
 
 
 # --- precompute: every step, recorded in store.json -------------------------------------------------------------
 
-ATLAS_NAME = "atlas.json"
-FEATURES_NAME = "features.csv"
-RUNS_DIR, LATENT_DIR, SEQUENTIAL_DIR = "runs", "latent", "sequential"
-PREDICTIONS_NAME, EMBEDDINGS_NAME = "predictions.csv", "embeddings.parquet"
 LATENT_COMPONENTS = 10
 #: Pipeline steps in the order they run, and the steps each one reads.
-STEPS = ("dataset", "thumbnails", "descriptors", "pretrain", "mtc", "mtl", "sequential", "latent-mtc", "latent-mtl",
-         "latent-sequential")
-DEPENDS = {"dataset": (), "thumbnails": ("dataset",), "descriptors": ("dataset",), "pretrain": (),
-           "mtc": ("dataset", "pretrain"), "mtl": ("dataset", "pretrain"), "sequential": ("dataset", "pretrain"),
-           "latent-mtc": ("mtc", "descriptors"),
-           "latent-mtl": ("mtl", "descriptors"), "latent-sequential": ("sequential", "dataset")}
 _KEY_FILE = ".precompute.json"  # inside a run / study folder: what it was trained with, to resume or reuse it
 _LATENT_FORMAT = 3  # 2: pre-ReLU latent features (the paper's); 3: predictions of the fold ensemble, with novelty
 _RUN_FORMAT = 2  # 2: fold checkpoints keep a calibration temperature and a novelty reference
@@ -644,10 +459,10 @@ def _staging(target: Path, compat: dict, *, reuse: bool) -> Path:
 
 def _step_thumbnails(ctx: _Context):
     folder = ctx.cache / THUMBNAILS_DIR
-    marker = read_json(folder / "thumbnails.json")
+    marker = read_json(folder / THUMBNAILS_MARKER)
     if marker and marker.get("complete") and not all((folder / thumbnail_name(image)).is_file()
                                                      for image in ctx.manifest["image"]):
-        write_json(folder / "thumbnails.json", {**marker, "complete": False})  # remake the missing ones
+        write_json(folder / THUMBNAILS_MARKER, {**marker, "complete": False})  # remake the missing ones
     folder = prepare_thumbnails(ctx.cache, progress=ctx.progress)
     write_atlas(ctx.cache)
     return _files_under(folder)
@@ -667,7 +482,7 @@ def _step_descriptors(ctx: _Context):
 def run_training_options(profile) -> dict:
     """``cross_validate`` keywords of a profile's MtC / MtL runs: its training options (without the speed-only
     ``threads`` and ``fold_jobs``), with ``run_epochs`` and ``run_image_size`` when set."""
-    profile = _resolve_profile(profile)
+    profile = resolve_profile(profile)
     overrides = {"epochs": profile.run_epochs, "image_size": profile.run_image_size}
     return {**_result_options(profile), **{key: value for key, value in overrides.items() if value is not None}}
 
@@ -905,13 +720,6 @@ _STEP_FUNCTIONS = {
     "latent-sequential": _step_latent_sequential,
 }
 _TORCH_STEPS = ("mtc", "mtl", "sequential", "latent-mtc", "latent-mtl", "latent-sequential")
-_STEP_PATHS = {"dataset": f"{DATASET_DIR}/{MANIFEST_NAME}", "thumbnails": f"{THUMBNAILS_DIR}/{ATLAS_NAME}",
-               "descriptors": FEATURES_NAME, "pretrain": f"{PRETRAINED_DIR}/{BACKBONE_NAME}", "mtc": f"{RUNS_DIR}/mtc",
-               "mtl": f"{RUNS_DIR}/mtl",
-               "sequential": f"{SEQUENTIAL_DIR}/results.csv", "latent-mtc": f"{LATENT_DIR}/mtc",
-               "latent-mtl": f"{LATENT_DIR}/mtl", "latent-sequential": f"{LATENT_DIR}/{SEQUENTIAL_DIR}"}
-
-
 def _drop_damaged(cache: Path, files: dict) -> None:
     """Delete the recorded files that are no longer as written, so the resumable steps make them again."""
     for name, entry in files.items():
@@ -958,12 +766,12 @@ def _run_dataset_step(ctx: _Context) -> StepResult:
     record = ctx.records.get("dataset")
     reason = _stale(ctx, record, key, inputs)
     if reason is None and before == prepared:
-        return StepResult("dataset", "from cache", "", 0.0, ctx.cache / _STEP_PATHS["dataset"])
+        return StepResult("dataset", "from cache", "", 0.0, ctx.cache / STEP_PATHS["dataset"])
     if reason is None:
         reason = "rebuilt (the manifest was unreadable)"
     files = [ctx.cache / DATASET_DIR / MANIFEST_NAME, ctx.cache / DATASET_DIR / PREPARED_NAME]
     _finish(ctx, "dataset", key, settings, inputs, files, started, output=_dataset_digest(manifest))
-    return StepResult("dataset", "computed", reason, time.perf_counter() - started, ctx.cache / _STEP_PATHS["dataset"])
+    return StepResult("dataset", "computed", reason, time.perf_counter() - started, ctx.cache / STEP_PATHS["dataset"])
 
 
 def _run_step(ctx: _Context, step: str) -> StepResult:
@@ -974,14 +782,14 @@ def _run_step(ctx: _Context, step: str) -> StepResult:
     inputs = {name: ctx.records[name]["output"] for name in DEPENDS[step]}
     key = make_key(step, settings, inputs)
     reason = _stale(ctx, ctx.records.get(step), key, inputs)
-    path = ctx.cache / _STEP_PATHS[step]
+    path = ctx.cache / STEP_PATHS[step]
     if reason is None:
         return StepResult(step, "from cache", "", 0.0, path)
     if ctx.progress is True:
         print(f"tmdafm precompute: {step}: computing ({reason})", file=sys.stderr, flush=True)
     foreign = _foreign_files(ctx, step) if ctx.guard_foreign else []
     if foreign:
-        raise ValueError(f"{ctx.cache / _STEP_OUTPUTS[step]}: holds {len(foreign)} file(s) the store did not write "
+        raise ValueError(f"{ctx.cache / STEP_OUTPUTS[step]}: holds {len(foreign)} file(s) the store did not write "
                          f"(e.g. {foreign[0]}); move them out of the store, then run precompute again")
     _report(ctx.progress, f"{step}: computing ({reason})", 0, 1)
     if reason.startswith("corrupt"):
@@ -1030,15 +838,6 @@ def given_runs(paths) -> dict:
     return runs
 
 
-#: Written when a store is created: ``precompute`` only ever writes into a folder that holds it (or that is empty).
-STORE_MARKER = ".tmdafm-store"
-#: Where each step writes; only files the store recorded there are ever replaced or removed.
-_STEP_OUTPUTS = {"thumbnails": THUMBNAILS_DIR, "descriptors": FEATURES_NAME, "pretrain": PRETRAINED_DIR,
-                 "mtc": f"{RUNS_DIR}/mtc",
-                 "mtl": f"{RUNS_DIR}/mtl", "sequential": SEQUENTIAL_DIR, "latent-mtc": f"{LATENT_DIR}/mtc",
-                 "latent-mtl": f"{LATENT_DIR}/mtl", "latent-sequential": f"{LATENT_DIR}/{SEQUENTIAL_DIR}"}
-
-
 def claim_store(cache_dir) -> Path:
     """Make ``cache_dir`` a store, or check that it is one; refuse a non-empty folder that is not a store.
 
@@ -1061,8 +860,8 @@ def claim_store(cache_dir) -> Path:
 
 def _foreign_files(ctx, step: str) -> list[str]:
     """Files (not hidden) where ``step`` writes that no step of the store recorded: someone else's."""
-    target = ctx.cache / _STEP_OUTPUTS.get(step, "")
-    if step not in _STEP_OUTPUTS or not target.exists():
+    target = ctx.cache / STEP_OUTPUTS.get(step, "")
+    if step not in STEP_OUTPUTS or not target.exists():
         return []
     recorded = {name for record in ctx.records.values() for name in record.get("files", {})}
     present = [target] if target.is_file() else [p for p in target.rglob("*") if p.is_file()]
@@ -1109,7 +908,7 @@ def precompute(cache_dir, data=None, *, profile="demo", progress=None, steps=Non
     list of StepResult
         One per step run, in order (:func:`format_summary` prints them).
     """
-    profile = _resolve_profile(profile)
+    profile = resolve_profile(profile)
     runs = given_runs(runs)
     cache_dir = claim_store(cache_dir)
     if (cache_dir / "store.json").is_file() and not read_record(cache_dir):
@@ -1150,42 +949,7 @@ def format_summary(results: list[StepResult], cache_dir) -> str:
     return "\n".join(lines)
 
 
-def profile_arguments(profile) -> list[str]:
-    """``tmdafm precompute`` options that rebuild ``profile``: ``--profile NAME`` and each setting that differs."""
-    profile = _resolve_profile(profile)
-    base = PROFILES.get(profile.name) or PROFILES["paper" if profile.training == "paper" else "demo"]
-    arguments = ["--profile", base.name]
-    for field in fields(Profile):
-        value = getattr(profile, field.name)
-        if field.name == "name" or value == getattr(base, field.name) or value is None:
-            continue
-        text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
-        arguments += [_PROFILE_FLAGS.get(field.name, "--" + field.name.replace("_", "-")), text]
-    return arguments
-
-
-_PROFILE_FLAGS = {"n_folds": "--folds", "scan_crop_um": "--crop-um"}
-
-
 # --- what the app can build by itself ---------------------------------------------------------------------------
-
-def store_ready(cache_dir) -> bool:
-    """Whether the store holds a prepared data set and its thumbnails (what the overview page needs)."""
-    cache_dir = Path(cache_dir)
-    thumbs = read_json(cache_dir / THUMBNAILS_DIR / "thumbnails.json") or {}
-    return _prepared_record(cache_dir) is not None and bool(thumbs.get("complete"))
-
-
-def recorded_source(cache_dir, profile="demo"):
-    """(DATA or None, Profile) a store was prepared from; None and ``profile`` when it holds no data set yet."""
-    record = read_json(Path(cache_dir) / DATASET_DIR / PREPARED_NAME) or {}
-    source = record.get("settings", {}).get("source", {})
-    if "profile" in record and source.get("kind") == "data" and Path(source["path"]).exists():
-        return source["path"], Profile.from_dict(record["profile"])
-    if "profile" in record and source.get("kind") == "synthetic":
-        return None, Profile.from_dict(record["profile"])
-    return None, _resolve_profile(profile)
-
 
 def app_steps(cache_dir, *, profile="demo") -> tuple[str, ...]:
     """The steps the app builds by itself for this store: all of :data:`STEPS` for the synthetic demo trained from
@@ -1218,136 +982,3 @@ def complete_store(cache_dir, *, profile="demo", progress=None, steps=("thumbnai
             on_step(step, number, len(wanted))
         results.append(precompute(cache_dir, data, profile=profile, progress=progress, steps=(step,))[-1])
     return results
-
-
-# --- what the store holds ---------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Artifact:
-    """One kind of result in the store: where it lives, whether it is there, and the command that builds it."""
-
-    key: str
-    title: str
-    path: Path
-    present: bool
-    command: str
-
-
-_ARTIFACT_TITLES = {
-    "dataset": "data set (manifest with splits)", "thumbnails": "image thumbnails and hover atlas",
-    "descriptors": "physical descriptors", "pretrain": f"{PRETRAINED_TITLE} backbone (profiles that pretrain)",
-    "mtc": "MtC run (material classes)", "mtl": "MtL run (element labels)",
-    "sequential": "sequential-training study", "latent-mtc": "MtC latent space (PCA/UMAP, tables, predictions)",
-    "latent-mtl": "MtL latent space (PCA/UMAP, tables, predictions)",
-    "latent-sequential": "sequential latent projections (aligned stage to stage)",
-}
-
-
-def store_contents(cache_dir) -> list[Artifact]:
-    """The artifacts the app shows, in pipeline order, each present or not with the command that builds it.
-
-    An artifact is present when ``store.json`` records its step as done (the data set and thumbnails also count
-    when their own markers say so, as the app prepares those itself).
-    """
-    cache_dir = Path(cache_dir)
-    records = read_record(cache_dir)
-    prepared = _prepared_record(cache_dir)
-    data_arg = []
-    profile_args = ["--profile", "demo"]
-    if prepared is not None:
-        if prepared["settings"]["source"]["kind"] == "data":
-            data_arg = [prepared["settings"]["source"]["path"]]
-        if "profile" in prepared:
-            profile_args = profile_arguments(Profile.from_dict(prepared["profile"]))
-    thumbs = read_json(cache_dir / THUMBNAILS_DIR / "thumbnails.json") or {}
-    # A store not prepared yet is filled with the demo, which pretrains.
-    recorded = Profile.from_dict(prepared["profile"]) if prepared is not None and "profile" in prepared \
-        else PROFILES["demo"]
-    pretrains = recorded.pretrain_images > 0
-    artifacts = []
-    for step in STEPS:
-        if step == "pretrain" and not pretrains:
-            continue  # this store's profile trains from other weights: nothing to show or build
-        present = records.get(step, {}).get("status") == "done"
-        if step == "dataset":
-            present = prepared is not None
-        elif step == "thumbnails":
-            present = present or bool(thumbs.get("complete"))
-        command = shlex.join(["tmdafm", "precompute", *data_arg, "--out", str(cache_dir), *profile_args,
-                              "--steps", step])
-        artifacts.append(Artifact(step, _ARTIFACT_TITLES[step], cache_dir / _STEP_PATHS[step], present, command))
-    return artifacts
-
-
-# --- overview ---------------------------------------------------------------------------------------------------
-
-def split_table(manifest: pd.DataFrame) -> pd.DataFrame:
-    """Images per material × partition, the paper's Table 1, from a manifest with ``split`` and ``fold``.
-
-    Rows are the classes in MtC order plus ``total``. Columns: ``train_pool`` (all non-test images),
-    ``train_mean``/``val_mean`` (images per fold, averaged over the folds), ``val_fold_<k>`` (validation images of
-    fold k), ``test``, ``images``, and ``samples``, ``samples_train``, ``samples_test``.
-    """
-    space = LabelSpace.from_materials(manifest["material"])
-    folds = manifest["fold"].to_numpy()
-    n_folds = int(folds.max()) + 1 if (folds >= 0).any() else 0
-    is_test = manifest["split"].astype(str).to_numpy() == "test"
-
-    def counts(rows: pd.DataFrame, test: np.ndarray) -> dict:
-        fold = rows["fold"].to_numpy()
-        pool = int((~test).sum())
-        val = [int((fold == k).sum()) for k in range(n_folds)]
-        row = {"train_pool": pool,
-               "train_mean": pool - float(np.mean(val)) if val else float(pool),
-               "val_mean": float(np.mean(val)) if val else 0.0}
-        row.update({f"val_fold_{k}": v for k, v in enumerate(val)})
-        row.update({"test": int(test.sum()), "images": len(rows),
-                    "samples": rows["sample_id"].nunique(),
-                    "samples_train": rows.loc[~test, "sample_id"].nunique(),
-                    "samples_test": rows.loc[test, "sample_id"].nunique()})
-        return row
-
-    table = {material: counts(manifest[mask], is_test[mask])
-             for material in space.classes if (mask := (manifest["material"] == material).to_numpy()).any()}
-    table["total"] = counts(manifest, is_test)
-    return pd.DataFrame.from_dict(table, orient="index")
-
-
-def dataset_overview(cache_dir) -> dict:
-    """Everything the overview page shows, from the store alone (no image is read).
-
-    Returns a dict with ``prepared`` (bool) and ``artifacts`` (:func:`store_contents`); when prepared also
-    ``synthetic`` (bool), ``root``, ``layout``, ``profile``, ``n_images``, ``n_samples``, ``n_folds``, ``table``
-    (:func:`split_table`), ``classes``, ``elements``, ``element_matrix`` (classes × elements, 0/1),
-    ``image_sizes`` (list of ``(height, width, count)``, most common first), ``pixel_size_nm`` (min, median, max),
-    ``scan_size_nm`` (median width × pixel size), ``skipped`` (list of (file, reason)).
-    """
-    cache_dir = Path(cache_dir)
-    overview = {"prepared": False, "cache": str(cache_dir.resolve()), "artifacts": store_contents(cache_dir)}
-    try:
-        manifest = load_manifest(cache_dir)
-    except FileNotFoundError:
-        return overview
-    record = manifest.attrs["record"]
-    space = LabelSpace.from_materials(manifest["material"])
-    sizes = manifest.groupby(["height", "width"]).size().sort_values(ascending=False)
-    pixel = manifest["pixel_size_nm"].astype(float)
-    overview.update({
-        "prepared": True,
-        "synthetic": record["settings"]["source"]["kind"] == "synthetic",
-        "root": manifest.attrs["root"],
-        "layout": manifest.attrs["source"],
-        "profile": record.get("profile", {}),
-        "n_images": len(manifest),
-        "n_samples": int(manifest["sample_id"].nunique()),
-        "n_folds": int(manifest["fold"].max()) + 1,
-        "table": split_table(manifest),
-        "classes": list(space.classes),
-        "elements": list(space.elements),
-        "element_matrix": space.element_matrix.astype(int),
-        "image_sizes": [(int(h), int(w), int(n)) for (h, w), n in sizes.items()],
-        "pixel_size_nm": (float(pixel.min()), float(pixel.median()), float(pixel.max())),
-        "scan_size_nm": float((pixel * manifest["width"]).median()),
-        "skipped": record.get("skipped", []),
-    })
-    return overview

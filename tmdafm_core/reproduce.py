@@ -116,7 +116,7 @@ def _write_figure(ctx: _Context, name: str, figure, data: pd.DataFrame | None, t
 # --- tables -----------------------------------------------------------------------------------------------------
 
 def _table1(ctx: _Context) -> Artifact:
-    from .pipeline import split_table
+    from .results import split_table
 
     table = split_table(ctx.manifest).reset_index().rename(columns={"index": "material"})
     table.insert(1, "train", table["train_pool"] - table.get("val_fold_0", 0))
@@ -459,9 +459,11 @@ def reproduce(data, out_dir, *, profile="demo", cache=None, formats=("png", "svg
     (list of Artifact, dict of key -> reason)
         What was written, and what could not be made and why.
     """
-    from .pipeline import _resolve_profile, load_manifest, precompute
+    from .layout import load_manifest
+    from .pipeline import precompute
+    from .profiles import resolve_profile
 
-    profile = _resolve_profile(profile)
+    profile = resolve_profile(profile)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     store = Path(cache) if cache is not None else out / "store"

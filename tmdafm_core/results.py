@@ -9,21 +9,21 @@ read raise ValueError naming the file.
 from __future__ import annotations
 
 import json
-import shlex
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .data import LabelSpace
 from .features import FEATURE_COLUMNS, get_descriptor
-from .pipeline import PRETRAINED_TITLE, PRETRAINED_WEIGHTS, store_contents
+from .layout import CONFIG_NAME, StoreLayout, load_manifest, precompute_command, store_contents, thumbnail_uri  # noqa: F401 (precompute_command: public here)
+from .profiles import PRETRAINED_TITLE, PRETRAINED_WEIGHTS
 
 TASKS = ("mtc", "mtl")
 TASK_NAMES = {"mtc": "MtC", "mtl": "MtL"}
 #: The MtL run scored by the paper's strict decoding (element p > 0.5, exact material or "unknown", an error).
 PAPER_RULE_NAME = "MtL (paper rule)"
 SPLITS = ("train", "val", "test")
-LATENT_DIR = "latent"
 #: Where the architecture comparison (``tmdafm compare-archs --out CACHE/architectures``) puts its table.
 ARCHITECTURES_PATH = Path("architectures") / "architectures.csv"
 
@@ -52,23 +52,8 @@ def _read_json(path: Path) -> dict | None:
 
 
 def missing(cache_dir, keys) -> list[tuple[str, str]]:
-    """``[(what, command that builds it)]`` for the store artifacts ``keys`` (``pipeline.store_contents`` keys).
-
-    Call it for what a page could not read: an artifact is listed whatever its record says, so a half-written
-    one is named too. Keys the store does not know fall back to ``tmdafm precompute``.
-    """
-    contents = {a.key: a for a in store_contents(cache_dir)}
-    found = []
-    for key in keys:
-        artifact = contents.get(key)
-        found.append((f"{artifact.title} ({artifact.path})", artifact.command) if artifact is not None
-                     else (key, precompute_command(cache_dir)))
-    return found
-
-
-def precompute_command(cache_dir) -> str:
-    """The command that fills the whole store."""
-    return f"tmdafm precompute --out {shlex.quote(str(cache_dir))}"
+    """``[(what, command that builds it)]`` for the store artifacts ``keys`` (:meth:`StoreLayout.missing`)."""
+    return StoreLayout(cache_dir).missing(keys)
 
 
 # --- runs (/performance) ----------------------------------------------------------------------------------------
@@ -77,13 +62,13 @@ def run_metrics(cache_dir, task: str) -> dict | None:
     """The ``metrics.json`` of the store's run of ``task`` ("mtc" or "mtl"), or None when it is not there."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
-    return _read_json(Path(cache_dir) / "runs" / task / "metrics.json")
+    return _read_json(StoreLayout(cache_dir).run_metrics(task))
 
 
 def imported_run(cache_dir, task: str) -> dict | None:
     """The config of the store's run of ``task`` when it was imported (``tmdafm import-model``: no scores), else
     None."""
-    config = _read_json(Path(cache_dir) / "runs" / task / "config.json")
+    config = _read_json(StoreLayout(cache_dir).run(task) / CONFIG_NAME)
     return config if config and config.get("mode") == "imported" else None
 
 
@@ -156,10 +141,10 @@ def task_comparison(cache_dir, split: str = "test") -> str | None:
     (:mod:`tmdafm_core.comparisons`); None without both runs."""
     from .comparisons import paired_difference, verdict
 
-    runs = Path(cache_dir) / "runs"
-    if not all((runs / task / "metrics.json").is_file() for task in TASKS):
+    layout = StoreLayout(cache_dir)
+    if not all(layout.run_metrics(task).is_file() for task in TASKS):
         return None
-    mean, low, high = paired_difference(runs / "mtc", runs / "mtl", split=split)
+    mean, low, high = paired_difference(layout.run("mtc"), layout.run("mtl"), split=split)
     return verdict(f"MtL − MtC {split} macro-F1", mean, low, high)
 
 
@@ -265,7 +250,7 @@ def confusion(cache_dir, task: str) -> pd.DataFrame | None:
 
 def history(cache_dir, task: str) -> pd.DataFrame | None:
     """The run's training curves (``history.csv``: fold, epoch, split, loss, accuracy, f1_macro), or None."""
-    return _read_csv(Path(cache_dir) / "runs" / task / "history.csv")
+    return _read_csv(StoreLayout(cache_dir).run(task) / "history.csv")
 
 
 def predictions(cache_dir, task: str) -> pd.DataFrame | None:
@@ -273,9 +258,9 @@ def predictions(cache_dir, task: str) -> pd.DataFrame | None:
 
     Columns ``image``, ``material``, ``split``, ``predicted``, ``correct`` and the probabilities.
     """
-    table = _read_csv(Path(cache_dir) / LATENT_DIR / task / "predictions.csv", dtype={"image": str})
+    table = _read_csv(StoreLayout(cache_dir).latent(task) / "predictions.csv", dtype={"image": str})
     if table is not None and not {"image", "material", "predicted"} <= set(table.columns):
-        raise ValueError(f"{Path(cache_dir) / LATENT_DIR / task / 'predictions.csv'}: needs image, material and "
+        raise ValueError(f"{StoreLayout(cache_dir).latent(task) / 'predictions.csv'}: needs image, material and "
                          "predicted columns; build it again with `tmdafm precompute`")
     return table
 
@@ -295,12 +280,17 @@ def architectures(cache_dir) -> pd.DataFrame | None:
 
 # --- latent-space tables (/physical) ----------------------------------------------------------------------------
 
+def analysed_tasks(cache_dir) -> list[str]:
+    """The tasks whose latent space the store has analysed against the descriptors (Table 5 written)."""
+    return [task for task in TASKS if (StoreLayout(cache_dir).latent(task) / "table5.csv").is_file()]
+
+
 def latent_tables(cache_dir, task: str = "mtc") -> dict | None:
     """The descriptor analyses of ``latent/<task>``: ``table5``, ``correlation``, ``cosine_descriptors_pcs``,
     ``cosine_regression_directions``, ``explained_variance`` (DataFrames), ``projection`` (PC scores per image)
     and ``galleries`` (dict); None when the folder holds no projection. Tables the analysis did not write (no
     descriptors were given) are absent from the dict."""
-    folder = Path(cache_dir) / LATENT_DIR / task
+    folder = StoreLayout(cache_dir).latent(task)
     projection = _read_csv(folder / "projection.csv", dtype={"image": str, "sample_id": str})
     if projection is None:
         return None
@@ -381,19 +371,20 @@ def percentile_gallery(galleries: dict, descriptor: str) -> dict:
 
 def sequential_results(cache_dir) -> pd.DataFrame | None:
     """``sequential/results.csv`` (one row per task x mode x class count x volume x split), or None."""
-    table = _read_csv(Path(cache_dir) / "sequential" / "results.csv", dtype={"volume": str})
+    path = StoreLayout(cache_dir).sequential_results
+    table = _read_csv(path, dtype={"volume": str})
     if table is None:
         return None
     needed = {"n_classes", "mode", "task", "volume", "split", "f1_mean", "f1_std"}
     if not needed <= set(table.columns):
-        raise ValueError(f"{Path(cache_dir) / 'sequential' / 'results.csv'}: lacks column(s) "
+        raise ValueError(f"{path}: lacks column(s) "
                          f"{sorted(needed - set(table.columns))}; build it again with `tmdafm sequential`")
     return table
 
 
 def sequential_order(cache_dir, results: pd.DataFrame | None = None) -> list[str]:
     """The order in which the study added its classes (``study.json``; else the first class is unknown)."""
-    study = _read_json(Path(cache_dir) / "sequential" / "study.json")
+    study = _read_json(StoreLayout(cache_dir).sequential / "study.json")
     if study and study.get("order"):
         return [str(c) for c in study["order"]]
     if results is None or results.empty:
@@ -406,7 +397,7 @@ def sequential_semantics(cache_dir) -> dict:
 
     Studies written before these settings existed used ``keep`` and ``train-samples``.
     """
-    study = _read_json(Path(cache_dir) / "sequential" / "study.json") or {}
+    study = _read_json(StoreLayout(cache_dir).sequential / "study.json") or {}
     train = study.get("train") or {}
     return {"head": train.get("head", "keep"), "volume_mode": train.get("volume_mode", "train-samples")}
 
@@ -429,10 +420,10 @@ def base_arm_title(weights) -> str:
 
 def base_weights(cache_dir, profile: dict | None = None) -> str | None:
     """The starting weights of the store's models: the sequential study's (``study.json``), else the MtC run's
-    (``config.json``), else what the store's precompute ``profile`` (a :class:`~tmdafm_core.pipeline.Profile` as a
+    (``config.json``), else what the store's precompute ``profile`` (a :class:`~tmdafm_core.profiles.Profile` as a
     dict) trains from (the demo: ``none``); None when unknown."""
-    study = _read_json(Path(cache_dir) / "sequential" / "study.json") or {}
-    config = _read_json(Path(cache_dir) / "runs" / "mtc" / "config.json") or {}
+    study = _read_json(StoreLayout(cache_dir).sequential / "study.json") or {}
+    config = _read_json(StoreLayout(cache_dir).run("mtc") / CONFIG_NAME) or {}
     weights = (study.get("train") or {}).get("weights") or config.get("weights")
     if weights is None and profile:
         weights = profile.get("weights") or {"demo": "none", "paper": "imagenet"}.get(profile.get("training"))
@@ -467,3 +458,100 @@ def percentile_images(features: pd.DataFrame, descriptor: str, side: str, thresh
     chosen = table[values <= threshold] if side == "low" else table[values >= threshold]
     chosen = chosen.sort_values(descriptor, ascending=side == "low", kind="stable")
     return chosen["image"].astype(str).tolist()
+
+
+# --- the data set (overview page) --------------------------------------------------------------------------
+
+def example_thumbnails(cache_dir, *, per_material: int = 6) -> dict[str, list[dict]]:
+    """Up to ``per_material`` thumbnails per material, one per sample where possible, spread over the samples.
+
+    Returns ``{material: [{"image", "sample_id", "split", "uri"}, ...]}`` in class (MtC) order; images whose
+    thumbnail is missing are left out.
+    """
+    manifest = load_manifest(cache_dir)
+    space = LabelSpace.from_materials(manifest["material"])
+    examples = {}
+    for material in space.classes:
+        rows = manifest[manifest["material"] == material]
+        picks = rows.drop_duplicates("sample_id")
+        if len(picks) < per_material:
+            picks = pd.concat([picks, rows.drop(picks.index)])
+        picks = picks.iloc[np.unique(np.linspace(0, len(picks) - 1, min(per_material, len(picks))).round()
+                                     .astype(int))]
+        examples[material] = [
+            {"image": row.image, "sample_id": row.sample_id, "split": row.split, "uri": uri}
+            for row in picks.itertuples() if (uri := thumbnail_uri(cache_dir, row.image)) is not None
+        ]
+    return examples
+
+
+def split_table(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Images per material × partition, the paper's Table 1, from a manifest with ``split`` and ``fold``.
+
+    Rows are the classes in MtC order plus ``total``. Columns: ``train_pool`` (all non-test images),
+    ``train_mean``/``val_mean`` (images per fold, averaged over the folds), ``val_fold_<k>`` (validation images of
+    fold k), ``test``, ``images``, and ``samples``, ``samples_train``, ``samples_test``.
+    """
+    space = LabelSpace.from_materials(manifest["material"])
+    folds = manifest["fold"].to_numpy()
+    n_folds = int(folds.max()) + 1 if (folds >= 0).any() else 0
+    is_test = manifest["split"].astype(str).to_numpy() == "test"
+
+    def counts(rows: pd.DataFrame, test: np.ndarray) -> dict:
+        fold = rows["fold"].to_numpy()
+        pool = int((~test).sum())
+        val = [int((fold == k).sum()) for k in range(n_folds)]
+        row = {"train_pool": pool,
+               "train_mean": pool - float(np.mean(val)) if val else float(pool),
+               "val_mean": float(np.mean(val)) if val else 0.0}
+        row.update({f"val_fold_{k}": v for k, v in enumerate(val)})
+        row.update({"test": int(test.sum()), "images": len(rows),
+                    "samples": rows["sample_id"].nunique(),
+                    "samples_train": rows.loc[~test, "sample_id"].nunique(),
+                    "samples_test": rows.loc[test, "sample_id"].nunique()})
+        return row
+
+    table = {material: counts(manifest[mask], is_test[mask])
+             for material in space.classes if (mask := (manifest["material"] == material).to_numpy()).any()}
+    table["total"] = counts(manifest, is_test)
+    return pd.DataFrame.from_dict(table, orient="index")
+
+
+def dataset_overview(cache_dir) -> dict:
+    """Everything the overview page shows, from the store alone (no image is read).
+
+    Returns a dict with ``prepared`` (bool) and ``artifacts`` (:func:`store_contents`); when prepared also
+    ``synthetic`` (bool), ``root``, ``layout``, ``profile``, ``n_images``, ``n_samples``, ``n_folds``, ``table``
+    (:func:`split_table`), ``classes``, ``elements``, ``element_matrix`` (classes × elements, 0/1),
+    ``image_sizes`` (list of ``(height, width, count)``, most common first), ``pixel_size_nm`` (min, median, max),
+    ``scan_size_nm`` (median width × pixel size), ``skipped`` (list of (file, reason)).
+    """
+    cache_dir = Path(cache_dir)
+    overview = {"prepared": False, "cache": str(cache_dir.resolve()), "artifacts": store_contents(cache_dir)}
+    try:
+        manifest = load_manifest(cache_dir)
+    except FileNotFoundError:
+        return overview
+    record = manifest.attrs["record"]
+    space = LabelSpace.from_materials(manifest["material"])
+    sizes = manifest.groupby(["height", "width"]).size().sort_values(ascending=False)
+    pixel = manifest["pixel_size_nm"].astype(float)
+    overview.update({
+        "prepared": True,
+        "synthetic": record["settings"]["source"]["kind"] == "synthetic",
+        "root": manifest.attrs["root"],
+        "layout": manifest.attrs["source"],
+        "profile": record.get("profile", {}),
+        "n_images": len(manifest),
+        "n_samples": int(manifest["sample_id"].nunique()),
+        "n_folds": int(manifest["fold"].max()) + 1,
+        "table": split_table(manifest),
+        "classes": list(space.classes),
+        "elements": list(space.elements),
+        "element_matrix": space.element_matrix.astype(int),
+        "image_sizes": [(int(h), int(w), int(n)) for (h, w), n in sizes.items()],
+        "pixel_size_nm": (float(pixel.min()), float(pixel.median()), float(pixel.max())),
+        "scan_size_nm": float((pixel * manifest["width"]).median()),
+        "skipped": record.get("skipped", []),
+    })
+    return overview

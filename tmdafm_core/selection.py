@@ -16,7 +16,6 @@ physical descriptors) into one table, the data of the latent scatter; :func:`gal
 from __future__ import annotations
 
 import json
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,15 +24,12 @@ import pandas as pd
 
 from .data import LabelSpace, parse_elements
 from .features import FEATURE_COLUMNS, get_descriptor
-from .pipeline import THUMBNAILS_DIR, load_manifest, thumbnail_uri
+from .layout import PROJECTION_TABLE_NAME, StoreLayout, load_manifest, precompute_command
 
-LATENT_DIR = "latent"
-SEQUENTIAL_DIR = "sequential"
 TASKS = ("mtc", "mtl")
 TASK_TITLES = {"mtc": "MtC (material classes)", "mtl": "MtL (element labels)"}
 SEQUENTIAL_MODES = ("imagenet", "sequential")
 MODE_TITLES = {"imagenet": "ImageNet", "sequential": "Sequential"}
-ATLAS_NAME = "atlas.json"
 #: At most this many images are listed in a selection (a lasso over 100k points stays a small message).
 MAX_SELECTION = 20000
 
@@ -80,15 +76,15 @@ def latent_models(cache_dir) -> list[LatentModel]:
     """Models with a projection in the store: MtC/MtL runs first, then the sequential stages by task, mode, size."""
     from .results import mode_titles
 
-    root = Path(cache_dir) / LATENT_DIR
+    layout = StoreLayout(cache_dir)
     titles = mode_titles(cache_dir)
-    models = [LatentModel(task, TASK_TITLES[task], root / task, task) for task in TASKS
-              if (root / task / "projection.csv").is_file()]
+    models = [LatentModel(task, TASK_TITLES[task], layout.latent(task), task) for task in TASKS
+              if (layout.latent(task) / PROJECTION_TABLE_NAME).is_file()]
     for task in TASKS:
         for mode in SEQUENTIAL_MODES:
-            base = root / SEQUENTIAL_DIR / task / mode
+            base = layout.sequential_latent / task / mode
             stages = sorted((n, folder) for folder in (base.iterdir() if base.is_dir() else [])
-                            if (n := _stage_classes(folder)) is not None and (folder / "projection.csv").is_file())
+                            if (n := _stage_classes(folder)) is not None and (folder / PROJECTION_TABLE_NAME).is_file())
             models += [LatentModel(f"seq/{task}/{mode}/{n}", f"{titles[mode]} · {task.upper()} · {n} classes",
                                    folder, task, mode, n) for n, folder in stages]
     return models
@@ -98,8 +94,8 @@ def find_model(cache_dir, key: str) -> LatentModel:
     for model in latent_models(cache_dir):
         if model.key == key:
             return model
-    raise FileNotFoundError(f"{Path(cache_dir) / LATENT_DIR}: no latent projection for model {key!r}; "
-                            f"build it with `tmdafm precompute --out {shlex.quote(str(cache_dir))}`")
+    raise FileNotFoundError(f"{StoreLayout(cache_dir).latent(key)}: no latent projection for model {key!r}; "
+                            f"build it with `{precompute_command(cache_dir)}`")
 
 
 def stage_models(cache_dir, task: str, mode: str) -> list[LatentModel]:
@@ -159,7 +155,7 @@ def coordinate_columns(frame: pd.DataFrame) -> dict[str, list[str]]:
 
 def read_features(cache_dir) -> pd.DataFrame | None:
     """The store's descriptor table (``image`` + the descriptors it has, in registry order), or None."""
-    path = Path(cache_dir) / "features.csv"
+    path = StoreLayout(cache_dir).features
     if not path.is_file():
         return None
     table = pd.read_csv(path, dtype={"image": str})
@@ -192,7 +188,7 @@ def load_points(cache_dir, model: str = "mtc") -> pd.DataFrame:
     cache_dir = Path(cache_dir)
     chosen = find_model(cache_dir, model)
     path = chosen.folder / "projection.csv"
-    rebuild = f"rebuild it with `tmdafm precompute --out {shlex.quote(str(cache_dir))}`"
+    rebuild = f"rebuild it with `{precompute_command(cache_dir)}`"
     try:
         projection = pd.read_csv(path, dtype={"image": str, "sample_id": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
@@ -256,8 +252,8 @@ def load_points(cache_dir, model: str = "mtc") -> pd.DataFrame:
 def thumbnail_atlas(cache_dir, images) -> dict[str, str]:
     """``{image: "data:image/png;base64,..."}`` for the given images (from ``thumbnails/atlas.json`` when the
     precompute wrote it, else from the thumbnail files); images without a thumbnail are left out."""
-    cache_dir = Path(cache_dir)
-    atlas_path = cache_dir / THUMBNAILS_DIR / ATLAS_NAME
+    layout = StoreLayout(cache_dir)
+    atlas_path = layout.atlas
     images = [str(image) for image in images]
     if atlas_path.is_file():
         try:
@@ -266,7 +262,7 @@ def thumbnail_atlas(cache_dir, images) -> dict[str, str]:
             atlas = {}
         if isinstance(atlas, dict) and atlas:
             return {image: atlas[image] for image in images if image in atlas}
-    return {image: uri for image in images if (uri := thumbnail_uri(cache_dir, image)) is not None}
+    return {image: uri for image in images if (uri := layout.thumbnail_uri(image)) is not None}
 
 
 # --- describing a set of images ---------------------------------------------------------------------------------
@@ -347,7 +343,7 @@ def percentile_of(sorted_values: np.ndarray, value: float) -> float:
 def missing_for_latent(cache_dir) -> list[tuple[str, str]]:
     """``[(what is missing, command that builds it)]`` for the latent view; empty when it can be shown."""
     cache_dir = Path(cache_dir)
-    command = f"tmdafm precompute --out {shlex.quote(str(cache_dir))}"
+    command = precompute_command(cache_dir)
     missing = []
     if not (cache_dir / "dataset" / "manifest.parquet").is_file():
         missing.append(("prepared data set (dataset/manifest.parquet)", command))
