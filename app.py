@@ -3,10 +3,11 @@
 Builds the Dash app over an artifact store (``--cache``, else ``$TMDAFM_CACHE``, else ``./cache``) and serves it.
 ``server`` is the Flask app for WSGI servers (``gunicorn app:server``; the store then comes from ``$TMDAFM_CACHE``).
 Pages live in ``pages/``; they ask ``tmdafm_core`` for tables and figures and never compute features themselves.
-An empty or partial store is filled with the synthetic demo when a page is first opened: one Dash background
-callback (its own process; a lock keeps a second tab from starting a second build) runs the whole precompute, the
-data set and thumbnails first so the overview appears within seconds, and a banner on every page shows its progress
-until the store is complete (``pages/_build.py``). A restarted app resumes the build where it stopped.
+An empty or partial store is filled with the synthetic demo when a page is first opened: a callback starts the
+build in its own process (:func:`tmdafm_core.build.start_build`; a lock keeps a second tab from starting a second
+build), the data set and thumbnails first so the overview appears within seconds, and a banner on every page shows
+the whole build's progress until the store is complete (``pages/_build.py``). A restarted app resumes the build where
+it stopped; the app's exit ends a build it started.
 """
 
 from __future__ import annotations
@@ -14,43 +15,33 @@ from __future__ import annotations
 import argparse
 import atexit
 import os
-import shutil
 import signal
 import sys
-import tempfile
+import threading
+import time
 from pathlib import Path
 
 import dash
-import diskcache
-from dash import Dash, DiskcacheManager, Input, Output, State, dcc, html
+from dash import Dash, Input, Output, State, dcc, html
 
 from pages import _build
+from tmdafm_core.build import build_command, read_status, start_build, step_states
 from tmdafm_core.cli import DEFAULT_HOST, DEFAULT_PORT, PROFILE_ENV, add_app_arguments, app_profile
 from tmdafm_core.store import default_cache_dir, store_problem
 
 SELECTION_STORE = "selection"  # id of the shared selection (tmdafm_core.selection documents its data)
 
 
-def background_jobs_fork() -> bool:
-    """Whether background callbacks run in forked children, which inherit this app and its pages.
-
-    Python 3.14 defaults to forkserver on Linux (spawn elsewhere): a fresh child cannot import a page module without
-    an app, so on Linux fork is asked for explicitly; where it is not the default, :func:`serve` prepares an empty
-    store in the terminal before serving instead.
-    """
-    import multiprocess
-
-    if sys.platform.startswith("linux") and multiprocess.get_start_method(allow_none=True) is None:
-        multiprocess.set_start_method("fork")
-    return multiprocess.get_start_method() == "fork"
+#: Build processes this server started; ended when it exits (a restart resumes them).
+_BUILDS: list = []
+_BUILDS_LOCK = threading.Lock()
 
 
-def _background_manager() -> DiskcacheManager:
-    # Job results and progress of background callbacks: private to this server process, removed when it exits.
-    # Hence one server process (threads are fine): `gunicorn -w 1 --threads 8 app:server`.
-    folder = tempfile.mkdtemp(prefix="tmdafm-dash-jobs-")
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    return DiskcacheManager(diskcache.Cache(folder))
+@atexit.register
+def _end_builds() -> None:
+    for process in _BUILDS:
+        if process.poll() is None:
+            process.terminate()
 
 
 def _header() -> html.Header:
@@ -67,13 +58,11 @@ def _header() -> html.Header:
 
 def create_app(cache_dir=None) -> Dash:
     """The Dash app over the store at ``cache_dir`` (default: ``$TMDAFM_CACHE`` or ``./cache``)."""
-    background_jobs_fork()
     app = Dash(
         __name__,
         use_pages=True,
         title="tmdafm",
         update_title=None,
-        background_callback_manager=_background_manager(),
         suppress_callback_exceptions=True,
     )
     configure(app, cache_dir)
@@ -119,10 +108,10 @@ def _build_parts() -> list:
     """The build banner, its poll, and (when the store lacks something and no build runs) the build's trigger."""
     config = dash.get_app().server.config
     cache, profile = config["TMDAFM_CACHE"], config["TMDAFM_PROFILE"]
-    status = _build.read_status(cache)
-    done, missing = _build.step_states(cache, profile)
+    status = read_status(cache)
+    done, missing = step_states(cache, profile)
     failed_here = status.get("state") == "failed" and status.get("server") == os.getpid()  # retried on restart
-    start = bool(missing) and status.get("state") != "running" and not failed_here and background_jobs_fork()
+    start = bool(missing) and status.get("state") != "running" and not failed_here
     polling = start or status.get("state") == "running"
     children, class_name = _build.banner(status) if polling or failed_here else ([], "build-banner hidden")
     if start:
@@ -149,18 +138,25 @@ def _build_parts() -> list:
     return parts
 
 
-@dash.callback(Output("build-result", "data"), Input("build-trigger", "data"), background=True,
-               prevent_initial_call=False)
+@dash.callback(Output("build-result", "data"), Input("build-trigger", "data"), prevent_initial_call=False)
 def build_store(_trigger):
-    """Fill the store (runs in its own process; returns at once when another tab's build holds the lock)."""
+    """Start filling the store in its own process (nothing when another tab's build holds the lock)."""
     config = dash.get_app().server.config
-    return _build.run_build(config["TMDAFM_CACHE"], config["TMDAFM_PROFILE"])
+    since = time.time()
+    try:
+        process = start_build(config["TMDAFM_CACHE"], config["TMDAFM_PROFILE"], server=os.getpid())
+    except OSError as exc:
+        return {"state": "failed", "error": f"{type(exc).__name__}: {exc}",
+                "command": build_command(config["TMDAFM_CACHE"], config["TMDAFM_PROFILE"])}
+    if process is not None:
+        with _BUILDS_LOCK:
+            _BUILDS.append(process)
+    return {"state": "started", "since": since}
 
 
 @dash.callback(
     Output("build-banner", "children"), Output("build-banner", "className"), Output("build-poll", "disabled"),
     Output("build-seen", "data"), Output("build-reload", "data"),
-    # The job's result is read as State: the renderer holds back a callback whose Input a running callback writes.
     Input("build-poll", "n_intervals"), Input("build-url", "pathname"),
     State("build-result", "data"), State("build-seen", "data"), State("build-started", "data"),
 )
@@ -201,8 +197,6 @@ def build_parser() -> argparse.ArgumentParser:
 def serve(cache_dir, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, debug: bool = False,
           profile=None) -> None:
     """Serve the app over the store at ``cache_dir`` until interrupted."""
-    from tmdafm_core.pipeline import complete_store, store_ready
-
     # On SIGTERM (kill, systemd, docker stop) exit through Python so atexit removes the private job folder.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     configure(app, cache_dir, profile=profile)
@@ -210,15 +204,10 @@ def serve(cache_dir, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, debu
     app.server.config["TMDAFM_ALLOWED_HOSTS"] = None if host in ("0.0.0.0", "::", "") else \
         LOOPBACK_HOSTS | {_host_name(host)}
     cache = app.server.config["TMDAFM_CACHE"]
-    missing = _build.step_states(cache, app.server.config["TMDAFM_PROFILE"])[1]
+    missing = step_states(cache, app.server.config["TMDAFM_PROFILE"])[1]
     if missing:
-        if background_jobs_fork():
-            print(f"store {cache} lacks {', '.join(missing)}: the app builds it when a page is opened (progress in "
-                  "a banner on every page; a restart resumes it)", file=sys.stderr, flush=True)
-        elif not store_ready(cache):
-            print(f"preparing the store {cache} before serving (build the rest with `tmdafm precompute`)",
-                  file=sys.stderr, flush=True)
-            complete_store(cache, profile=app.server.config["TMDAFM_PROFILE"], progress=True)
+        print(f"store {cache} lacks {', '.join(missing)}: the app builds it when a page is opened (progress in "
+              "a banner on every page; a restart resumes it)", file=sys.stderr, flush=True)
     print(f"tmdafm app on http://{host}:{port}/  (store: {cache}; Ctrl+C stops it)", file=sys.stderr, flush=True)
     app.run(host=host, port=port, debug=debug)
 

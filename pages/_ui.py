@@ -30,6 +30,18 @@ def caption(text) -> html.P:
     return html.P(text, className="caption")
 
 
+def needs_card(cache, steps, *, title: str, what: str, card_id: str) -> html.Section:
+    """What a page cannot show yet: while the app's build is making ``steps`` (store steps), a calm card with the
+    whole build's progress; otherwise each missing artifact with the command that builds it (copyable). Either
+    card's id is ``card_id`` (ending in ``-missing``: the page reloads when a step it waits for lands)."""
+    from pages import _build
+    from tmdafm_core.build import read_status
+    from tmdafm_core.layout import StoreLayout
+
+    waiting = _build.waiting_card(read_status(cache), steps, title=title, card_id=card_id)
+    return waiting or missing_card(title, StoreLayout(cache).missing(steps), what=what, card_id=card_id)
+
+
 def missing_card(title: str, items: list[tuple[str, str]], *, what: str, card_id: str) -> html.Section:
     """What a page cannot show yet, each missing artifact with the command that builds it (copyable)."""
     rows = []

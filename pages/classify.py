@@ -16,6 +16,7 @@ import dash
 import pandas as pd
 from dash import Input, Output, State, dcc, html
 
+from pages import _ui
 from tmdafm_core import classify, figures, selection
 
 dash.register_page(__name__, path="/classify", name="Classify", title="Classify · tmdafm", order=5)
@@ -126,14 +127,6 @@ def scatter_of(cache, results):
     return figures.placed_images_figure(points, stars, x=x, y=y, colour=colour, explained=points.attrs["explained"])
 
 
-def missing_card(missing, cache):
-    return html.Section(className="card failed", id="classify-missing", children=[
-        html.H2("Classification needs a trained model and a saved projection"),
-        html.P(["Store: ", html.Code(str(cache))], className="caption"),
-        html.Ul([html.Li([html.Strong(what), " — build it with ", html.Code(command)]) for what, command in missing]),
-    ])
-
-
 # --- layout and callbacks ---------------------------------------------------------------------------------------
 
 def _warm(cache) -> None:
@@ -145,7 +138,7 @@ def _warm(cache) -> None:
 
 def layout(**_query):
     cache = _cache()
-    missing = classify.missing_for_classify(cache)
+    missing = classify.classify_needs(cache)
     if not missing:  # load the models while the user picks files (seconds on a cold start, once per process)
         threading.Thread(target=_warm, args=(cache,), daemon=True).start()
     limits = (f"Up to {classify.MAX_FILES} files of at most {classify.MAX_FILE_BYTES // 2**20} MiB, "
@@ -153,7 +146,8 @@ def layout(**_query):
     return html.Div([
         html.Section(className="card", children=[
             html.H2("Classify new AFM images"),
-            *([missing_card(missing, cache)] if missing else []),
+            *([_ui.needs_card(cache, missing, title="Classification needs a trained model and a saved projection",
+                              card_id="classify-missing", what=f"Store: {cache}.")] if missing else []),
             # The browser drops a file over max_size without a callback; assets/classify.js says so instead.
             html.Div(**{"data-max-bytes": str(classify.MAX_FILE_BYTES)}, children=dcc.Upload(
                 id="classify-upload", multiple=True, max_size=classify.MAX_FILE_BYTES,

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from dash import ClientsideFunction, Input, Output, Patch, State, ctx, dcc, html, no_update
 
-from pages import _export
+from pages import _export, _ui
 from tmdafm_core import classify, figures, results, selection
 
 dash.register_page(__name__, path="/latent", name="Latent space", title="Latent space · tmdafm", order=1)
@@ -246,15 +246,6 @@ def selection_panel(cache, chosen, model: str):
     return children
 
 
-def missing_card(missing, cache):
-    items = [html.Li([html.Strong(what), " — build it with ", html.Code(command)]) for what, command in missing]
-    return html.Section(className="card failed", id="latent-missing", children=[
-        html.H2("The latent view needs artifacts the store does not have yet"),
-        html.P(["Store: ", html.Code(str(cache))], className="caption"), html.Ul(items),
-        html.P("Pages fill in as the precompute writes its results; reload this page afterwards.",
-               className="caption")])
-
-
 # --- layout -----------------------------------------------------------------------------------------------------
 
 def _control(label, component):
@@ -263,9 +254,11 @@ def _control(label, component):
 
 def layout(**_query):
     cache = _cache()
-    missing = selection.missing_for_latent(cache)
-    if missing:
-        return html.Div(missing_card(missing, cache))
+    needs = selection.latent_needs(cache)
+    if needs:
+        return html.Div(_ui.needs_card(cache, needs, title="The latent view needs artifacts the store does not have "
+                                       "yet", card_id="latent-missing",
+                                       what=f"Store: {cache}. Pages fill in as the precompute writes its results."))
     try:
         models = selection.latent_models(cache)
         first = models[0].key

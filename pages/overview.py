@@ -9,8 +9,8 @@ from pathlib import Path
 import dash
 from dash import dcc, html
 
-from pages import _build
 from tmdafm_core import figures, results
+from tmdafm_core.build import read_status
 from tmdafm_core.layout import store_ready
 
 dash.register_page(__name__, path="/", name="Overview", title="Overview · tmdafm", order=0)
@@ -145,7 +145,7 @@ def _examples(cache: Path, info: dict):
 
 
 def _store(info: dict):
-    build = _build.read_status(info["cache"])
+    build = read_status(info["cache"])
     building = build.get("steps", []) if build.get("state") == "running" else []
     rows = []
     for artifact in info["artifacts"]:

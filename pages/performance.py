@@ -190,7 +190,7 @@ def performance_body(cache) -> list:
     metrics = results.metrics_table(cache)
     tasks = [t for t in results.TASKS if results.run_metrics(cache, t) is not None]
     imported = [t for t in results.TASKS if t not in tasks and results.imported_run(cache, t)]
-    missing = results.missing(cache, [t for t in results.TASKS if t not in tasks and t not in imported])
+    missing = [t for t in results.TASKS if t not in tasks and t not in imported]
     notes = [_ui.card("Imported models", _ui.caption(
         f"{', '.join(results.TASK_NAMES[t] for t in imported)}: imported with `tmdafm import-model` and not "
         "evaluated here, so they have no cross-validated scores; their predictions and latent space are on the "
@@ -198,14 +198,15 @@ def performance_body(cache) -> list:
     if metrics.empty and imported:
         return notes + [html.Div(className="grid two", children=[_confusion(cache, t) for t in results.TASKS])]
     if metrics.empty:
-        return [_ui.missing_card("No trained models in the store yet", missing, card_id="performance-missing",
-                                 what="This page shows the cross-validated MtC and MtL runs. Build them with the "
-                                      f"commands below, or everything at once with "
-                                      f"`{results.precompute_command(cache)}`.")]
+        return [_ui.needs_card(cache, missing, title="No trained models in the store yet",
+                               card_id="performance-missing",
+                               what="This page shows the cross-validated MtC and MtL runs. Build them with the "
+                                    f"commands below, or everything at once with "
+                                    f"`{results.precompute_command(cache)}`.")]
     sections = list(notes)
     if missing:
-        sections.append(_ui.missing_card("Partly built", missing, card_id="performance-missing",
-                                         what="Some runs are not in the store yet:"))
+        sections.append(_ui.needs_card(cache, missing, title="Partly built", card_id="performance-missing",
+                                       what="Some runs are not in the store yet:"))
     sections += [
         _scores(cache, metrics),
         html.Div(className="grid two", children=[_confusion(cache, t) for t in results.TASKS]),

@@ -32,15 +32,14 @@ DEFAULT_DESCRIPTOR = "grain_density"
 def physical_data(cache, task: str = "mtc") -> dict:
     """What the page draws for one model: latent tables, the feature table, and what is missing.
 
-    Returns ``{"tables": dict or None, "features": DataFrame or None, "missing": [(what, command)], "task"}``.
+    Returns ``{"tables": dict or None, "features": DataFrame or None, "missing": [store steps], "task"}``.
     """
     tables = results.latent_tables(cache, task)
     features = selection.read_features(cache)
     lacking = [] if features is not None else ["descriptors"]
     if tables is None or "table5" not in tables:
         lacking += ([] if results.run_metrics(cache, task) is not None else [task]) + [f"latent-{task}"]
-    missing = results.missing(cache, lacking)
-    return {"tables": tables, "features": features, "missing": missing, "task": task}
+    return {"tables": tables, "features": features, "missing": lacking, "task": task}
 
 
 def table5_records(tables: dict) -> pd.DataFrame:
@@ -229,11 +228,11 @@ def physical_body(cache, task: str = "mtc") -> list:
     data = physical_data(cache, task)
     tables = data["tables"]
     if tables is None or "table5" not in tables or data["features"] is None:
-        return [_ui.missing_card("The descriptor analysis is not in the store yet", data["missing"],
-                                 card_id="physical-missing",
-                                 what="This page needs the physical descriptors of every image and the latent "
-                                      "analysis of a trained model. Build them with the commands below, or "
-                                      f"everything at once with `{results.precompute_command(cache)}`.")]
+        return [_ui.needs_card(cache, data["missing"], title="The descriptor analysis is not in the store yet",
+                               card_id="physical-missing",
+                               what="This page needs the physical descriptors of every image and the latent "
+                                    "analysis of a trained model. Build them with the commands below, or "
+                                    f"everything at once with `{results.precompute_command(cache)}`.")]
     names = list(tables["table5"]["descriptor"])
     descriptor = DEFAULT_DESCRIPTOR if DEFAULT_DESCRIPTOR in names else names[0]
     return [

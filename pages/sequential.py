@@ -199,14 +199,12 @@ def _structure(cache, tasks) -> list:
 def sequential_body(cache) -> list:
     table = results.sequential_results(cache)
     if table is None or table.empty:
-        return [_ui.missing_card("The sequential study is not in the store yet",
-                                 results.missing(cache, ["sequential"]) or
-                                 [("sequential/results.csv", results.precompute_command(cache))],
-                                 card_id="sequential-missing",
-                                 what="This page shows the sequential-training study (classes added one at a time, "
-                                      "ImageNet against Sequential starting weights, a training-volume sweep). "
-                                      f"Build it with the command below, or everything with "
-                                      f"`{results.precompute_command(cache)}`.")]
+        return [_ui.needs_card(cache, ["sequential"], title="The sequential study is not in the store yet",
+                               card_id="sequential-missing",
+                               what="This page shows the sequential-training study (classes added one at a time, "
+                                    "ImageNet against Sequential starting weights, a training-volume sweep). "
+                                    f"Build it with the command below, or everything with "
+                                    f"`{results.precompute_command(cache)}`.")]
     return [*_figure4(cache, table), _stages(cache)]
 
 

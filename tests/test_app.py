@@ -11,7 +11,7 @@ import time
 import pytest
 
 from pages import _build
-from tmdafm_core import pipeline, store
+from tmdafm_core import build, pipeline, store
 from tmdafm_core.cli import main as tmdafm
 
 TINY = pipeline.Profile("tiny", n=40, size=32, n_folds=3)
@@ -34,17 +34,17 @@ def built(tmp_path_factory):
     """A store the build job filled from empty with MICRO, its result and every status it wrote on the way."""
     cache = tmp_path_factory.mktemp("built") / "cache"
     statuses = []
-    write_json = _build.write_json
+    write_json = build.write_json
 
     def record(path, document):
         statuses.append(dict(document))
         return write_json(path, document)
 
-    _build.write_json = record
+    build.write_json = record
     try:
-        result = _build.build(cache, MICRO)
+        result = build.build(cache, MICRO)
     finally:
-        _build.write_json = write_json
+        build.write_json = write_json
     return cache, result, [s for s in statuses if s.get("state") == "running"]
 
 
@@ -81,7 +81,7 @@ def test_empty_store_layout_starts_a_build_and_the_overview_waits(tmdafm_app, tm
         assert "overview-preparing" in _ids(overview.layout())
         parts = _ids(tmdafm_app._layout())
     assert {"build-banner", "build-poll", "build-trigger"} <= parts
-    assert not cache.exists()  # drawing the page builds nothing; the background callback does
+    assert not cache.exists()  # drawing the page builds nothing; the build-trigger callback does
 
 
 def test_the_build_job_fills_the_whole_store_and_reports_each_step(built):
@@ -92,8 +92,14 @@ def test_the_build_job_fills_the_whole_store_and_reports_each_step(built):
     assert numbers == sorted(numbers) and set(numbers) == set(range(len(pipeline.STEPS)))  # 0: before
     assert all(s["state"] == "running" and s["count"] == 9 for s in statuses)
     assert any(s["step"] == "dataset" and s["total"] == 80 and 0 < s["done"] for s in statuses)  # images
-    assert _build.read_status(cache)["state"] == "done"
-    assert _build.banner(_build.read_status(cache)) == ([], "build-banner hidden")
+    assert build.read_status(cache)["state"] == "done"
+    assert _build.banner(build.read_status(cache)) == ([], "build-banner hidden")
+    # Progress came through the library's callback: the data set's images, then each run's folds one by one.
+    assert any(s["step"] == "mtc" and s["message"] == "training folds" and s["done"] == 1 for s in statuses)
+    assert {"dataset", "thumbnails", "mtc"} <= set(statuses[-1]["finished_seconds"])
+    fractions = [build.build_fraction(s) for s in statuses]
+    assert fractions[0] == 0 and 0 < fractions[len(fractions) // 2] < 1 and fractions[-1] > 0.9
+    assert build.build_fraction({**statuses[-1], "state": "done"}) == 1
 
 
 def test_a_restart_after_a_complete_build_starts_nothing(tmdafm_app, built):
@@ -103,7 +109,7 @@ def test_a_restart_after_a_complete_build_starts_nothing(tmdafm_app, built):
         parts = _ids(tmdafm_app._layout())
     assert "build-trigger" not in parts and "build-banner" in parts
     started = time.perf_counter()
-    assert _build.run_build(cache, MICRO)["state"] == "done"  # every step found done: seconds, no training
+    assert build.run_build(cache, MICRO)["state"] == "done"  # every step found done: seconds, no training
     assert time.perf_counter() - started < 20
 
 
@@ -126,22 +132,21 @@ def test_a_store_changed_after_it_was_written_is_announced_on_every_page(tmdafm_
 def test_a_second_build_while_one_holds_the_lock_starts_nothing(tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir()
-    lock = _build._try_lock(cache)
-    try:
-        assert _build._try_lock(cache) is None
-        assert _build.run_build(cache, MICRO) == {"state": "busy"}
+    lock = build._build_lock(cache)
+    with lock:
+        assert build.start_build(cache, MICRO) is None
+        assert build.run_build(cache, MICRO) == {"state": "busy"}
+        assert build.build(cache, MICRO) == {"state": "busy"}
         assert not (cache / "store.json").exists()
-    finally:
-        lock.close()
 
 
 def test_a_build_that_fails_says_why_and_how_to_build_by_hand(tmp_path):
     blocked = tmp_path / "file"
     blocked.write_text("not a folder")
-    result = _build.build(blocked, MICRO)
+    result = build.build(blocked, MICRO)
     assert result["state"] == "failed" and "\n" not in result["error"] and "FileExistsError" in result["error"]
     assert result["command"].startswith(f"tmdafm precompute --out {blocked}")
-    status = _build.read_status(blocked, result)  # no status file can be written there: the result is shown
+    status = build.read_status(blocked, result)  # no status file can be written there: the result is shown
     children, class_name = _build.banner(status)
     assert class_name == "build-banner failed" and result["command"] in str(children)
 
@@ -150,14 +155,19 @@ def test_banner_line_names_the_step_its_progress_and_an_eta():
     status = {"state": "running", "steps": list(pipeline.STEPS), "step": "thumbnails", "number": 2, "count": 9,
               "message": "making thumbnails", "done": 250, "total": 1000, "phase_started": 100.0,
               "step_started": 90.0, "pid": os.getpid()}
-    line = _build.banner_text(status, now=110.0)  # 250 in 10 s: 750 more take 30 s
-    assert line == ("Building the demo store: step 2 of 9 — thumbnails (making thumbnails, 250/1000, "
+    line = build.build_line(status, now=110.0)  # 250 in 10 s: 750 more take 30 s
+    assert line == ("Building the demo store (3% done): step 2 of 9 — thumbnails (making thumbnails, 250/1000, "
                     "about 30 s left)")
+    # The data set took twice its typical time here: the steps left are expected at half the typical speed too.
+    timed = {**status, "finished_seconds": {"dataset": 2 * build.STEP_SECONDS["dataset"]}}
+    expected = 2 * (sum(build.STEP_SECONDS.values()) - build.STEP_SECONDS["dataset"] - build.STEP_SECONDS["thumbnails"])
+    assert build.build_eta_seconds(timed, now=110.0) == pytest.approx(expected + 30)
+    assert build.build_line(timed, now=110.0).startswith("Building the demo store (3% done, about 18 min to go)")
     opaque = {**status, "step": "mtc", "number": 4, "message": "mtc: computing (not computed yet)", "done": 0,
               "total": 1}
-    assert _build.banner_text(opaque, now=90.0 + 125).endswith("(mtc: computing (not computed yet), running for "
-                                                               "2 min 05 s)")
-    assert _build.eta_seconds(opaque) is None
+    assert build.build_line(opaque, now=90.0 + 125).endswith("(mtc: computing (not computed yet), running for "
+                                                             "2 min 05 s)")
+    assert build.eta_seconds(opaque) is None
     children, class_name = _build.banner(opaque, "/performance", now=200.0)
     assert class_name == "build-banner running"
     assert "This page fills in as its MtC run and MtL run land." in str(children)
@@ -167,25 +177,26 @@ def test_banner_line_names_the_step_its_progress_and_an_eta():
 def test_a_status_whose_process_is_gone_reads_as_stopped(tmp_path):
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    store.write_json(tmp_path / _build.STATUS_NAME, {"state": "running", "pid": gone.pid, "number": 3})
-    assert _build.read_status(tmp_path)["state"] == "stopped"
-    assert "reload the page to resume" in str(_build.banner(_build.read_status(tmp_path))[0])
-    assert _build.read_status(tmp_path / "none")["state"] == "idle"
+    store.write_json(tmp_path / build.STATUS_NAME, {"state": "running", "pid": gone.pid, "number": 3})
+    assert build.read_status(tmp_path)["state"] == "stopped"
+    assert "reload the page to resume" in str(_build.banner(build.read_status(tmp_path))[0])
+    assert build.read_status(tmp_path / "none")["state"] == "idle"
 
 
 def test_poll_reloads_only_a_page_whose_step_landed(tmp_path):
     running = {"state": "running", "pid": os.getpid(), "steps": list(pipeline.STEPS), "step": "mtl", "number": 6,
                "count": 10, "message": "", "done": 0, "total": 0, "phase_started": 0, "step_started": 0}
-    store.write_json(tmp_path / _build.STATUS_NAME, running)
+    store.write_json(tmp_path / build.STATUS_NAME, running)
     *_, disabled, seen, reload = _build.poll(tmp_path, "/performance", None, ["dataset", "thumbnails"])
     assert not disabled and seen == ["dataset", "thumbnails", "descriptors", "pretrain", "mtc"] and reload is not None
     assert _build.poll(tmp_path, "/sequential", None, ["dataset", "thumbnails"])[-1] is None
     assert _build.poll(tmp_path, "/performance", None, seen)[-1] is None  # seen already: no second reload
     # This tab's job has not written yet: an older finished status is not news (no reload, keep polling).
-    store.write_json(tmp_path / _build.STATUS_NAME, {**running, "state": "done"})
+    store.write_json(tmp_path / build.STATUS_NAME, {**running, "state": "done", "updated": 1000.0})
     children, class_name, disabled, seen, reload = _build.poll(tmp_path, "/", None, [], True)
     assert "starting" in str(children) and not disabled and seen == [] and reload is None
-    assert _build.poll(tmp_path, "/", {"state": "done"}, [], True)[1:3] == ("build-banner hidden", True)
+    started = {"state": "started", "since": 990.0}  # the build this tab started has written since: news
+    assert _build.poll(tmp_path, "/", started, [], True)[1:3] == ("build-banner hidden", True)
 
 
 def test_app_command_serves_from_any_working_folder(tmp_path):
@@ -236,22 +247,22 @@ def test_the_app_answers_only_to_the_hosts_it_is_served_as():
     assert app_module._host_name("[::1]:8050") == "::1"
 
 
-def test_sigterm_removes_the_apps_private_job_folder(tmp_path):
-    import os
+def test_sigterm_ends_the_build_the_app_started(tmp_path):
+    """The build-trigger callback starts the build in its own process; the app's exit (SIGTERM) ends it."""
+    import json
     import signal
     import socket
-    import subprocess
-    import sys
-    import time
+    import urllib.error
+    import urllib.request
     from pathlib import Path
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {**os.environ, "TMPDIR": str(tmp_path)}
     root = Path(__file__).resolve().parents[1]
-    server = subprocess.Popen([sys.executable, str(root / "app.py"), "--cache", str(tmp_path / "store"), "--port",
-                               str(port)], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    cache = tmp_path / "store"
+    server = subprocess.Popen([sys.executable, str(root / "app.py"), "--cache", str(cache), "--port", str(port)],
+                              cwd=tmp_path, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
         line = ""
@@ -260,10 +271,31 @@ def test_sigterm_removes_the_apps_private_job_folder(tmp_path):
             if not line and server.poll() is not None:
                 break
         assert "tmdafm app on" in line, "the app did not start"
-        assert list(tmp_path.glob("tmdafm-dash-jobs-*"))
+        # What the page's build-trigger store sends when it is drawn: a plain callback request.
+        request = {"output": "build-result.data", "outputs": {"id": "build-result", "property": "data"},
+                   "inputs": [{"id": "build-trigger", "property": "data", "value": server.pid}], "state": [],
+                   "changedPropIds": []}
+        call = urllib.request.Request(f"http://127.0.0.1:{port}/_dash-update-component",
+                                      data=json.dumps(request).encode(), headers={"Content-Type": "application/json"})
+        while True:  # the line above is printed just before the server listens
+            try:
+                reply = urllib.request.urlopen(call, timeout=60)
+                break
+            except urllib.error.URLError:
+                assert time.monotonic() < deadline, "the app does not answer"
+                time.sleep(0.2)
+        assert json.loads(reply.read())["response"]["build-result"]["data"]["state"] == "started"
+        while build.read_status(cache).get("state") != "running" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        pid = build.read_status(cache)["pid"]
+        assert pid != server.pid and build._alive(pid)  # the build runs in a process of its own
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
     finally:
         if server.poll() is None:
             server.kill()
-    assert not list(tmp_path.glob("tmdafm-dash-jobs-*"))
+    for _ in range(50):
+        if build.read_status(cache)["state"] != "running":
+            break
+        time.sleep(0.2)
+    assert build.read_status(cache)["state"] == "stopped"  # ended with the app; the next start resumes it

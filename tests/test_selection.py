@@ -152,7 +152,7 @@ def test_gallery_and_atlas(store):
 
 def test_missing_store_names_what_and_how(tmp_path):
     missing = selection.missing_for_latent(tmp_path)
-    assert [what.split(" (")[0] for what, _ in missing] == ["prepared data set", "latent projections"]
+    assert [what.split(" (")[0] for what, _ in missing] == ["data set", "MtC latent space", "MtL latent space"]
     assert all(command.startswith("tmdafm precompute --out ") for _, command in missing)
 
 

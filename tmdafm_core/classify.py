@@ -253,11 +253,16 @@ def loaded_run(run_dir) -> _Loaded:
         return _load_run(str(run_dir.resolve()), _run_files_stamp(run_dir))
 
 
-def missing_for_classify(cache_dir) -> list[tuple[str, str]]:
-    """``[(what is missing, command that builds it)]`` for classification; empty when it can run."""
+def classify_needs(cache_dir) -> list[str]:
+    """The store steps classification lacks (empty when it can run)."""
     layout = StoreLayout(cache_dir)
     needed = {"mtc": layout.run_metrics("mtc"), "latent-mtc": layout.latent("mtc") / PROJECTION_NAME}
-    return layout.missing([step for step, path in needed.items() if not path.is_file()])
+    return [step for step, path in needed.items() if not path.is_file()]
+
+
+def missing_for_classify(cache_dir) -> list[tuple[str, str]]:
+    """``[(what is missing, command that builds it)]`` for classification; empty when it can run."""
+    return StoreLayout(cache_dir).missing(classify_needs(cache_dir))
 
 
 class Classifier:

@@ -327,7 +327,8 @@ def _run_pretrain(args) -> int:
     _say(f"pretraining {args.arch} on {len(images)} images ({args.objective}, {args.epochs} epochs)")
     result = pretrain_backbone(images, arch=args.arch, objective=args.objective, truth=truth, epochs=args.epochs,
                                batch_size=args.batch_size, lr=args.lr, device=args.device, seed=args.seed,
-                               progress=lambda epoch, total, loss: _say(f"epoch {epoch}/{total}: loss {loss:.4f}"))
+                               progress=lambda _message, epoch, total: _say(f"epoch {epoch}/{total}"))
+    _say("loss per epoch: " + ", ".join(f"{loss:.4f}" for loss in result["history"]))
     save_backbone(result, args.out)
     print(f"wrote {args.out} ({args.arch}, {result['objective']}, {result['seconds']:.0f} s); fine-tune from it with "
           f"`tmdafm train DATA --weights {args.out} --arch {args.arch}`")

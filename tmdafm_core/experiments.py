@@ -52,6 +52,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import progress as progress_reports
 from .data import PAPER_MATERIALS, FeatureTable, LabelSpace
 from .models import ARCHITECTURES, WEIGHT_CHOICES
 from .parallel import shared_pools
@@ -305,8 +306,9 @@ def sequential_study(data: pd.DataFrame, out_dir, *, order=PAPER_MATERIALS, volu
         ``"full"`` and/or numbers of training images of the new class (``parse_volumes``).
     task : {"mtc", "mtl", "both"}
     modes : sequence of {"imagenet", "sequential"}
-    progress : bool
-        tqdm bar over stages x folds on stderr, with an ETA.
+    progress : bool or callable
+        tqdm bar over stages x folds on stderr, with an ETA (True), or ``progress("training the study's folds",
+        done, total)`` after each stage (:mod:`tmdafm_core.progress`).
     head : {"reset", "keep"}
         Sequential MtC stages: a fresh ``Linear(100, n)`` output layer (``reset``, the paper's) or the previous
         stage's rows of the known classes (``keep``).
@@ -355,7 +357,10 @@ def sequential_study(data: pd.DataFrame, out_dir, *, order=PAPER_MATERIALS, volu
 
     done = sum(_finished_folds(stage.run_dir, folds) for stage in stages)
     stored, image_size = (None, None)
+    folds_done = progress if callable(progress) else None
+    progress = progress is True
     bar = _progress_bar(len(stages) * folds, done, "sequential study", progress)
+    progress_reports.report(folds_done, "training the study's folds", done, len(stages) * folds)
     try:
         with shared_pools():  # the folds of all runs train in the same two worker processes
             for stage in stages:
@@ -365,6 +370,7 @@ def sequential_study(data: pd.DataFrame, out_dir, *, order=PAPER_MATERIALS, volu
                     stored, image_size = _load_images(split, options, progress)
                 _train_stage(stage, split, stored, image_size, elements, options, progress)
                 bar.update(folds - before)
+                progress_reports.report(folds_done, "training the study's folds", bar.n, len(stages) * folds)
                 _write_results(out_dir, report, split, options)
     finally:
         bar.close()

@@ -42,7 +42,6 @@ import os
 import shlex
 import shutil
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -94,6 +93,7 @@ from .profiles import (
     profile_arguments,
     resolve_profile,
 )
+from .progress import as_callback, iterate, report
 from .results import dataset_overview, example_thumbnails, split_table
 from .store import (
     check_file,
@@ -154,19 +154,6 @@ def _fingerprint(root: Path, *, exclude: Path | None = None) -> str:
     return digest.hexdigest()
 
 
-def _report(progress, step: str, done: int, total: int) -> None:
-    if callable(progress):
-        progress(step, done, total)
-
-
-def _tqdm(items, progress, desc: str, unit: str = "img"):
-    if progress is True:
-        from tqdm import tqdm
-
-        return tqdm(items, desc=desc, unit=unit, dynamic_ncols=True)
-    return items
-
-
 # --- step 1: data set -------------------------------------------------------------------------------------------
 
 def _dataset_settings(profile: Profile, data, cache_dir: Path) -> dict:
@@ -192,27 +179,8 @@ def _generate_synthetic(images_dir: Path, profile: Profile, progress) -> None:
     from .data.synthetic import write_synthetic_dataset
 
     if images_dir.exists():
-        shutil.rmtree(images_dir)  # a half-written earlier attempt; start clean so the count below is honest
-    if not callable(progress):
-        write_synthetic_dataset(images_dir, n=profile.n, size=profile.size, seed=profile.seed,
-                                progress=progress is True)
-        return
-    # The generator reports progress only as a tqdm bar; the files it has written are an exact count instead.
-    finished = threading.Event()
-
-    def watch():
-        while not finished.wait(0.25):
-            written = sum(1 for _ in images_dir.glob("*.tif")) if images_dir.is_dir() else 0
-            _report(progress, "generating synthetic images", min(written, profile.n), profile.n)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    try:
-        write_synthetic_dataset(images_dir, n=profile.n, size=profile.size, seed=profile.seed)
-    finally:
-        finished.set()
-        watcher.join()
-    _report(progress, "generating synthetic images", profile.n, profile.n)
+        shutil.rmtree(images_dir)  # a half-written earlier attempt; start clean
+    write_synthetic_dataset(images_dir, n=profile.n, size=profile.size, seed=profile.seed, progress=progress)
 
 
 def prepare_dataset(cache_dir, data=None, *, profile="demo", progress=None) -> pd.DataFrame:
@@ -231,7 +199,8 @@ def prepare_dataset(cache_dir, data=None, *, profile="demo", progress=None) -> p
     profile : str or Profile
         ``"demo"`` or ``"paper"`` (:data:`PROFILES`), or a :class:`Profile`.
     progress : None, True or callable, optional
-        ``True`` shows tqdm bars on stderr; a callable receives ``(step, done, total)``.
+        ``True`` shows tqdm bars on stderr; a callable receives ``(message, done, total)``
+        (:mod:`tmdafm_core.progress`).
 
     Returns
     -------
@@ -240,6 +209,7 @@ def prepare_dataset(cache_dir, data=None, *, profile="demo", progress=None) -> p
         as :func:`load_manifest` returns it.
     """
     profile = resolve_profile(profile)
+    progress = as_callback(progress, unit="img")
     if data is not None and not Path(data).exists():
         raise FileNotFoundError(f"{data}: no such file or folder; give a data set folder or manifest CSV")
     cache_dir = claim_store(cache_dir)
@@ -252,13 +222,13 @@ def prepare_dataset(cache_dir, data=None, *, profile="demo", progress=None) -> p
             if root.exists() and _fingerprint(root, exclude=cache_dir.resolve()) == record.get("fingerprint"):
                 with contextlib.suppress(ValueError):  # an unreadable manifest is rebuilt below
                     manifest = load_manifest(cache_dir)
-                    _report(progress, "data set ready (from the store)", 1, 1)
+                    report(progress, "data set ready (from the store)", 1, 1)
                     return manifest
         (dataset_dir / PREPARED_NAME).unlink(missing_ok=True)  # from here on the store holds no valid data set
         root = _data_root(settings, cache_dir)
         if data is None:
             _generate_synthetic(root, profile, progress)
-        _report(progress, "reading the data set", 0, 1)
+        report(progress, "reading the data set", 0, 1)
         manifest = read_dataset(root if data is None else data, crop_um=profile.scan_crop_um)
         skipped = [list(map(str, item)) for item in manifest.attrs.get("skipped", [])]
         layout = manifest.attrs.get("source", "")
@@ -268,7 +238,7 @@ def prepare_dataset(cache_dir, data=None, *, profile="demo", progress=None) -> p
                              "folder, class folders or a manifest CSV with a material column)")
         manifest = split_dataset(manifest[labelled].reset_index(drop=True), n_folds=profile.folds,
                                  test_fraction=profile.test_fraction, seed=profile.seed)
-        _report(progress, "reading the data set", 1, 1)
+        report(progress, "reading the data set", 1, 1)
         manifest.attrs = {}  # parquet keeps attrs as JSON; the record below carries them instead
         _write_atomic(dataset_dir / MANIFEST_NAME, lambda tmp: manifest.to_parquet(tmp, index=False))
         root_in_store = root.resolve().is_relative_to(cache_dir.resolve())
@@ -309,6 +279,7 @@ def prepare_thumbnails(cache_dir, *, size: int = THUMBNAIL_PX, progress=None) ->
     """
     if int(size) != size or not 8 <= size <= 512:
         raise ValueError(f"thumbnail size must be an integer in 8..512 px, got {size}")
+    progress = as_callback(progress, unit="img")
     cache_dir = Path(cache_dir)
     manifest = load_manifest(cache_dir)
     folder = cache_dir / THUMBNAILS_DIR
@@ -320,18 +291,15 @@ def prepare_thumbnails(cache_dir, *, size: int = THUMBNAIL_PX, progress=None) ->
                 shutil.rmtree(folder)
             _write_json(folder / THUMBNAILS_MARKER, {"key": key, "complete": False})
         elif marker.get("complete"):
-            _report(progress, "thumbnails ready (from the store)", 1, 1)
+            report(progress, "thumbnails ready (from the store)", 1, 1)
             return folder
         todo = [(image, path, crop) for image, path, crop in zip(manifest["image"], manifest["path"],
                                                                  scan_crops(manifest), strict=True)
                 if not (folder / thumbnail_name(image)).is_file()]
-        done = len(manifest) - len(todo)
-        for image, path, crop in _tqdm(todo, progress, "thumbnails"):
+        for image, path, crop in iterate(todo, progress, "making thumbnails", start=len(manifest) - len(todo),
+                                         every=25):
             png = render_thumbnail(path, size=size, crop_um=crop)
             _write_atomic(folder / thumbnail_name(image), lambda tmp, png=png: tmp.write_bytes(png))
-            done += 1
-            if done % 25 == 0 or done == len(manifest):
-                _report(progress, "making thumbnails", done, len(manifest))
         _write_json(folder / THUMBNAILS_MARKER, {"key": key, "complete": True})
     return folder
 
@@ -382,7 +350,8 @@ class StepResult:
 
 class _Context:
     def __init__(self, cache: Path, data, profile: Profile, progress, given_runs: dict | None = None):
-        self.cache, self.data, self.profile, self.progress = cache, data, profile, progress
+        self.cache, self.data, self.profile, self.progress = cache, data, profile, as_callback(progress)
+        self.verbose = progress is True  # the command line: a line per step besides the bars
         self.records = read_record(cache)
         self._manifest = None
         self.given_runs = given_runs or {}
@@ -420,9 +389,6 @@ class _Context:
             return list(self.profile.order)
         return list(LabelSpace.from_materials(self.manifest["material"]).classes)
 
-    @property
-    def bars(self) -> bool:
-        return self.progress is True
 
 
 def _now() -> str:
@@ -472,7 +438,7 @@ def _step_descriptors(ctx: _Context):
     from .features import FEATURE_COLUMNS, compute_table
 
     with open_store(ctx.cache) as memo:
-        table = compute_table(ctx.manifest, cache=memo, progress=ctx.bars,
+        table = compute_table(ctx.manifest, cache=memo, progress=ctx.progress,
                               paper_pixels=ctx.profile.descriptors == "paper")
     path = ctx.cache / FEATURES_NAME
     write_atomic(path, lambda tmp: table[["image", *FEATURE_COLUMNS]].to_csv(tmp, index=False))
@@ -513,13 +479,14 @@ def _step_pretrain(ctx: _Context):
     from .pretrain import backbone_description_path, pretrain_backbone, save_backbone, synthetic_corpus
 
     image_size = _pretrain_image_size(ctx)
-    _report(ctx.progress, f"pretrain: rendering {profile.pretrain_images} corpus images", 0, 2)
+    report(ctx.progress, f"pretrain: rendering {profile.pretrain_images} corpus images", 0, 2)
     images, truth = synthetic_corpus(profile.pretrain_images, size=profile.size, image_size=image_size,
                                      seed=profile.seed, jobs=os.cpu_count() or 1)
-    _report(ctx.progress, "pretrain: training the backbone", 1, 2)
+    report(ctx.progress, "pretrain: training the backbone", 1, 2)
     result = pretrain_backbone(images, arch=ctx.train.get("arch", "resnet18"), objective=profile.pretrain_objective,
                                truth=truth, epochs=profile.pretrain_epochs, seed=profile.seed,
-                               precision=ctx.train.get("precision", "native"), device=ctx.train.get("device", "cpu"))
+                               precision=ctx.train.get("precision", "native"), device=ctx.train.get("device", "cpu"),
+                               progress=ctx.progress)
     path = save_backbone(result, folder / BACKBONE_NAME, title=PRETRAINED_TITLE)
     return [path, backbone_description_path(path)]
 
@@ -542,7 +509,7 @@ def _train_run(ctx: _Context, task: str):
     compat = {"task": task, "train": _run_options(ctx), "inputs": {"dataset": ctx.records["dataset"]["output"]},
               "format": _RUN_FORMAT}
     staging = _staging(target, compat, reuse=True)
-    cross_validate(ctx.manifest, staging, task=task, presplit=True, save_optimizer=False, progress=ctx.bars,
+    cross_validate(ctx.manifest, staging, task=task, presplit=True, save_optimizer=False, progress=ctx.progress,
                    fold_jobs=ctx.fold_jobs, **with_backbone(ctx.cache, _run_options(ctx)))
     _swap_in(staging, target)
     return _files_under(target)
@@ -556,7 +523,7 @@ def _step_sequential(ctx: _Context):
     compat = {"train": ctx.train, "inputs": {"dataset": ctx.records["dataset"]["output"]},
               "semantics": _SEQUENTIAL_SEMANTICS}
     options = dict(order=ctx.order, volumes=ctx.profile.volumes, task=ctx.profile.sequential_task, modes=MODES,
-                   progress=ctx.bars, fold_jobs=ctx.fold_jobs, **_SEQUENTIAL_SEMANTICS,
+                   progress=ctx.progress, fold_jobs=ctx.fold_jobs, **_SEQUENTIAL_SEMANTICS,
                    **with_backbone(ctx.cache, ctx.train))
     staging = _staging(target, compat, reuse=True)
     try:
@@ -600,7 +567,7 @@ def _latent_run(ctx: _Context, task: str):
     from .training import load_ensemble, predict_ensemble
 
     manifest = ctx.manifest
-    _report(ctx.progress, f"latent {task}: embedding {len(manifest)} images", 0, 3)
+    report(ctx.progress, f"latent {task}: embedding {len(manifest)} images", 0, 3)
     # The fold ensemble's calibrated probabilities, agreement and novelty; the best fold's latent space.
     runs = load_ensemble(ctx.cache / RUNS_DIR / task, device=ctx.train.get("device", "cpu"))
     predictions = predict_ensemble(runs, list(manifest["path"]), batch_size=64)
@@ -608,10 +575,10 @@ def _latent_run(ctx: _Context, task: str):
     latent = pd.DataFrame(predictions.embeddings, columns=[f"latent{i + 1}" for i in range(
         predictions.embeddings.shape[1])])
     embeddings = pd.concat([embeddings, latent], axis=1)
-    _report(ctx.progress, f"latent {task}: PCA" + (" and UMAP" if ctx.profile.umap_dims else ""), 1, 3)
+    report(ctx.progress, f"latent {task}: PCA" + (" and UMAP" if ctx.profile.umap_dims else ""), 1, 3)
     projection = fit_projection(latent.to_numpy(), n_components=LATENT_COMPONENTS, umap=bool(ctx.profile.umap_dims),
                                 umap_components=tuple(ctx.profile.umap_dims) or (2,), seed=ctx.profile.seed)
-    _report(ctx.progress, f"latent {task}: correlation tables", 2, 3)
+    report(ctx.progress, f"latent {task}: correlation tables", 2, 3)
     tables = analyse(embeddings, read_descriptors(ctx.cache / FEATURES_NAME), projection=projection,
                      seed=ctx.profile.seed, n_boot=ctx.profile.n_boot)
     tables["projection"].insert(3, "split", manifest["split"].to_numpy())
@@ -621,7 +588,7 @@ def _latent_run(ctx: _Context, task: str):
     write_latent_outputs(staging, tables, projection=projection)
     _prediction_table(manifest, predictions).to_csv(staging / PREDICTIONS_NAME, index=False)
     embeddings.to_parquet(staging / EMBEDDINGS_NAME, index=False)
-    _report(ctx.progress, f"latent {task}: written", 3, 3)
+    report(ctx.progress, f"latent {task}: written", 3, 3)
     return _latent_outputs(out, {"staging": staging})
 
 
@@ -642,9 +609,7 @@ def _step_latent_sequential(ctx: _Context):
     staging = out_root.with_name(f".{SEQUENTIAL_DIR}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     previous: dict[tuple, pd.DataFrame] = {}
-    for done, (task, mode, n_classes, run_dir) in enumerate(_tqdm(stages, ctx.progress, "stage projections",
-                                                                  "stage")):
-        _report(ctx.progress, "sequential latent projections", done, len(stages))
+    for task, mode, n_classes, run_dir in iterate(stages, ctx.progress, "sequential latent projections"):
         run = load_run(run_dir, "best", device=ctx.train.get("device", "cpu"))
         frame = pd.read_csv(run_dir / "splits.csv", dtype={"image": str, "sample_id": str})
         frame = frame.merge(ctx.manifest[["image", "path", "pixel_size_nm"]], on="image", how="left")
@@ -663,7 +628,6 @@ def _step_latent_sequential(ctx: _Context):
         folder.mkdir(parents=True, exist_ok=True)
         table.to_csv(folder / "projection.csv", index=False)
         previous[(task, mode)] = table
-    _report(ctx.progress, "sequential latent projections", len(stages), len(stages))
     if out_root.exists():
         _swap_in(staging, out_root)
     else:
@@ -785,13 +749,13 @@ def _run_step(ctx: _Context, step: str) -> StepResult:
     path = ctx.cache / STEP_PATHS[step]
     if reason is None:
         return StepResult(step, "from cache", "", 0.0, path)
-    if ctx.progress is True:
+    if ctx.verbose:
         print(f"tmdafm precompute: {step}: computing ({reason})", file=sys.stderr, flush=True)
     foreign = _foreign_files(ctx, step) if ctx.guard_foreign else []
     if foreign:
         raise ValueError(f"{ctx.cache / STEP_OUTPUTS[step]}: holds {len(foreign)} file(s) the store did not write "
                          f"(e.g. {foreign[0]}); move them out of the store, then run precompute again")
-    _report(ctx.progress, f"{step}: computing ({reason})", 0, 1)
+    report(ctx.progress, f"{step}: computing ({reason})", 0, 1)
     if reason.startswith("corrupt"):
         _drop_damaged(ctx.cache, ctx.records[step].get("files", {}))
     # Dependants see a running step as not done from here on; a crash leaves it so and the next run resumes it.

@@ -340,13 +340,12 @@ def percentile_of(sorted_values: np.ndarray, value: float) -> float:
 
 # --- what a page needs and does not have ------------------------------------------------------------------------
 
+def latent_needs(cache_dir) -> list[str]:
+    """The store steps the latent view lacks (empty when it can be shown)."""
+    needs = [] if StoreLayout(cache_dir).manifest.is_file() else ["dataset"]
+    return needs + ([] if latent_models(cache_dir) else ["latent-mtc", "latent-mtl"])
+
+
 def missing_for_latent(cache_dir) -> list[tuple[str, str]]:
     """``[(what is missing, command that builds it)]`` for the latent view; empty when it can be shown."""
-    cache_dir = Path(cache_dir)
-    command = precompute_command(cache_dir)
-    missing = []
-    if not (cache_dir / "dataset" / "manifest.parquet").is_file():
-        missing.append(("prepared data set (dataset/manifest.parquet)", command))
-    if not latent_models(cache_dir):
-        missing.append(("latent projections (latent/mtc/projection.csv, latent/mtl/projection.csv)", command))
-    return missing
+    return StoreLayout(cache_dir).missing(latent_needs(cache_dir))

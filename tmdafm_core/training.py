@@ -64,6 +64,7 @@ from .models import (
     class_log_scores,
     fold_batchnorm,
 )
+from .progress import report
 
 TASKS = ("mtc", "mtl")
 SELECT_RULES = ("f1", "paper")
@@ -1040,8 +1041,9 @@ def cross_validate(data, out_dir, *, arch: str = "resnet18", weights: str = "ima
     dask_address : str, optional
         Scheduler address; folds then run as tasks on that Dask cluster (one per worker; image paths must be
         readable there).
-    progress : bool
-        tqdm bars on stderr.
+    progress : bool or callable
+        tqdm bars on stderr (True), or ``progress("training folds", done, folds)`` as each fold is saved
+        (:mod:`tmdafm_core.progress`).
     labels : LabelSpace, optional
         Classes (their order) and elements to use instead of those of the data (e.g. the elements of a whole
         sequential study, so that MtL outputs stay the same from stage to stage).
@@ -1159,6 +1161,9 @@ def cross_validate(data, out_dir, *, arch: str = "resnet18", weights: str = "ima
     class_index = np.array([labels.class_index(m) for m in split["material"]], dtype=np.int64)
     done = {k: _finished_fold(checkpoint_path(run_dir, k)) for k in range(folds)}
     todo = [k for k, ck in done.items() if ck is None]
+    folds_done = progress if callable(progress) else None
+    progress = progress is True  # tqdm bars of reading and of each fold's epochs
+    report(folds_done, "training folds", folds - len(todo), folds)
     if isinstance(fold_jobs, bool) or not isinstance(fold_jobs, (int, np.integer)) or fold_jobs < 1:
         raise ValueError(f"fold_jobs must be a whole number >= 1, got {fold_jobs!r}")
     if todo and (dask_address is not None or (fold_jobs > 1 and len(todo) > 1)):
@@ -1176,6 +1181,7 @@ def cross_validate(data, out_dir, *, arch: str = "resnet18", weights: str = "ima
                                                jobs=min(int(fold_jobs), len(todo)), start_method="spawn"):
             _save_fold(checkpoint, run_dir, todo[position], save_optimizer)
             done[todo[position]] = checkpoint
+            report(folds_done, "training folds", sum(ck is not None for ck in done.values()), folds)
     elif todo:
         stored = _stored_inputs(features, images, split, config, progress)
         for k in todo:
@@ -1185,6 +1191,7 @@ def cross_validate(data, out_dir, *, arch: str = "resnet18", weights: str = "ima
                                          progress=progress)
             _save_fold(checkpoint, run_dir, k, save_optimizer)
             done[k] = checkpoint
+            report(folds_done, "training folds", sum(ck is not None for ck in done.values()), folds)
 
     checkpoints = [done[k] for k in range(folds)]
     history = pd.DataFrame([row for ck in checkpoints for row in ck["history"]], columns=list(HISTORY_COLUMNS))

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..progress import as_callback, iterate
 from .images import afm_colours, save_tiff
 from .readers import MANIFEST_CSV_NAME
 
@@ -654,7 +655,7 @@ def _prepare_out_dir(out_dir: Path) -> None:
 
 
 def write_synthetic_dataset(out_dir, *, n: int = 1026, size: int = 256, seed: int = 0, preview=None,
-                            progress: bool = False) -> pd.DataFrame:
+                            progress=False) -> pd.DataFrame:
     """Write a synthetic data set in the public TMD-AFM layout plus ``manifest.csv`` with the ground truth.
 
     Files are named ``{material}_syn_{sample_id}_{index:03d}.tif`` (held-out images end in ``_test.tif``) and hold
@@ -673,8 +674,8 @@ def write_synthetic_dataset(out_dir, *, n: int = 1026, size: int = 256, seed: in
         Seed; the same seed gives the same data set at any ``size`` (the same surfaces).
     preview : str or Path, optional
         Also write a labelled montage PNG there (:func:`write_preview`).
-    progress : bool
-        Show a tqdm progress bar on stderr.
+    progress : bool or callable
+        tqdm bar on stderr (True) or ``progress(message, done, total)`` per image (:mod:`tmdafm_core.progress`).
 
     Returns
     -------
@@ -690,10 +691,7 @@ def write_synthetic_dataset(out_dir, *, n: int = 1026, size: int = 256, seed: in
     jobs = plan_dataset(n, seed=seed)
     out_dir = Path(out_dir)
     _prepare_out_dir(out_dir)
-    if progress:
-        from tqdm import tqdm
-
-        jobs = tqdm(jobs, desc="synth", unit="img")
+    jobs = iterate(jobs, as_callback(progress, unit="img"), "generating synthetic images")
     rows = [_write_one(job, out_dir, int(size)) for job in jobs]
     manifest = pd.DataFrame(rows)
     manifest.to_csv(out_dir / MANIFEST_CSV_NAME, index=False)

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from ..progress import as_callback, iterate
 from .descriptors import compute_all, default_parameters
 from .registry import DESCRIPTORS, FEATURE_COLUMNS
 
@@ -69,8 +70,8 @@ def compute_table(manifest: pd.DataFrame, *, jobs: int | None = None, dask_addre
     cache : str, Path, Store, False or None
         Store folder or open :class:`~tmdafm_core.store.Store`; None: the default (``./cache`` or
         ``$TMDAFM_CACHE``); False: no caching.
-    progress : bool
-        tqdm progress bar on stderr while computing.
+    progress : bool or callable
+        tqdm bar on stderr (True) or ``progress(message, done, total)`` (:mod:`tmdafm_core.progress`).
     paper_pixels : bool
         The paper's pixel-based numbers (see :mod:`tmdafm_core.features.descriptors`).
     strict : bool
@@ -131,10 +132,9 @@ def compute_table(manifest: pd.DataFrame, *, jobs: int | None = None, dask_addre
 
         stream = imap_items(_compute_one, [(paths[r], sizes[r], paper_pixels, crops[r]) for r in todo], jobs=jobs,
                             dask_address=dask_address)
-        if progress and todo:
-            from tqdm import tqdm
-
-            stream = tqdm(stream, total=len(todo), desc="features", unit="img")
+        if todo:
+            stream = iterate(stream, as_callback(progress, unit="img"), "descriptors", total=len(todo),
+                             start=len(paths) - len(todo))
         for index, result in stream:
             row = todo[index]
             if isinstance(result, str):
