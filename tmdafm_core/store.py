@@ -87,19 +87,12 @@ def read_json(path) -> dict | None:
 @contextlib.contextmanager
 def exclusive(cache_dir, name: str):
     """Hold an inter-process lock (released by the OS if the holder dies) so two writers never interleave."""
+    from filelock import FileLock
+
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: single-writer use only
+    with FileLock(cache_dir / f".{name}.lock"):
         yield
-        return
-    with open(cache_dir / f".{name}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # --- the step record --------------------------------------------------------------------------------------------
