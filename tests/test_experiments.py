@@ -232,7 +232,7 @@ def test_resume_skips_finished_stages_and_retrains_only_what_is_missing(study, s
         calls.append(fold)
         return real_fit(data, config, fold, **kwargs)
 
-    monkeypatch.setattr(training, "fit_fold", counting_fit)
+    monkeypatch.setattr(training.crossval, "fit_fold", counting_fit)
     again = sequential_study(synthetic, out, order=ORDER, volumes=VOLUMES, task="mtc", **TINY)
     assert calls == []
     pd.testing.assert_frame_equal(again, results)
@@ -287,7 +287,7 @@ def test_threads_apply_while_the_experiment_runs_and_are_restored(synthetic, tmp
         seen.append(torch.get_num_threads())
         return real_fit(data, config, fold, **kwargs)
 
-    monkeypatch.setattr(training, "fit_fold", recording_fit)
+    monkeypatch.setattr(training.crossval, "fit_fold", recording_fit)
     torch.set_num_threads(2)
     sequential_study(synthetic, tmp_path / "t", order=ORDER[:2], volumes="full", threads=1, **TINY)
     assert seen == [1, 1] and torch.get_num_threads() == 2

@@ -139,7 +139,7 @@ def test_precompute_uses_an_imported_run_instead_of_training(tmp_path, monkeypat
     torch.save(_paper_model(5).state_dict(), tmp_path / "mtc.pth")
     run_dir = import_model(tmp_path / "mtc.pth", tmp_path / "run", arch="resnet18", task="mtc", classes=CLASSES)
     calls = []
-    monkeypatch.setattr(training, "fit_fold", lambda *args, **kwargs: calls.append(args))
+    monkeypatch.setattr(training.crossval, "fit_fold", lambda *args, **kwargs: calls.append(args))
     profile = dataclasses.replace(pipeline.PROFILES["tiny"], umap_dims=())
     store = tmp_path / "store"
     statuses = {r.step: r.status for r in pipeline.precompute(store, profile=profile, steps=["latent-mtc"],

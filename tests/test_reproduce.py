@@ -54,7 +54,7 @@ def test_a_rerun_trains_nothing_and_writes_the_same_tables(reproduced, monkeypat
     out, _, _ = reproduced
     before = (out / "table5_mtc.csv").read_text()
     calls = []
-    monkeypatch.setattr(training, "fit_fold", lambda *args, **kwargs: calls.append(args))
+    monkeypatch.setattr(training.crossval, "fit_fold", lambda *args, **kwargs: calls.append(args))
     made, _ = reproduce(None, out, profile=PROFILE, formats=())
     assert calls == [] and len(made) == 12
     assert (out / "table5_mtc.csv").read_text() == before

@@ -136,7 +136,7 @@ def test_resume_skips_finished_folds_and_reproduces_a_deleted_one(stripes, tmp_p
     (run_dir / "fold1.pt").unlink()
     trained = []
     fit = training.fit_fold
-    monkeypatch.setattr(training, "fit_fold", lambda data, config, fold, **kw: trained.append(fold) or
+    monkeypatch.setattr(training.crossval, "fit_fold", lambda data, config, fold, **kw: trained.append(fold) or
                         fit(data, config, fold, **kw))
     second = cross_validate(stripes, run_dir, folds=2, **TINY)
     assert trained == [1]
@@ -299,7 +299,7 @@ def test_feature_mlp_tunes_each_fold_on_its_training_part(tmp_path, monkeypatch)
         seen.append((config.lr, len(data.partitions["test"])))
         return real_fit(data, config, fold, **kwargs)
 
-    monkeypatch.setattr(training, "fit_fold", spying_fit)
+    monkeypatch.setattr(training.crossval, "fit_fold", spying_fit)
     metrics = cross_validate(_feature_table(n_per_class=24), tmp_path / "mlp", folds=2, epochs=20, batch_size=8,
                              tune=grid)
     # Per fold: two inner fits (never the test images), then the fold's own fit with the chosen grid point.
@@ -320,7 +320,7 @@ def test_bf16_autocast_on_the_cpu_trains_an_image_run(stripes, tmp_path):
 
 @pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "fp32")])
 def test_native_precision_follows_the_cpu(monkeypatch, native, expected):
-    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(training.config, "cpu_has_native_bf16", lambda: native)
     assert training.resolve_precision("native", torch.device("cpu")) == expected
     assert training.resolve_precision("auto", torch.device("cpu")) == "fp32"
     assert training.resolve_precision("native", torch.device("cuda")) == "bf16"

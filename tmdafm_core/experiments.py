@@ -54,6 +54,7 @@ import pandas as pd
 
 from . import progress as progress_reports
 from .data import PAPER_MATERIALS, FeatureTable, LabelSpace
+from .data.splits import fold_training_positions, prepare_split
 from .models import ARCHITECTURES, WEIGHT_CHOICES
 from .parallel import shared_pools
 from .profiles import RECIPES, recipe_options
@@ -66,9 +67,7 @@ from .training import (
     cross_validate,
     default_image_size,
     extract,
-    fold_training_positions,
     load_data,
-    prepare_split,
 )
 
 MODES = ("imagenet", "sequential")
