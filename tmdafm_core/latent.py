@@ -773,14 +773,7 @@ def analyse(embeddings, descriptors=None, *, projection: Projection | None = Non
     if not 0 <= percentiles[0] < percentiles[1] <= 100:
         raise ValueError(f"percentiles must be (low, high) with 0 <= low < high <= 100, got {percentiles}")
     scores = projection.transform(values)
-    pcs = pc_names(projection.n_components)
-    table = pd.concat([meta, pd.DataFrame(scores, columns=pcs)], axis=1)
-    for n in sorted(projection.umap_embeddings):
-        coords = projection.transform_umap(values, n_dims=n)
-        table = pd.concat([table, pd.DataFrame(coords, columns=umap_names(n))], axis=1)
-    ratio = projection.explained_variance_ratio
-    result = {"projection": table,
-              "explained_variance": pd.DataFrame({"component": pcs, "ratio": ratio, "cumulative": np.cumsum(ratio)})}
+    result = projection_tables(projection, values, meta, scores)
     if descriptors is None:
         return result
 
@@ -793,11 +786,40 @@ def analyse(embeddings, descriptors=None, *, projection: Projection | None = Non
     raw, y = y, max_scale(pd.DataFrame(y)).to_numpy()
     s = scores[rows]
     y_ok = _spread_ok(y - y.mean(axis=0), np.linalg.norm(y, axis=0))
+    pcs = pc_names(projection.n_components)
+    stats = correlation_statistics(y, s, y_ok=y_ok, n_boot=n_boot, ci=ci, seed=seed)
+    result["correlation"] = correlation_table(stats, names, pcs)
+    groups = meta["sample_id"].to_numpy()[rows] if cv_by_sample else None
+    regression = regression_tables(s, y, descriptor_ok=y_ok, cv_folds=cv_folds, groups=groups, seed=seed)
+    result["table5"] = table5_from(stats, regression, names, pcs, y_ok=y_ok, n_images=len(rows), notes=notes)
+    result.update(cosine_tables(y, s, regression["coef"], names, pcs, y_ok=y_ok))
+    result["galleries"] = _galleries(raw, names, meta["image"].to_numpy()[rows], y_ok, size=gallery_size,
+                                     percentiles=percentiles, seed=seed)
+    return result
+
+
+def projection_tables(projection: Projection, values: np.ndarray, meta: pd.DataFrame,
+                      scores: np.ndarray) -> dict[str, pd.DataFrame]:
+    """``projection`` (meta columns, PC scores, UMAP coordinates per image) and ``explained_variance``."""
+    pcs = pc_names(projection.n_components)
+    table = pd.concat([meta, pd.DataFrame(scores, columns=pcs)], axis=1)
+    for n in sorted(projection.umap_embeddings):
+        coords = projection.transform_umap(values, n_dims=n)
+        table = pd.concat([table, pd.DataFrame(coords, columns=umap_names(n))], axis=1)
+    ratio = projection.explained_variance_ratio
+    return {"projection": table,
+            "explained_variance": pd.DataFrame({"component": pcs, "ratio": ratio, "cumulative": np.cumsum(ratio)})}
+
+
+def correlation_statistics(y: np.ndarray, s: np.ndarray, *, y_ok: np.ndarray, n_boot: int, ci: float,
+                           seed: int) -> dict[str, np.ndarray]:
+    """Pearson R of every descriptor (columns of ``y``) with every PC (columns of ``s``), shape (descriptors, PCs):
+    ``r``, ``defined``, ``p``, ``q`` (Benjamini-Hochberg) and the bootstrap interval ``low``, ``high``."""
     # A PC without variance (embeddings of lower rank than n_components) is noise: compare with the leading PC.
     s_spread = np.linalg.norm(s - s.mean(axis=0), axis=0)
     s_ok = s_spread > 1e-7 * max(s_spread.max(), np.finfo(float).tiny)
     r, defined = pearson_matrix(y, s, a_ok=y_ok, b_ok=s_ok)
-    p = np.where(defined, pearson_p_values(r, len(rows)), 1.0)
+    p = np.where(defined, pearson_p_values(r, len(y)), 1.0)
     q = np.ones_like(p)
     if defined.any():
         from scipy.stats import false_discovery_control
@@ -813,14 +835,22 @@ def analyse(embeddings, descriptors=None, *, projection: Projection | None = Non
     else:
         low, high = r.copy(), r.copy()
     low, high = np.where(defined, low, 0.0), np.where(defined, high, 0.0)
+    return {"r": r, "defined": defined, "p": p, "q": q, "low": low, "high": high}
 
-    result["correlation"] = pd.DataFrame({
-        "descriptor": np.repeat(names, len(pcs)), "pc": np.tile(pcs, len(names)), "r": r.ravel(),
-        "ci_low": low.ravel(), "ci_high": high.ravel(), "p_value": p.ravel(), "q_value": q.ravel(),
-        "defined": defined.ravel()})
 
-    groups = meta["sample_id"].to_numpy()[rows] if cv_by_sample else None
-    regression = regression_tables(s, y, descriptor_ok=y_ok, cv_folds=cv_folds, groups=groups, seed=seed)
+def correlation_table(stats: dict, names, pcs) -> pd.DataFrame:
+    """The long ``correlation`` table: one row per descriptor x PC."""
+    return pd.DataFrame({
+        "descriptor": np.repeat(names, len(pcs)), "pc": np.tile(pcs, len(names)), "r": stats["r"].ravel(),
+        "ci_low": stats["low"].ravel(), "ci_high": stats["high"].ravel(), "p_value": stats["p"].ravel(),
+        "q_value": stats["q"].ravel(), "defined": stats["defined"].ravel()})
+
+
+def table5_from(stats: dict, regression: dict, names, pcs, *, y_ok: np.ndarray, n_images: int,
+                notes: list) -> pd.DataFrame:
+    """The paper's Table 5: per descriptor its most negative and most positive R over the PCs (with intervals and
+    p-values) and the regression R on all PCs (in-sample and cross-validated)."""
+    r, defined, low, high, p = stats["r"], stats["defined"], stats["low"], stats["high"], stats["p"]
     masked = np.where(defined, r, np.nan)
     any_defined = defined.any(axis=1)
     lo_idx = np.where(any_defined, np.nanargmin(np.where(any_defined[:, None], masked, 0.0), axis=1), 0)
@@ -835,24 +865,26 @@ def analyse(embeddings, descriptors=None, *, projection: Projection | None = Non
         "regression_r": regression["r"], "regression_r_cv": regression["r_cv"],
         "min_r_ci_low": low[take, lo_idx], "min_r_ci_high": high[take, lo_idx], "min_r_p": p[take, lo_idx],
         "max_r_ci_low": low[take, hi_idx], "max_r_ci_high": high[take, hi_idx], "max_r_p": p[take, hi_idx],
-        "n_images": len(rows),
+        "n_images": n_images,
         "status": np.where(y_ok, np.where(any_defined, "ok", "undefined: no principal component has variance"),
                            "undefined: constant descriptor"),
     }, columns=list(TABLE5_COLUMNS))
     table5.attrs["notes"] = notes
-    result["table5"] = table5
+    return table5
 
+
+def cosine_tables(y: np.ndarray, s: np.ndarray, coef: np.ndarray, names, pcs, *,
+                  y_ok: np.ndarray) -> dict[str, pd.DataFrame]:
+    """``cosine_descriptors_pcs`` (descriptor x PC) and ``cosine_regression_directions`` (descriptor x
+    descriptor, the regression coefficient vectors ``coef`` of shape (PCs, descriptors))."""
     cos = cosine_matrix(y, s)
-    result["cosine_descriptors_pcs"] = pd.concat([pd.Series(names, name="descriptor"),
-                                                  pd.DataFrame(cos, columns=pcs)], axis=1)
-    directions = np.where(y_ok[None, :], regression["coef"], 0.0)
+    directions = np.where(y_ok[None, :], coef, 0.0)
     direction_cos = cosine_matrix(directions, directions)
     np.fill_diagonal(direction_cos, np.where(np.linalg.norm(directions, axis=0) > 0, 1.0, 0.0))
-    result["cosine_regression_directions"] = pd.concat([pd.Series(names, name="descriptor"),
-                                                        pd.DataFrame(direction_cos, columns=names)], axis=1)
-    result["galleries"] = _galleries(raw, names, meta["image"].to_numpy()[rows], y_ok, size=gallery_size,
-                                     percentiles=percentiles, seed=seed)
-    return result
+    return {"cosine_descriptors_pcs": pd.concat([pd.Series(names, name="descriptor"),
+                                                 pd.DataFrame(cos, columns=pcs)], axis=1),
+            "cosine_regression_directions": pd.concat([pd.Series(names, name="descriptor"),
+                                                       pd.DataFrame(direction_cos, columns=names)], axis=1)}
 
 
 # --- files ------------------------------------------------------------------------------------------------------
