@@ -231,6 +231,49 @@ def test_app_command_serves_from_any_working_folder(tmp_path):
         process.wait(timeout=30)
 
 
+def test_an_installed_wheel_serves_every_page_from_any_folder(tmp_path):
+    """`pip install .` (not -e): the wheel carries app.py, pages/ and assets/; `tmdafm app` serves them from it."""
+    import socket
+    import urllib.request
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(root), "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path / "wheel")], check=True, cwd=tmp_path)
+    site = tmp_path / "site"
+    with zipfile.ZipFile(next((tmp_path / "wheel").glob("tmdafm-*.whl"))) as wheel:
+        wheel.extractall(site)
+    env = {**os.environ, "PYTHONPATH": str(site)}  # ahead of the checkout's editable install
+    where = subprocess.run([sys.executable, "-c", "import tmdafm_core.cli as c; print(c.__file__); "
+                            "print(c.app_script())"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                           check=True).stdout.split()
+    assert all(Path(path).is_relative_to(site) for path in where)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "tmdafm_core.cli", "app", "--cache", str(tmp_path / "store"),
+                                "--port", str(port), "--profile", "tiny"], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        pages = {}
+        for path in ("/assets/app.css", "/", "/latent", "/physical", "/performance", "/sequential", "/classify"):
+            for _ in range(120):
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+                        pages[path] = (response.status, response.read().decode())
+                        break
+                except OSError:
+                    if process.poll() is not None:
+                        raise AssertionError(process.stdout.read().decode()[-2000:]) from None
+                    time.sleep(0.5)
+        assert all(status == 200 for status, _ in pages.values()) and len(pages) == 7
+        assert ".build-banner" in pages["/assets/app.css"][1] and "_dash-config" in pages["/latent"][1]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 def test_app_command_rejects_a_bad_port(capsys):
     assert tmdafm(["app", "--port", "70000"]) == 2
     assert "--port must be in 1..65535" in capsys.readouterr().err

@@ -886,13 +886,21 @@ def _add_app(sub) -> None:
     add_app_arguments(sub.add_parser("app", help="serve the browser app over a store (same as `python app.py`)"))
 
 
+def app_script() -> Path:
+    """The app's ``app.py``: beside the package in a source checkout (editable install), else the copy an installed
+    wheel carries in ``tmdafm_core/_app/`` (with ``pages/`` and ``assets/`` beside it)."""
+    package = Path(__file__).resolve().parent
+    for script in (package.parent / "app.py", package / "_app" / "app.py"):
+        if script.is_file() and (script.parent / "pages").is_dir():
+            return script
+    raise FileNotFoundError(f"{package}: the app (app.py, pages/, assets/) is not with this installation; reinstall "
+                            "tmdafm (`pip install .`), or run `python app.py` in the source checkout")
+
+
 def _load_app_module():
     import importlib.util
 
-    script = Path(__file__).resolve().parent.parent / "app.py"
-    if not script.is_file():
-        raise FileNotFoundError(f"{script}: the app (app.py and pages/) ships with the source checkout; install "
-                                "with `pip install -e .` from it, or run `python app.py` there")
+    script = app_script()
     if str(script.parent) not in sys.path:  # app.py imports pages/ beside it, whatever the working folder
         sys.path.insert(0, str(script.parent))
     spec = importlib.util.spec_from_file_location("app", script)
