@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import write_tmd_afm_folder
-from tmdafm_core import pipeline
+from tmdafm_core import pipeline, prepared
 from tmdafm_core.pipeline import Profile
 
 TINY = Profile("tiny", n=40, size=32, n_folds=3)
@@ -76,7 +76,7 @@ def test_interrupted_preparation_leaves_no_data_set_and_resumes(tmp_path, monkey
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "split_dataset", crash)
+    monkeypatch.setattr(prepared, "split_dataset", crash)
     with pytest.raises(KeyboardInterrupt):
         pipeline.prepare_dataset(cache, profile=TINY)
     assert not pipeline.store_ready(cache)

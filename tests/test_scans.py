@@ -367,7 +367,7 @@ def test_raw_scans_prepare_then_precompute_then_classify_end_to_end(tmp_path):
 
 
 def test_no_crop_reads_whole_scans_and_is_cached_apart(raw_folder, tmp_path, capsys, monkeypatch):
-    from tmdafm_core import pipeline
+    from tmdafm_core import pipeline, prepared
 
     monkeypatch.setenv("TMDAFM_CACHE", str(tmp_path / "cache"))
     whole = read_dataset(raw_folder, crop_um=None)  # the 15 µm Bruker scan, refused for a 1 µm crop, now reads too
@@ -389,5 +389,5 @@ def test_no_crop_reads_whole_scans_and_is_cached_apart(raw_folder, tmp_path, cap
     assert main(["info", str(raw_folder), "--crop-um", "0"]) == 2
     assert "--crop-um must be positive" in capsys.readouterr().err
     profile = dataclasses.replace(pipeline.PROFILES["tiny"], scan_crop_um=None)
-    assert pipeline._dataset_settings(profile, raw_folder, tmp_path) != \
-        pipeline._dataset_settings(pipeline.PROFILES["tiny"], raw_folder, tmp_path)
+    assert prepared._dataset_settings(profile, raw_folder, tmp_path) != \
+        prepared._dataset_settings(pipeline.PROFILES["tiny"], raw_folder, tmp_path)
