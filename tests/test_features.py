@@ -366,3 +366,14 @@ def test_cli_features_bad_output_suffix_exits_2(small_set, tmp_path, capsys):
 
     assert main(["features", str(tmp_path / "syn"), "--out", str(tmp_path / "f.xlsx")]) == 2
     assert "csv" in capsys.readouterr().err
+
+
+def test_descriptor_cache_version_follows_the_code_not_its_comments():
+    from tmdafm_core.features.table import FEATURE_CODE_VERSION, descriptor_code_version
+
+    code = "def rms(x):\n    return (x ** 2).mean() ** 0.5\n"
+    documented = 'def rms(x):\n    """Root mean square."""\n    # of the heights\n    return (x**2).mean() ** 0.5\n'
+    changed = "def rms(x):\n    return (x ** 2).mean() ** 0.25\n"
+    assert descriptor_code_version([code]) == descriptor_code_version([documented])
+    assert descriptor_code_version([code]) != descriptor_code_version([changed])
+    assert FEATURE_CODE_VERSION == descriptor_code_version()  # the installed descriptors' code

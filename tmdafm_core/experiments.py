@@ -55,9 +55,11 @@ import pandas as pd
 from . import progress as progress_reports
 from .data import PAPER_MATERIALS, FeatureTable, LabelSpace
 from .data.splits import fold_training_positions, prepare_split
+from .layout import MODES
 from .models import ARCHITECTURES, WEIGHT_CHOICES
 from .parallel import shared_pools
 from .profiles import RECIPES, recipe_options
+from .store import write_json
 from .training import (
     HEAD_STARTS,
     METRICS_NAME,
@@ -70,7 +72,6 @@ from .training import (
     load_data,
 )
 
-MODES = ("imagenet", "sequential")
 FULL = "full"
 DEFAULT_VOLUMES = (FULL, 64, 32, 16, 8)
 RESULTS_NAME, STUDY_NAME = "results.csv", "study.json"
@@ -147,8 +148,7 @@ def _load_images(split: pd.DataFrame, options: dict, progress: bool):
 
 
 def _write_json(path: Path, document: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(document, indent=2, default=str) + "\n")
+    write_json(path, document, indent=2, sort_keys=False, default=str)
 
 
 # --- sequential study -------------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ imported run has no ``metrics.json`` until it is evaluated.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -33,6 +32,7 @@ from .models import (
     build_model,
     check_arch,
 )
+from .store import write_json
 from .training import CONFIG_NAME, TASKS, checkpoint_path, save_checkpoint
 
 LAYOUTS = ("paper", "plain")
@@ -160,5 +160,5 @@ def import_model(state_dict, out_dir, *, arch: str, task: str, classes, elements
                   "weights_source": str(path.resolve()), "fold": 0, "scaling": "paper", "latent_dim": latent_dim,
                   "layout": layout, "complete": True}
     save_checkpoint(checkpoint, checkpoint_path(out, 0))
-    (out / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    write_json(out / CONFIG_NAME, config, indent=2, sort_keys=False)
     return out

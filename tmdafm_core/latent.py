@@ -46,6 +46,8 @@ import numpy as np
 import pandas as pd
 
 from .data.scans import DEFAULT_CROP_UM
+from .features.table import max_scale
+from .store import write_json
 
 META_COLUMNS = ("image", "sample_id", "label")
 PCA_SOLVERS = ("full", "covariance_eigh", "randomized", "auto", "incremental")
@@ -119,17 +121,6 @@ def image_meta(frame: pd.DataFrame, n_images: int) -> pd.DataFrame:
         "label": frame["label"].astype("string").to_numpy() if "label" in frame else pd.array([pd.NA] * n_images,
                                                                                                 dtype="string"),
     })
-
-
-def max_scale(descriptors: pd.DataFrame) -> pd.DataFrame:
-    """Scale each descriptor column by its maximum absolute value (the paper's 0..1 scaling for non-negative ones).
-
-    Dividing by max |x| instead of max x keeps the sign of every value, so a descriptor that can be negative (GLCM
-    correlation) is not flipped. An all-zero column stays zero. Pearson R does not depend on this scaling; the
-    uncentred cosine similarity and regression coefficients do.
-    """
-    peak = descriptors.abs().max(axis=0).replace(0.0, 1.0)
-    return descriptors / peak
 
 
 def _descriptor_matrix(descriptors, meta: pd.DataFrame) -> tuple[np.ndarray, list[str], np.ndarray, list[str]]:
@@ -917,8 +908,7 @@ def write_latent_outputs(out_dir, tables: dict[str, pd.DataFrame], *,
             written.append(path)
     if "galleries" in tables:
         path = out_dir / "galleries.json"
-        path.write_text(json.dumps(galleries_json(tables["galleries"], tables["table5"]), indent=1))
-        written.append(path)
+        written.append(write_json(path, galleries_json(tables["galleries"], tables["table5"]), sort_keys=False))
     if projection is not None:
         written.append(projection.save(out_dir / "projection.npz"))
     return written

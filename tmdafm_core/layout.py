@@ -47,6 +47,10 @@ METRICS_NAME, CONFIG_NAME = "metrics.json", "config.json"
 PREDICTIONS_NAME, EMBEDDINGS_NAME = "predictions.csv", "embeddings.parquet"
 PROJECTION_NAME, PROJECTION_TABLE_NAME = "projection.npz", "projection.csv"
 STUDY_RESULTS_NAME = "results.csv"
+#: The tasks (a run folder each), the sequential study's arms (a folder each) and the partitions of every table.
+TASKS = ("mtc", "mtl")
+MODES = ("imagenet", "sequential")
+PARTITIONS = ("train", "val", "test")
 #: Written when a store is created: ``precompute`` only ever writes into a folder that holds it (or that is empty).
 STORE_MARKER = ".tmdafm-store"
 

@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .store import write_json
+
 PAPER_ONLY_UNKNOWN = {"figureS13": "its content is not recorded in DESIGN.md (our notes of the paper), so it is not "
                                    "guessed; compare with the publication's supplement"}
 
@@ -487,6 +489,6 @@ def reproduce(data, out_dir, *, profile="demo", cache=None, formats=("png", "svg
         missing["PNG/SVG/PDF of the figures"] = ctx.state.pop("_static_unavailable")
     (out / "index.html").write_text(_index_html(made, missing))
     (out / "README.md").write_text(_readme(made, missing, profile, data, store))
-    state_path.write_text(json.dumps(ctx.state, indent=2) + "\n")
+    write_json(state_path, ctx.state, indent=2, sort_keys=False)
     return made, missing
 

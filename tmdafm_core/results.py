@@ -16,14 +16,13 @@ import pandas as pd
 
 from .data import LabelSpace
 from .features import FEATURE_COLUMNS, get_descriptor
-from .layout import CONFIG_NAME, StoreLayout, load_manifest, precompute_command, store_contents, thumbnail_uri  # noqa: F401 (precompute_command: public here)
+from .layout import CONFIG_NAME, TASKS, StoreLayout, load_manifest, precompute_command, store_contents, thumbnail_uri  # noqa: F401 (precompute_command: public here)
+from .layout import PARTITIONS as SPLITS
 from .profiles import PRETRAINED_TITLE, PRETRAINED_WEIGHTS
 
-TASKS = ("mtc", "mtl")
 TASK_NAMES = {"mtc": "MtC", "mtl": "MtL"}
 #: The MtL run scored by the paper's strict decoding (element p > 0.5, exact material or "unknown", an error).
 PAPER_RULE_NAME = "MtL (paper rule)"
-SPLITS = ("train", "val", "test")
 #: Where the architecture comparison (``tmdafm compare-archs --out CACHE/architectures``) puts its table.
 ARCHITECTURES_PATH = Path("architectures") / "architectures.csv"
 

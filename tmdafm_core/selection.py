@@ -24,11 +24,10 @@ import pandas as pd
 
 from .data import LabelSpace, parse_elements
 from .features import FEATURE_COLUMNS, get_descriptor
-from .layout import PROJECTION_TABLE_NAME, StoreLayout, load_manifest, precompute_command
+from .layout import MODES as SEQUENTIAL_MODES
+from .layout import PROJECTION_TABLE_NAME, TASKS, StoreLayout, load_manifest, precompute_command
 
-TASKS = ("mtc", "mtl")
 TASK_TITLES = {"mtc": "MtC (material classes)", "mtl": "MtL (element labels)"}
-SEQUENTIAL_MODES = ("imagenet", "sequential")
 MODE_TITLES = {"imagenet": "ImageNet", "sequential": "Sequential"}
 #: At most this many images are listed in a selection (a lasso over 100k points stays a small message).
 MAX_SELECTION = 20000

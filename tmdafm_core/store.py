@@ -71,9 +71,10 @@ def write_atomic(path, write: Callable[[Path], Any]) -> Path:
     return path
 
 
-def write_json(path, document) -> Path:
-    """Write a JSON document atomically."""
-    return write_atomic(path, lambda tmp: tmp.write_text(json.dumps(document, indent=1, sort_keys=True)))
+def write_json(path, document, *, indent: int = 1, sort_keys: bool = True, default=None) -> Path:
+    """Write a JSON document atomically (``default``: as :func:`json.dumps`, for values JSON lacks)."""
+    text = json.dumps(document, indent=indent, sort_keys=sort_keys, default=default) + "\n"
+    return write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def read_json(path) -> dict | None:

@@ -11,8 +11,33 @@ from ..progress import as_callback, iterate
 from .descriptors import compute_all, default_parameters
 from .registry import DESCRIPTORS, FEATURE_COLUMNS
 
-#: Bump whenever a descriptor's numbers change, so that cached values are recomputed.
-FEATURE_CODE_VERSION = 2  # 2: anisotropy angle as the paper (arctan2(d/dcol, d/drow)); paper-pixel mode exact
+
+def descriptor_code_version(sources=None) -> str:
+    """A digest of the descriptor code: the syntax trees of :mod:`.descriptors` and :mod:`.registry` (or of the
+    given source texts) without docstrings, so comments, docstrings and formatting do not count and any change to
+    what is computed does."""
+    import ast
+    import hashlib
+    import inspect
+
+    if sources is None:
+        from . import descriptors, registry
+
+        sources = [inspect.getsource(module) for module in (descriptors, registry)]
+    digest = hashlib.blake2b(digest_size=10)
+    for source in sources:
+        tree = ast.parse(source)
+        for node in ast.walk(tree):
+            body = getattr(node, "body", None)
+            if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                    and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+        digest.update(ast.dump(tree).encode())
+    return digest.hexdigest()
+
+
+#: Part of every cached descriptor value's key: cached values are recomputed whenever the descriptor code changes.
+FEATURE_CODE_VERSION = descriptor_code_version()
 
 
 def _parameters() -> dict:
@@ -167,8 +192,23 @@ def scale_to_unit_max(table: pd.DataFrame, columns=FEATURE_COLUMNS) -> pd.DataFr
     if missing:
         raise ValueError(f"feature table lacks column(s) {missing}")
     scaled = table.copy()
-    for column in columns:
-        peak = np.nanmax(np.abs(scaled[column].to_numpy(dtype=float))) if len(scaled) else 0.0
-        if peak > 0:
-            scaled[column] = scaled[column] / peak
+    scaled[list(columns)] = max_scale(scaled[list(columns)].astype(float))
     return scaled
+
+
+def max_scale(descriptors: pd.DataFrame) -> pd.DataFrame:
+    """Scale each descriptor column by its maximum absolute value (the paper's 0..1 scaling for non-negative ones).
+
+    Dividing by max |x| instead of max x keeps the sign of every value, so a descriptor that can be negative (GLCM
+    correlation) is not flipped. An all-zero column stays zero; missing values are skipped. Pearson R does not
+    depend on this scaling; the uncentred cosine similarity and regression coefficients do.
+
+    Examples
+    --------
+    >>> max_scale(pd.DataFrame({"a": [1.0, -4.0], "b": [0.0, 0.0]}))
+          a    b
+    0  0.25  0.0
+    1 -1.00  0.0
+    """
+    peak = descriptors.abs().max(axis=0).replace(0.0, 1.0)
+    return descriptors / peak

@@ -43,6 +43,7 @@ from ..data.splits import (  # noqa: F401 (split helpers, torch-free, importable
     limit_training_images,
     prepare_split,
 )
+from ..layout import PARTITIONS, TASKS  # noqa: F401 (defined with the store's vocabulary)
 from .config import (  # noqa: F401
     CONFIG_NAME,
     FALLBACK_IMAGE_SIZE,
@@ -50,12 +51,10 @@ from .config import (  # noqa: F401
     HISTORY_NAME,
     METRICS_NAME,
     OPTIMIZERS,
-    PARTITIONS,
     PRECISIONS,
     SCHEDULES,
     SELECT_RULES,
     SPLITS_NAME,
-    TASKS,
     WARMUP_SHARE,
     TrainConfig,
     _autocast,

@@ -12,11 +12,11 @@ import numpy as np
 import torch
 
 from ..data.images import check_input_side
+from ..layout import TASKS
 from ..models import (
     check_arch,
 )
 
-TASKS = ("mtc", "mtl")
 SELECT_RULES = ("f1", "paper")
 PRECISIONS = ("auto", "fp32", "bf16", "native")
 #: Learning-rate schedules: the paper's constant Adam rate, or a linear warm-up over the first
@@ -25,7 +25,6 @@ SCHEDULES = ("constant", "warmup-cosine")
 WARMUP_SHARE = 0.1
 #: ``adam``: weight decay as an L2 term in the gradient (the paper's optimizer); ``adamw``: decoupled decay.
 OPTIMIZERS = ("adam", "adamw")
-PARTITIONS = ("train", "val", "test")
 #: Image size used when the images of a data set differ in size (ImageNet's training size).
 FALLBACK_IMAGE_SIZE = 224
 CONFIG_NAME, METRICS_NAME, HISTORY_NAME, SPLITS_NAME = "config.json", "metrics.json", "history.csv", "splits.csv"

@@ -20,11 +20,12 @@ from ..data.splits import (
     labelled_frame,
     prepare_split,
 )
+from ..layout import PARTITIONS
 from ..models import (
     build_model,
 )
 from ..progress import report
-from .config import CONFIG_NAME, HISTORY_COLUMNS, HISTORY_NAME, METRICS_NAME, PARTITIONS, SPLITS_NAME, TrainConfig
+from .config import CONFIG_NAME, HISTORY_COLUMNS, HISTORY_NAME, METRICS_NAME, SPLITS_NAME, TrainConfig
 from .engine import HEAD_STARTS, FoldData, fit_fold
 from .inputs import default_image_size, load_data
 from .rundir import (

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..data import LabelSpace
+from ..layout import PARTITIONS
 from ..models import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -20,7 +21,7 @@ from ..models import (
     build_model,
     class_log_scores,
 )
-from .config import PARTITIONS, WARMUP_SHARE, TrainConfig, _autocast, resolve_device, resolve_precision
+from .config import WARMUP_SHARE, TrainConfig, _autocast, resolve_device, resolve_precision
 from .inputs import InputBatches, _criterion, _targets, epoch_order
 
 # --- metrics ----------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from torch import nn
 from ..data import LabelSpace, load_image
 from ..data.images import MIN_SIDE_PX, check_input_side, scale_pixels
 from ..data.scans import DEFAULT_CROP_UM
+from ..layout import PARTITIONS
 from ..models import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -28,7 +29,7 @@ from ..models import (
     class_log_scores,
     fold_batchnorm,
 )
-from .config import CONFIG_NAME, METRICS_NAME, PARTITIONS, _autocast, resolve_device
+from .config import CONFIG_NAME, METRICS_NAME, _autocast, resolve_device
 from .engine import MTL_RULES
 from .inputs import InputBatches, default_image_size, load_data, resize_image
 from .rundir import checkpoint_path, load_checkpoint

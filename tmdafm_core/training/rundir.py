@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import _RESUME_FREE, CONFIG_NAME, PARTITIONS, TrainConfig
+from ..layout import PARTITIONS
+from ..store import write_json
+from .config import _RESUME_FREE, CONFIG_NAME, TrainConfig
 from .engine import MTL_RULES, UNKNOWN
 
 # --- run directory ----------------------------------------------------------------------------------------------
@@ -146,9 +148,7 @@ def summarize_folds(checkpoints: list[dict]) -> dict:
 
 
 def _write_json(path: Path, document: dict) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(document, indent=2, allow_nan=True) + "\n")
-    os.replace(temporary, path)
+    write_json(path, document, indent=2, sort_keys=False)
 
 
 def _check_resumable(run_dir: Path, config_document: dict) -> None:
