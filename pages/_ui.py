@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import dash
+import dash_ag_grid as dag
 from dash import dcc, html
 
 from tmdafm_core import figures
@@ -14,12 +15,52 @@ def cache_dir() -> Path:
     return Path(dash.get_app().server.config["TMDAFM_CACHE"])
 
 
-#: DataTable styles in the house font (dash_table's default is monospace).
-TABLE_STYLE = dict(
-    style_as_list_view=True,
-    style_cell={"fontFamily": figures.FONT_FAMILY, "fontSize": 13, "padding": "4px 10px", "textAlign": "right"},
-    style_header={"fontWeight": 600, "color": "#52606d", "backgroundColor": "white"},
-)
+def column(field: str, header: str, *, tooltip: str | None = None, digits: int | None = None,
+           exponent: bool = False, left: bool = False, bold_when: str | None = None,
+           colour_when: dict | None = None) -> dict:
+    """One column of :func:`data_grid` (an AG Grid column definition).
+
+    ``tooltip``: what the column holds and its unit, shown on the header; ``digits``: fixed decimals (``exponent``:
+    scientific notation below 0.001); ``left``: text columns; ``bold_when``: a JavaScript condition on
+    ``params.value`` that sets the cell in bold; ``colour_when``: ``{condition: CSS colour}``.
+    """
+    definition = {"field": field, "headerName": header, "headerTooltip": tooltip or header,
+                  "cellStyle": {"textAlign": "left" if left else "right"}}
+    if digits is not None:
+        plain = f"d3.format('.{digits}f')(params.value)"
+        text = f"(Math.abs(params.value) < 0.001 && params.value !== 0 ? d3.format('.{digits}e')(params.value) : " \
+               f"{plain})" if exponent else plain
+        definition["valueFormatter"] = {"function": f"params.value == null ? '' : {text}"}
+        definition["filter"] = "agNumberColumnFilter"
+    conditions = [{"condition": bold_when, "style": {"fontWeight": 700}}] if bold_when else []
+    conditions += [{"condition": condition, "style": {"color": colour}} for condition, colour in
+                   (colour_when or {}).items()]
+    if conditions:
+        definition["cellStyle"] = {"styleConditions": conditions, "defaultStyle": definition["cellStyle"]}
+    return definition
+
+
+def group(header: str, *children: dict) -> dict:
+    """A header spanning ``children`` columns."""
+    return {"headerName": header, "children": list(children), "headerClass": "grid-group"}
+
+
+def data_grid(grid_id: str, rows, columns: list[dict], *, export_name: str) -> html.Div:
+    """A table the user can sort, filter (header menus) and download as CSV, with column tooltips (dash-ag-grid).
+
+    ``rows``: a DataFrame or records; ``columns``: :func:`column` / :func:`group` definitions.
+    """
+    records = rows.to_dict("records") if hasattr(rows, "to_dict") else list(rows)
+    return html.Div(className="data-grid", children=[
+        dag.AgGrid(id=grid_id, rowData=records, columnDefs=columns,
+                   defaultColDef={"sortable": True, "filter": True, "resizable": True, "suppressHeaderMenuButton":
+                                  False, "wrapHeaderText": True, "autoHeaderHeight": True},
+                   columnSize="autoSize", dashGridOptions={"domLayout": "autoHeight", "tooltipShowDelay": 300,
+                                                           "enableCellTextSelection": True},
+                   style={"height": None, "fontFamily": figures.FONT_FAMILY}),
+        html.Button("Download CSV", className="export-button grid-export", type="button",
+                    **{"data-grid-export": grid_id, "data-file-name": f"{export_name}.csv"}),
+    ])
 
 
 def card(title, *children, class_name="card", **kwargs) -> html.Section:

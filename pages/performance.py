@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dash
 import pandas as pd
-from dash import Input, Output, State, ctx, dash_table, dcc, html
+from dash import Input, Output, State, ctx, dcc, html
 
 from pages import _export, _ui
 from tmdafm_core import figures, results, selection
@@ -62,13 +62,13 @@ def architecture_rows(table: pd.DataFrame) -> pd.DataFrame:
 
 def _scores(cache, metrics: pd.DataFrame):
     folds = sorted(set(metrics["folds"]))
-    table = dash_table.DataTable(
-        id="scores-table", data=scores_rows(metrics),
-        columns=[{"name": "task", "id": "task"}, {"name": "partition", "id": "partition"},
-                 {"name": "accuracy (%)", "id": "accuracy"}, {"name": "macro-F1 (%)", "id": "f1"},
-                 {"name": "folds", "id": "folds"}],
-        style_cell_conditional=[{"if": {"column_id": c}, "textAlign": "left"} for c in ("task", "partition")],
-        **_ui.TABLE_STYLE)
+    table = _ui.data_grid("scores-table", scores_rows(metrics), [
+        _ui.column("task", "task", tooltip="MtC: material classes; MtL: element labels", left=True),
+        _ui.column("partition", "partition", left=True),
+        _ui.column("accuracy", "accuracy (%)", tooltip="share of images whose material is right, in %: mean ± std "
+                   "over the fold models"),
+        _ui.column("f1", "macro-F1 (%)", tooltip="F1 averaged over the classes, in %: mean ± std over the fold models"),
+        _ui.column("folds", "folds", tooltip="fold models averaged")], export_name="tmdafm_scores")
     graph = dcc.Graph(id="scores-chart", figure=figures.metrics_figure(metrics),
                       config=_export.graph_config("tmdafm_scores"))
     return _ui.card("Scores per partition", html.Div(className="grid two", children=[
@@ -126,6 +126,12 @@ _CALIBRATION_NAMES = {"task": "task", "temperature": "temperature (mean, range)"
                       "ece_test_floor": "test ECE sampling alone explains",
                       "brier_test": "test Brier (before → after)",
                       "flagged": "flagged unfamiliar, val / test (%)"}
+_CALIBRATION_TIPS = {"temperature": "the fold models' fitted temperatures (no unit; 1 leaves the outputs as they are)",
+                     "ece_val": "expected calibration error over 15 confidence bins (0..1; 0 is perfect)",
+                     "ece_test": "expected calibration error over 15 confidence bins (0..1; 0 is perfect)",
+                     "ece_test_floor": "the ECE a perfectly calibrated model would show on this few test images",
+                     "brier_test": "mean squared error of the probability vector (0..2; 0 is perfect)",
+                     "flagged": "share of images the novelty score calls unfamiliar, in %"}
 
 
 def calibration_rows(table: pd.DataFrame) -> list[dict]:
@@ -152,9 +158,9 @@ def _calibration(cache):
     quantile = table.attrs["novelty_quantile"]
     graph = dcc.Graph(id="reliability-chart", figure=figures.reliability_figure(reliability),
                       config=_export.graph_config("tmdafm_reliability"))
-    grid = dash_table.DataTable(
-        id="calibration-table", data=calibration_rows(table),
-        columns=[{"name": name, "id": key} for key, name in _CALIBRATION_NAMES.items()], **_ui.TABLE_STYLE)
+    grid = _ui.data_grid("calibration-table", calibration_rows(table), [
+        _ui.column(key, name, tooltip=_CALIBRATION_TIPS.get(key), left=key == "task")
+        for key, name in _CALIBRATION_NAMES.items()], export_name="tmdafm_calibration")
     verdicts = html.Ul([html.Li(sentence) for sentence in results.calibration_verdicts(table)],
                        className="calibration-verdicts")
     return _ui.card("Calibration and novelty", grid, verdicts, html.Div(className="grid two", children=[
@@ -180,9 +186,9 @@ def _architectures(cache):
     names = {"arch": "architecture", "weights": "weights", "task": "task", "imagenet_top1": "ImageNet top-1 (%)",
              "accuracy_val": "val accuracy (%)", "f1_val": "val macro-F1 (%)", "accuracy_test": "test accuracy (%)",
              "f1_test": "test macro-F1 (%)"}
-    return _ui.card("Architecture comparison", dash_table.DataTable(
-        id="architecture-table", data=rows.to_dict("records"), sort_action="native",
-        columns=[{"name": names.get(c, c), "id": c} for c in rows.columns], **_ui.TABLE_STYLE),
+    return _ui.card("Architecture comparison", _ui.data_grid(
+        "architecture-table", rows, [_ui.column(c, names.get(c, c), left=c in ("arch", "weights", "task"))
+                                     for c in rows.columns], export_name="tmdafm_architectures"),
         _ui.caption("Mean ± std over folds, all runs on one shared split."), id="architectures")
 
 

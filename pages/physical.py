@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import dash
 import pandas as pd
-from dash import Input, Output, State, ctx, dash_table, dcc, html
-from dash.dash_table.Format import Format, Scheme
+from dash import Input, Output, State, ctx, dcc, html
 
 from pages import _export, _ui
 from tmdafm_core import figures, results, selection
@@ -94,48 +93,43 @@ def gallery_sides(cache, task: str, descriptor: str) -> dict:
 
 # --- layout -----------------------------------------------------------------------------------------------------
 
-def _number(precision: int, scheme=Scheme.fixed) -> dict:
-    return {"type": "numeric", "format": Format(precision=precision, scheme=scheme)}
-
-
 def _table5(tables: dict):
     table = table5_records(tables)
     n_images = sorted(set(table["n_images"]))
     table = table.drop(columns=["n_images"] + (["status"] if (table["status"] == "ok").all() else []))
-    label = {"descriptor": "descriptor", "unit": "unit", "min_r": "min R", "min_pc": "PC", "min_r_ci": "95 % CI",
-             "min_r_p": "p", "min_r_q": "q", "max_r": "max R", "max_pc": "PC", "max_r_ci": "95 % CI",
-             "max_r_p": "p", "max_r_q": "q", "regression_r": "regression R", "regression_r_cv": "R (cross-val.)",
-             "n_images": "images", "status": "status"}
-    group = {c: "most negative" for c in ("min_r", "min_pc", "min_r_ci", "min_r_p", "min_r_q")}
-    group.update({c: "most positive" for c in ("max_r", "max_pc", "max_r_ci", "max_r_p", "max_r_q")})
-    group.update({"regression_r": "linear regression on PCs", "regression_r_cv": "linear regression on PCs"})
-    columns = []
-    for column in table.columns.drop("unit"):
-        spec = {"name": [group.get(column, ""), label[column]], "id": column}
-        if column in ("min_r", "max_r", "regression_r", "regression_r_cv"):
-            spec.update(_number(3))
-        elif column.endswith("_p") or column.endswith("_q"):
-            spec.update(_number(2, Scheme.decimal_or_exponent))
-        columns.append(spec)
-    rows = table.assign(descriptor=[selection.descriptor_label(d) for d in table["descriptor"]]).drop(
-        columns=["unit"])
+    r_tip = "Pearson R of the descriptor (scaled to 0–1 by its maximum) and the PC scores (−1..1, no unit)"
+
+    def side(prefix: str, title: str, strong: str) -> dict:
+        return _ui.group(title, _ui.column(f"{prefix}_r", "R", tooltip=r_tip, digits=3, bold_when=strong),
+                         _ui.column(f"{prefix}_pc", "PC", tooltip="principal component of the latent features"),
+                         _ui.column(f"{prefix}_r_ci", "95 % CI", tooltip="percentile-bootstrap interval of R"),
+                         _ui.column(f"{prefix}_r_p", "p", tooltip="t-test p-value of R", digits=2, exponent=True),
+                         _ui.column(f"{prefix}_r_q", "q", tooltip="Benjamini–Hochberg q-value over all descriptor "
+                                    "× PC pairs", digits=2, exponent=True))
+
+    columns = [{**_ui.column("descriptor", "descriptor", tooltip="physical descriptor (hover a name for its unit)",
+                             left=True), "tooltipField": "unit", "pinned": "left"},
+               side("min", "most negative", "params.value <= -0.4"),
+               side("max", "most positive", "params.value >= 0.4"),
+               _ui.group("linear regression on PCs",
+                         _ui.column("regression_r", "R", tooltip="R of the descriptor's linear regression on all "
+                                    "PCs, in-sample", digits=3),
+                         _ui.column("regression_r_cv", "R (cross-val.)", tooltip="the same regression R, "
+                                    "cross-validated", digits=3))]
+    if "status" in table.columns:
+        columns.append(_ui.column("status", "status", left=True, colour_when={"params.value !== 'ok'": "#b4232c"}))
+    rows = table.assign(descriptor=[selection.descriptor_label(d) for d in table["descriptor"]],
+                        unit=[f"unit: {u}" for u in table["unit"]])
     note = tables["table5"].attrs.get("notes") or []
-    return _ui.card("Descriptors and principal components (Table 5)", dash_table.DataTable(
-        id="table5", data=rows.to_dict("records"), columns=columns, sort_action="native", merge_duplicate_headers=True,
-        style_as_list_view=True, style_table={"overflowX": "auto"},
-        style_cell={**_ui.TABLE_STYLE["style_cell"], "padding": "4px 7px"},
-        style_cell_conditional=[{"if": {"column_id": c}, "textAlign": "left"} for c in ("descriptor", "status")],
-        style_data_conditional=[
-            {"if": {"filter_query": "{max_r} >= 0.4", "column_id": "max_r"}, "fontWeight": 700},
-            {"if": {"filter_query": "{min_r} <= -0.4", "column_id": "min_r"}, "fontWeight": 700},
-            {"if": {"filter_query": "{status} != ok", "column_id": "status"}, "color": "#b4232c"}],
-        style_header={**_ui.TABLE_STYLE["style_header"], "textAlign": "center"}),
-        _ui.caption(["For each descriptor (scaled to 0–1 by its maximum) the principal component of the latent "
-                     "features with the most negative and the most positive Pearson R, the percentile-bootstrap "
-                     "95 % interval, the t-test p-value and the Benjamini–Hochberg q-value over all "
-                     "descriptor × PC pairs; then R of a linear regression of the descriptor on all PCs, in-sample "
-                     f"and cross-validated. {', '.join(map(str, n_images))} images. Click a header to sort. "]
-                    + [f"{n} " for n in note]), id="table5-card")
+    return _ui.card("Descriptors and principal components (Table 5)",
+                    _ui.data_grid("table5", rows, columns, export_name="tmdafm_table5"),
+                    _ui.caption(["For each descriptor (scaled to 0–1 by its maximum) the principal component of "
+                                 "the latent features with the most negative and the most positive Pearson R, the "
+                                 "percentile-bootstrap 95 % interval, the t-test p-value and the Benjamini–Hochberg "
+                                 "q-value over all descriptor × PC pairs; then R of a linear regression of the "
+                                 "descriptor on all PCs, in-sample and cross-validated. "
+                                 f"{', '.join(map(str, n_images))} images. Click a header to sort; its menu filters. "]
+                                + [f"{n} " for n in note]), id="table5-card")
 
 
 def _graph(graph_id: str, figure, filename: str):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dash
 import pandas as pd
-from dash import Input, Output, State, dash_table, dcc, html
+from dash import Input, Output, State, dcc, html
 
 from pages import _export, _ui
 from tmdafm_core import figures, results, selection
@@ -125,6 +125,14 @@ def _study_facts(cache, table: pd.DataFrame):
         "deviation over folds.")
 
 
+#: Header tooltips of the study's table: what each column holds, with its unit.
+_TIPS = {"n_classes": "classes in the stage", "volume": "training volume of the newly added class ('full': all)",
+         "new_class_train_images": "training images of the new class per fold", "imagenet": "macro-F1 in %, mean ± "
+         "std over folds", "sequential": "macro-F1 in %, mean ± std over folds", "gain": "mean of the per-fold "
+         "differences, in percentage points", "interval": "95 % Student-t interval over folds, percentage points",
+         "supported": "whether that interval excludes 0"}
+
+
 def _figure4(cache, table: pd.DataFrame):
     splits = [s for s in ("test", "val", "train") if s in set(table["split"])]
     titles = results.mode_titles(cache)
@@ -142,13 +150,11 @@ def _figure4(cache, table: pd.DataFrame):
                                          options=[{"label": figures.SPLIT_NAMES[s], "value": s} for s in splits])],
             className="control")]), _export.figure_panel(graph, data=table), _study_facts(cache, table),
             id="figure4"),
-        _ui.card("The study in numbers", dash_table.DataTable(
-            id="sequential-table", data=rows.to_dict("records"), sort_action="native",
-            columns=[{"name": names[c], "id": c} for c in rows.columns], **_ui.TABLE_STYLE,
-            style_cell_conditional=[{"if": {"column_id": c}, "textAlign": "left"} for c in ("task", "new_class")],
-            style_data_conditional=[{"if": {"filter_query": "{gain} > 0", "column_id": "gain"}, "color": "#1b7f5a"},
-                                    {"if": {"filter_query": "{gain} < 0", "column_id": "gain"}, "color": "#b4232c"}],
-            ),
+        _ui.card("The study in numbers", _ui.data_grid("sequential-table", rows, [
+            _ui.column(c, names[c], left=c in ("task", "new_class"), tooltip=_TIPS.get(c),
+                       colour_when={"parseFloat(params.value) > 0": "#1b7f5a", "parseFloat(params.value) < 0":
+                                    "#b4232c"} if c == "gain" else None)
+            for c in rows.columns], export_name="tmdafm_sequential"),
             _ui.caption(f"Macro-F1 mean ± std over folds in the chosen partition. Sequential − {base} is the "
                         "mean of the per-fold differences (both arms train on the same folds), with a 95 % "
                         "Student-t interval over folds. " + supported_sentence(rows)), id="sequential-numbers"),
@@ -185,12 +191,14 @@ def _structure(cache, tasks) -> list:
     table = pd.concat(tables, ignore_index=True)
     rows = structure_rows(table)
     titles = {"silhouette": "silhouette", "centroid_shift": "centroid shift"}
-    columns = [{"name": ["", "task"], "id": "task"}, {"name": ["", "classes"], "id": "n_classes"}]
     arms = results.mode_titles(cache)
-    columns += [{"name": [titles[v], arms[m]], "id": f"{v}_{m}"} for v in titles for m in selection.SEQUENTIAL_MODES]
+    tips = {"silhouette": "silhouette of the material labels on the plotted axes (−1..1, no unit)",
+            "centroid_shift": "mean move of a class centre since the previous stage, in units of that stage's spread"}
+    columns = [_ui.column("task", "task", left=True), _ui.column("n_classes", "classes")]
+    columns += [_ui.group(titles[v], *[_ui.column(f"{v}_{m}", arms[m], tooltip=tips[v])
+                                       for m in selection.SEQUENTIAL_MODES]) for v in titles]
     return [html.H3("Class structure per stage"),
-            dash_table.DataTable(id="stage-structure", data=rows.to_dict("records"), columns=columns,
-                                 merge_duplicate_headers=True, **_ui.TABLE_STYLE),
+            _ui.data_grid("stage-structure", rows, columns, export_name="tmdafm_stage_structure"),
             _ui.caption("Silhouette of the material labels on the plotted axes (−1..1; above 0.25 the classes form "
                         "visible groups). Centroid shift: mean distance a class centre moved since the previous "
                         "stage, in units of that stage's spread. " + structure_sentence(table, arms))]
@@ -221,7 +229,7 @@ def layout(**_query):
 # --- callbacks --------------------------------------------------------------------------------------------------
 
 @dash.callback(Output("sequential-f1", "figure"), Output("sequential-f1", "config"),
-               Output("sequential-table", "data"), Input("sequential-split", "value"),
+               Output("sequential-table", "rowData"), Input("sequential-split", "value"),
                State("sequential-f1", "config"), prevent_initial_call=True)
 def _on_split(split, config):
     table = results.sequential_results(_ui.cache_dir())

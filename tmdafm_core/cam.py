@@ -9,6 +9,13 @@ Two maps, both returned at image size and scaled to 0..1 so they can be drawn ov
   of one class's score, rectified and divided by the maximum. For MtL models the class score is the summed
   log-probability of the class's element vector (:func:`tmdafm_core.models.class_log_scores`), so the map explains
   the material decision, not a single element.
+
+References
+----------
+.. [1] B. Zhou, A. Khosla, A. Lapedriza, A. Oliva, A. Torralba, "Learning deep features for discriminative
+   localization", CVPR 2016, 2921-2929. :DOI:`10.1109/CVPR.2016.319`
+.. [2] R. R. Selvaraju, M. Cogswell, A. Das, R. Vedantam, D. Parikh, D. Batra, "Grad-CAM: visual explanations from
+   deep networks via gradient-based localization", ICCV 2017, 618-626. :DOI:`10.1109/ICCV.2017.74`
 """
 
 from __future__ import annotations

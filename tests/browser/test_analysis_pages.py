@@ -69,12 +69,16 @@ def test_analysis_pages_click_select_and_export(dash_duo, analysis_app):
     _open(dash_duo, "/sequential", "#sequential-f1 .main-svg")
     dash_duo.wait_for_element("#stage-panels .main-svg", timeout=10)
     assert "MoS2 → WS2 → WSe2" in dash_duo.find_element("#figure4").text
-    assert len(dash_duo.find_elements("#sequential-table tbody tr")) > 3
+    assert len(dash_duo.find_elements("#sequential-table .ag-center-cols-container .ag-row")) > 3
     assert _severe(dash_duo) == []
 
     _open(dash_duo, "/physical", "#pearson-heatmap .main-svg")
     dash_duo.wait_for_element("#descriptor-scatter .main-svg", timeout=10)
-    assert len(dash_duo.find_elements("#table5 tbody tr")) >= 14
+    assert len(dash_duo.find_elements("#table5 .ag-center-cols-container .ag-row")) >= 14
+    # The grid exports what it shows as CSV in the browser, the units among its columns.
+    dash_duo.find_element('[data-grid-export="table5"]').click()
+    exported = _wait_for_file(f"{dash_duo.download_path}/tmdafm_table5.csv", b"")
+    assert b"most positive" in exported and b"grain density" in exported
     dash_duo.find_element("#gallery-select-high").click()
     dash_duo.wait_for_contains_text("#selection-summary", "selected (grain density ≥ 75th percentile", timeout=10)
     assert len(dash_duo.find_elements("#gallery-high img")) > 0

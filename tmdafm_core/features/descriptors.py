@@ -163,6 +163,14 @@ def rms_roughness(image, pixel_size_nm: float = PAPER_PIXEL_NM, *, paper_pixels:
     -------
     float
         Roughness in units of the image's height range (0..1).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> y, x = np.mgrid[:64, :64]  # 64 px of 3.90625 nm: 250 nm x 250 nm, 0.0625 µm²
+    >>> image = 0.5 * (x >= 32) + 0.5 * np.exp(-((x - 16) ** 2 + (y - 16) ** 2) / 20)  # a step and a mound
+    >>> round(rms_roughness(image, 3.90625), 4)  # the step and the mound's flank differ from their blur
+    0.0272
     """
     return _rms_roughness_from(_Prepared(image, pixel_size_nm, paper_pixels), sigma_nm)
 
@@ -178,6 +186,14 @@ def local_variation(image, pixel_size_nm: float = PAPER_PIXEL_NM, *, paper_pixel
     """Mean absolute deviation from the Gaussian-smoothed image divided by its maximum (0..1).
 
     Parameters are those of :func:`rms_roughness`. A constant image gives 0.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> y, x = np.mgrid[:64, :64]  # 64 px of 3.90625 nm: 250 nm x 250 nm, 0.0625 µm²
+    >>> image = 0.5 * (x >= 32) + 0.5 * np.exp(-((x - 16) ** 2 + (y - 16) ** 2) / 20)  # a step and a mound
+    >>> round(local_variation(image, 3.90625), 4)
+    0.0414
     """
     return _local_variation_from(_Prepared(image, pixel_size_nm, paper_pixels), sigma_nm)
 
@@ -236,6 +252,21 @@ def step_edges(image, pixel_size_nm: float = PAPER_PIXEL_NM, *, paper_pixels: bo
     float
         ``length``: µm of edge per µm²; ``segments``: segments per µm² (for a 1 µm crop: the count), or the raw
         count with ``paper_pixels``.
+
+    References
+    ----------
+    .. [1] J. Canny, "A computational approach to edge detection", IEEE Trans. Pattern Anal. Mach. Intell.
+       8(6), 679-698 (1986). :DOI:`10.1109/TPAMI.1986.4767851`
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> y, x = np.mgrid[:64, :64]  # 64 px of 3.90625 nm: 250 nm x 250 nm, 0.0625 µm²
+    >>> image = 0.5 * (x >= 32) + 0.5 * np.exp(-((x - 16) ** 2 + (y - 16) ** 2) / 20)  # a step and a mound
+    >>> step_edges(image, 3.90625, paper_pixels=True)  # the paper's count: the step and the mound's rim
+    2.0
+    >>> round(step_edges(image, 3.90625), 2)  # µm of edge per µm²
+    6.81
     """
     return _step_edges_from(_Prepared(image, pixel_size_nm, paper_pixels), canny_sigma_nm, closing_nm, measure)
 
@@ -290,6 +321,14 @@ def defect_density(image, pixel_size_nm: float = PAPER_PIXEL_NM, *, paper_pixels
     -------
     float
         Maxima per µm²; with ``paper_pixels`` per pixel, as in the paper.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> y, x = np.mgrid[:64, :64]  # 64 px of 3.90625 nm: 250 nm x 250 nm, 0.0625 µm²
+    >>> image = 0.5 * (x >= 32) + 0.5 * np.exp(-((x - 16) ** 2 + (y - 16) ** 2) / 20)  # a step and a mound
+    >>> defect_density(image, 3.90625)  # two local maxima in 0.0625 µm²
+    32.0
     """
     return _defect_density_from(_Prepared(image, pixel_size_nm, paper_pixels), sigma_nm, min_distance_nm,
                                 min_prominence)
@@ -319,6 +358,14 @@ def anisotropy(image, pixel_size_nm: float = PAPER_PIXEL_NM, *, paper_pixels: bo
     float
         Standard deviation of gradient angles (rad) divided by the mean gradient magnitude (height range per paper
         pixel).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> y, x = np.mgrid[:64, :64]  # 64 px of 3.90625 nm: 250 nm x 250 nm, 0.0625 µm²
+    >>> image = 0.5 * (x >= 32) + 0.5 * np.exp(-((x - 16) ** 2 + (y - 16) ** 2) / 20)  # a step and a mound
+    >>> round(anisotropy(image, 3.90625), 1)
+    167.8
     """
     return _anisotropy_from(_Prepared(image, pixel_size_nm, paper_pixels))
 
@@ -428,6 +475,21 @@ def dog_blob(image, pixel_size_nm: float = PAPER_PIXEL_NM, *, paper_pixels: bool
     -------
     float
         Blobs per µm² (for a 1 µm crop: the blob count); with ``paper_pixels`` the raw count.
+
+    References
+    ----------
+    .. [1] D. G. Lowe, "Distinctive image features from scale-invariant keypoints", Int. J. Comput. Vis. 60(2),
+       91-110 (2004). :DOI:`10.1023/B:VISI.0000029664.99615.94`
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> y, x = np.mgrid[:64, :64]  # 64 px of 3.90625 nm: 250 nm x 250 nm, 0.0625 µm²
+    >>> image = 0.5 * (x >= 32) + 0.5 * np.exp(-((x - 16) ** 2 + (y - 16) ** 2) / 20)  # a step and a mound
+    >>> dog_blob(image, 3.90625, paper_pixels=True)  # blobs found (the paper's count)
+    3.0
+    >>> dog_blob(image, 3.90625)  # the same three per 0.0625 µm²
+    48.0
     """
     return _dog_blob_from(_Prepared(image, pixel_size_nm, paper_pixels), min_sigma_nm, max_sigma_nm, threshold,
                           sigma_ratio, overlap)
@@ -456,6 +518,19 @@ def grain_size(image, pixel_size_nm: float = PAPER_PIXEL_NM, *, paper_pixels: bo
     -------
     float
         Diameter in nm (px with ``paper_pixels``); 0 when there is no grain (constant image).
+
+    References
+    ----------
+    .. [1] N. Otsu, "A threshold selection method from gray-level histograms", IEEE Trans. Syst. Man Cybern.
+       9(1), 62-66 (1979). :DOI:`10.1109/TSMC.1979.4310076`
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> y, x = np.mgrid[:64, :64]  # 64 px of 3.90625 nm: 250 nm x 250 nm, 0.0625 µm²
+    >>> image = 0.5 * (x >= 32) + 0.5 * np.exp(-((x - 16) ** 2 + (y - 16) ** 2) / 20)  # a step and a mound
+    >>> round(grain_size(image, 3.90625), 1)  # nm, equivalent-circle diameter above Otsu's threshold
+    114.5
     """
     return _grain_size_from(_Prepared(image, pixel_size_nm, paper_pixels), sigma_nm)
 
@@ -488,6 +563,19 @@ def grain_density(image, pixel_size_nm: float = PAPER_PIXEL_NM, *, paper_pixels:
     -------
     float
         Grains per µm²; with ``paper_pixels`` per pixel, as in the paper.
+
+    References
+    ----------
+    .. [1] N. Otsu, "A threshold selection method from gray-level histograms", IEEE Trans. Syst. Man Cybern.
+       9(1), 62-66 (1979). :DOI:`10.1109/TSMC.1979.4310076`
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> y, x = np.mgrid[:64, :64]  # 64 px of 3.90625 nm: 250 nm x 250 nm, 0.0625 µm²
+    >>> image = 0.5 * (x >= 32) + 0.5 * np.exp(-((x - 16) ** 2 + (y - 16) ** 2) / 20)  # a step and a mound
+    >>> grain_density(image, 3.90625)  # one grain in 0.0625 µm²
+    16.0
     """
     return _grain_density_from(_Prepared(image, pixel_size_nm, paper_pixels), sigma_nm, opening_radius_nm)
 
@@ -520,7 +608,7 @@ def _glcm_from(prep: _Prepared, name: str, distance_nm: float) -> float:
     return properties[name]
 
 
-def _glcm_doc(name: str, meaning: str):
+def _glcm_doc(name: str, meaning: str, example: str):
     def descriptor(image, pixel_size_nm: float = PAPER_PIXEL_NM, *, paper_pixels: bool = False,
                    distance_nm: float = PAPER_PIXEL_NM) -> float:
         return _glcm_from(_Prepared(image, pixel_size_nm, paper_pixels), name, distance_nm)
@@ -543,16 +631,30 @@ def _glcm_doc(name: str, meaning: str):
     Returns
     -------
     float
+
+    References
+    ----------
+    .. [1] R. M. Haralick, K. Shanmugam, I. Dinstein, "Textural features for image classification", IEEE Trans.
+       Syst. Man Cybern. SMC-3(6), 610-621 (1973). :DOI:`10.1109/TSMC.1973.4309314`
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> y, x = np.mgrid[:64, :64]  # 64 px of 3.90625 nm: 250 nm x 250 nm, 0.0625 µm²
+    >>> image = 0.5 * (x >= 32) + 0.5 * np.exp(-((x - 16) ** 2 + (y - 16) ** 2) / 20)  # a step and a mound
+    >>> from tmdafm_core.features import descriptors
+    >>> round(descriptors.{name}(image, 3.90625), 4)
+    {example}
     """
     return descriptor
 
 
-contrast = _glcm_doc("contrast", "mean squared grey-level difference of neighbours (0..255²).")
-dissimilarity = _glcm_doc("dissimilarity", "mean absolute grey-level difference of neighbours (0..255).")
-homogeneity = _glcm_doc("homogeneity", "closeness of neighbours' grey levels, sum P/(1 + (i − j)²) (0..1).")
-energy = _glcm_doc("energy", "square root of the angular second moment (0..1); high for uniform textures.")
-correlation = _glcm_doc("correlation", "linear dependence of neighbours' grey levels (−1..1).")
-asm = _glcm_doc("asm", "angular second moment, sum of squared co-occurrence probabilities (0..1).")
+contrast = _glcm_doc("contrast", "mean squared grey-level difference of neighbours (0..255²).", "266.3165")
+dissimilarity = _glcm_doc("dissimilarity", "mean absolute grey-level difference of neighbours (0..255).", "2.5317")
+homogeneity = _glcm_doc("homogeneity", "closeness of neighbours' grey levels, sum P/(1 + (i − j)²) (0..1).", "0.9191")
+energy = _glcm_doc("energy", "square root of the angular second moment (0..1); high for uniform textures.", "0.6346")
+correlation = _glcm_doc("correlation", "linear dependence of neighbours' grey levels (−1..1).", "0.9664")
+asm = _glcm_doc("asm", "angular second moment, sum of squared co-occurrence probabilities (0..1).", "0.4027")
 
 
 _IMPLEMENTATIONS = {  # public descriptor -> its twin that works on a shared _Prepared
