@@ -80,16 +80,11 @@ def raw_upload_suffix(name, data: bytes) -> str | None:
     """The instrument-file suffix an upload is read with, or None for an image (or anything else).
 
     Bruker and Gwyddion files are recognised by their content; container formats (a JPK file is a TIFF, Igor and
-    HDF5-based files have no distinctive signature) by their name, after which their reader checks the content.
+    HDF5-based files have no distinctive signature) by their name (:func:`tmdafm_core.data.scans.raw_suffix`).
     """
-    from .data.scans import RAW_SUFFIXES, file_suffix
+    from .data.scans import raw_suffix
 
-    if data.startswith(b"\\*File list"):
-        return ".spm"
-    if data.startswith(b"GWYP"):
-        return ".gwy"
-    suffix = file_suffix(Path(display_name(name)))
-    return suffix if suffix in RAW_SUFFIXES and suffix not in (".spm", ".gwy") else None
+    return raw_suffix(display_name(name), data)
 
 
 def decode_scan(name, data: bytes, *, max_bytes: int = MAX_FILE_BYTES):

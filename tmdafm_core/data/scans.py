@@ -34,6 +34,8 @@ RAW_SUFFIXES = frozenset(SUFFIX_FORMATS)
 HEIGHT_CHANNELS = ("Height", "Height Sensor", "ZSensor", "HeightTracee", "HeightTrace", "height_trace",
                    "measuredHeight_trace", "height_retrace", "Topography", "Z", "image", "TP")
 _BRUKER_MAGIC = b"\\*File list"
+#: Formats whose files say what they are in their first bytes (the others are known by their name only).
+CONTENT_MAGIC = {_BRUKER_MAGIC: ".spm", b"GWYP": ".gwy"}
 _NUMBERED = re.compile(r"^\.\d{3}$")
 _CHANNEL_LIST = re.compile(r"channel list: (.*)$", re.DOTALL)
 _NO_CHANNEL = "\x00"  # a name no file has: the reader's refusal lists the channels the file does have
@@ -46,6 +48,17 @@ def file_suffix(path: Path) -> str:
         if name.endswith(suffix):
             return suffix
     return path.suffix.lower()
+
+
+def raw_suffix(name: str, data: bytes) -> str | None:
+    """The instrument-file suffix bytes named ``name`` are read with (an upload), or None when they are not an
+    instrument file: recognised by content where the format has a signature (:data:`CONTENT_MAGIC`), else by the
+    name, after which the format's reader checks the content."""
+    for magic, suffix in CONTENT_MAGIC.items():
+        if data.startswith(magic):
+            return suffix
+    suffix = file_suffix(Path(name))
+    return suffix if suffix in RAW_SUFFIXES and suffix not in CONTENT_MAGIC.values() else None
 
 
 def raw_format(path) -> str | None:

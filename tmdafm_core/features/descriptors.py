@@ -657,7 +657,9 @@ correlation = _glcm_doc("correlation", "linear dependence of neighbours' grey le
 asm = _glcm_doc("asm", "angular second moment, sum of squared co-occurrence probabilities (0..1).", "0.4027")
 
 
-_IMPLEMENTATIONS = {  # public descriptor -> its twin that works on a shared _Prepared
+#: Public descriptor -> its twin on a shared :class:`_Prepared` (one smoothing, labelling and GLCM for all): a
+#: speed-up only; a descriptor without one is called as it is, so adding one takes a function and a registry row.
+_IMPLEMENTATIONS = {
     rms_roughness: _rms_roughness_from,
     local_variation: _local_variation_from,
     step_edges: _step_edges_from,
@@ -696,6 +698,12 @@ def compute_all(image, pixel_size_nm: float = PAPER_PIXEL_NM, *, paper_pixels: b
     dict
         ``{name: value}`` in :data:`tmdafm_core.features.FEATURE_COLUMNS` order.
     """
+    from .registry import DESCRIPTORS  # the registry lists this module's functions
+
     prep = _Prepared(image, pixel_size_nm, paper_pixels)
-    return {descriptor.__name__: float(twin(prep, **default_parameters(descriptor)))
-            for descriptor, twin in _IMPLEMENTATIONS.items()}
+    values = {}
+    for descriptor in DESCRIPTORS:
+        twin = _IMPLEMENTATIONS.get(descriptor.function)
+        values[descriptor.name] = float(twin(prep, **default_parameters(descriptor.function)) if twin is not None
+                                        else descriptor.function(image, pixel_size_nm, paper_pixels=paper_pixels))
+    return values
