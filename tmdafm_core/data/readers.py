@@ -421,6 +421,57 @@ def _as_vector(value):
     return np.asarray(value, dtype=np.float32).ravel()
 
 
+def _guess_feature_columns(table: pd.DataFrame, reserved: set, guessed: list) -> list:
+    """The single array-valued column if there is one, else every other numeric column (said in ``guessed``)."""
+    # pandas 3 reads text as the "str" dtype, not object: look at the values, not the dtype.
+    array_like = [c for c in table.columns if c not in reserved and not pd.api.types.is_numeric_dtype(table[c])
+                  and isinstance(table[c].iloc[0], (list, tuple, np.ndarray, str))
+                  and (not isinstance(table[c].iloc[0], str) or table[c].iloc[0].lstrip().startswith("["))]
+    if len(array_like) == 1:
+        feature_cols = array_like
+        guessed.append(f"features: array column {array_like[0]!r} (guessed)")
+    else:
+        feature_cols = [c for c in table.columns if c not in reserved and pd.api.types.is_numeric_dtype(table[c])]
+        if feature_cols:
+            guessed.append(f"features: {len(feature_cols)} numeric columns (guessed)")
+        # A column of numbers with a stray text cell reads as text: say so instead of dropping it silently.
+        for column in table.columns:
+            if column in reserved or column in feature_cols or column == "split":
+                continue
+            numbers = pd.to_numeric(table[column], errors="coerce")
+            bad = numbers.isna() & table[column].notna()
+            if numbers.notna().sum() > bad.sum() and bad.any():
+                row = int(np.flatnonzero(bad.to_numpy())[0])
+                guessed.append(f"column {column!r} left out of the features: row {row} holds "
+                               f"{table[column].iloc[row]!r}, not a number (fix it, or name the columns with "
+                               "--feature-cols)")
+    return feature_cols
+
+
+def _feature_matrix(table: pd.DataFrame, feature_cols: list, path: Path) -> tuple[np.ndarray, list[str]]:
+    """The (rows, features) matrix and the feature names, from one array column or many numeric ones."""
+    if len(feature_cols) == 1 and not pd.api.types.is_numeric_dtype(table[feature_cols[0]]):
+        try:
+            vectors = [_as_vector(v) for v in table[feature_cols[0]]]
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: column {feature_cols[0]!r} does not hold numeric vectors ({exc})") from None
+        lengths = {len(v) for v in vectors}
+        if len(lengths) != 1:
+            raise ValueError(f"{path}: column {feature_cols[0]!r} holds vectors of different lengths {sorted(lengths)}")
+        features = np.stack(vectors)
+        names = [f"{feature_cols[0]}_{i}" for i in range(features.shape[1])]
+    else:
+        not_numeric = [c for c in feature_cols if not pd.api.types.is_numeric_dtype(table[c])]
+        if not_numeric:
+            raise ValueError(f"{path}: feature column(s) {not_numeric} are not numeric")
+        features = table[feature_cols].to_numpy(dtype=np.float32)
+        names = [str(c) for c in feature_cols]
+    if not np.isfinite(features).all():
+        bad_row = int(np.where(~np.isfinite(features).all(axis=1))[0][0])
+        raise ValueError(f"{path}: non-finite feature values (first in row {bad_row}); fill or drop them first")
+    return features, names
+
+
 def read_feature_table(path, *, sample_col: str | None = None, label_col: str | None = None,
                        feature_cols=None, image_col: str | None = None) -> FeatureTable:
     """Read a table of per-image feature vectors.
@@ -451,54 +502,14 @@ def read_feature_table(path, *, sample_col: str | None = None, label_col: str | 
     if isinstance(feature_cols, str):
         feature_cols = [feature_cols]
     if feature_cols is None:
-        # pandas 3 reads text as the "str" dtype, not object: look at the values, not the dtype.
-        array_like = [c for c in table.columns if c not in reserved and not pd.api.types.is_numeric_dtype(table[c])
-                      and isinstance(table[c].iloc[0], (list, tuple, np.ndarray, str))
-                      and (not isinstance(table[c].iloc[0], str) or table[c].iloc[0].lstrip().startswith("["))]
-        if len(array_like) == 1:
-            feature_cols = array_like
-            guessed.append(f"features: array column {array_like[0]!r} (guessed)")
-        else:
-            feature_cols = [c for c in table.columns if c not in reserved and pd.api.types.is_numeric_dtype(table[c])]
-            if feature_cols:
-                guessed.append(f"features: {len(feature_cols)} numeric columns (guessed)")
-            # A column of numbers with a stray text cell reads as text: say so instead of dropping it silently.
-            for column in table.columns:
-                if column in reserved or column in feature_cols or column == "split":
-                    continue
-                numbers = pd.to_numeric(table[column], errors="coerce")
-                bad = numbers.isna() & table[column].notna()
-                if numbers.notna().sum() > bad.sum() and bad.any():
-                    row = int(np.flatnonzero(bad.to_numpy())[0])
-                    guessed.append(f"column {column!r} left out of the features: row {row} holds "
-                                   f"{table[column].iloc[row]!r}, not a number (fix it, or name the columns with "
-                                   "--feature-cols)")
+        feature_cols = _guess_feature_columns(table, reserved, guessed)
     missing = [c for c in feature_cols if c not in table.columns]
     if missing:
         raise ValueError(f"{path}: feature column(s) {missing} not found")
     if not feature_cols:
         raise ValueError(f"{path}: no feature columns found; name them with feature_cols / --feature-cols")
 
-    if len(feature_cols) == 1 and not pd.api.types.is_numeric_dtype(table[feature_cols[0]]):
-        try:
-            vectors = [_as_vector(v) for v in table[feature_cols[0]]]
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: column {feature_cols[0]!r} does not hold numeric vectors ({exc})") from None
-        lengths = {len(v) for v in vectors}
-        if len(lengths) != 1:
-            raise ValueError(f"{path}: column {feature_cols[0]!r} holds vectors of different lengths {sorted(lengths)}")
-        features = np.stack(vectors)
-        names = [f"{feature_cols[0]}_{i}" for i in range(features.shape[1])]
-    else:
-        not_numeric = [c for c in feature_cols if not pd.api.types.is_numeric_dtype(table[c])]
-        if not_numeric:
-            raise ValueError(f"{path}: feature column(s) {not_numeric} are not numeric")
-        features = table[feature_cols].to_numpy(dtype=np.float32)
-        names = [str(c) for c in feature_cols]
-    if not np.isfinite(features).all():
-        bad_row = int(np.where(~np.isfinite(features).all(axis=1))[0][0])
-        raise ValueError(f"{path}: non-finite feature values (first in row {bad_row}); fill or drop them first")
-
+    features, names = _feature_matrix(table, feature_cols, path)
     frame = pd.DataFrame(index=table.index)
     if image is not None:
         frame["image"] = table[image].astype(str)
