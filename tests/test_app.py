@@ -174,6 +174,25 @@ def test_banner_line_names_the_step_its_progress_and_an_eta():
     assert "fills in" not in str(_build.banner(opaque, "/", now=200.0)[0])  # the overview's steps are done
 
 
+def test_a_page_waiting_for_a_running_build_says_so_calmly_and_offers_a_command_only_when_idle(tmp_path):
+    from pages import _ui
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    running = {"state": "running", "pid": os.getpid(), "steps": list(pipeline.STEPS), "step": "descriptors",
+               "number": 3, "count": 10, "message": "descriptors", "done": 200, "total": 1026,
+               "phase_started": time.time() - 10, "step_started": time.time() - 10}
+    store.write_json(cache / build.STATUS_NAME, running)
+    card = _ui.needs_card(cache, ["descriptors", "latent-mtc"], title="needs", what="", card_id="latent-missing")
+    text = str(card.to_plotly_json())
+    assert card.id == "latent-missing" and "waiting-card" in card.className
+    assert "Being built now: the physical descriptors and MtC latent space" in text and "% done" in text
+    assert "tmdafm precompute" not in text  # nothing to run while the app builds it
+    store.write_json(cache / build.STATUS_NAME, {**running, "state": "done"})
+    card = _ui.needs_card(cache, ["descriptors", "latent-mtc"], title="needs", what="", card_id="latent-missing")
+    assert "missing-card" in card.className and "tmdafm precompute" in str(card.to_plotly_json())
+
+
 def test_a_status_whose_process_is_gone_reads_as_stopped(tmp_path):
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()

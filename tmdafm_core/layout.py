@@ -190,10 +190,6 @@ class StoreLayout:
         """The file or folder that shows ``step``'s artifact (:data:`STEP_PATHS`)."""
         return self.root / STEP_PATHS[step]
 
-    def staging(self, target: Path) -> Path:
-        """The hidden ``.<name>.partial`` folder a step builds ``target`` in before it is swapped in."""
-        return target.with_name(f".{target.name}.partial")
-
     # --- what is there ------------------------------------------------------------------------------------------
 
     def prepared_record(self) -> dict | None:
@@ -318,6 +314,12 @@ class StoreLayout:
 def thumbnail_name(image: str) -> str:
     """File name of an image's thumbnail: a hash of its relative path (stable, any characters allowed)."""
     return hashlib.sha1(image.encode()).hexdigest()[:20] + ".png"
+
+
+def staging_folder(target) -> Path:
+    """The hidden ``.<name>.partial`` folder a step builds ``target`` in before it is swapped in."""
+    target = Path(target)
+    return target.with_name(f".{target.name}.partial")
 
 
 def precompute_command(cache_dir) -> str:

@@ -26,6 +26,7 @@ from .layout import (
     THUMBNAILS_DIR,
     THUMBNAILS_MARKER,
     load_manifest,
+    staging_folder,
     thumbnail_name,
 )
 from .prepared import _FORMAT_VERSION
@@ -121,7 +122,7 @@ def _swap_in(staging: Path, target: Path) -> None:
 def _staging(target: Path, compat: dict, *, reuse: bool) -> Path:
     """The folder a resumable step trains in: an interrupted attempt with the same settings, the finished
     ``target`` when ``reuse`` allows (its finished runs are kept), else a fresh one."""
-    staging = target.with_name(f".{target.name}.partial")
+    staging = staging_folder(target)
     if staging.exists() and read_json(staging / _KEY_FILE) != compat:
         shutil.rmtree(staging)
     if not staging.exists() and reuse and target.is_dir() and read_json(target / _KEY_FILE) == compat:
@@ -293,7 +294,7 @@ def _latent_run(ctx: _Context, task: str):
                      seed=ctx.profile.seed, n_boot=ctx.profile.n_boot)
     tables["projection"].insert(3, "split", manifest["split"].to_numpy())
     out = ctx.cache / LATENT_DIR / task
-    staging = out.with_name(f".{task}.partial")
+    staging = staging_folder(out)
     shutil.rmtree(staging, ignore_errors=True)
     write_latent_outputs(staging, tables, projection=projection)
     _prediction_table(manifest, predictions).to_csv(staging / PREDICTIONS_NAME, index=False)
@@ -316,7 +317,7 @@ def _step_latent_sequential(ctx: _Context):
 
     stages = _sequential_stage_runs(ctx.cache)
     out_root = ctx.cache / LATENT_DIR / SEQUENTIAL_DIR
-    staging = out_root.with_name(f".{SEQUENTIAL_DIR}.partial")
+    staging = staging_folder(out_root)
     shutil.rmtree(staging, ignore_errors=True)
     previous: dict[tuple, pd.DataFrame] = {}
     for task, mode, n_classes, run_dir in iterate(stages, ctx.progress, "sequential latent projections"):
