@@ -35,6 +35,24 @@ def _one_torch_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_store_in_the_checkout(tmp_path_factory):
+    """Point the default store ($TMDAFM_CACHE, else ./cache) at a temporary folder, and check at the end that no
+    test wrote a ./cache into the working folder (where README command one would then find a foreign folder)."""
+    import os
+    from pathlib import Path
+
+    before = Path("cache").exists()
+    previous = os.environ.get("TMDAFM_CACHE")
+    os.environ["TMDAFM_CACHE"] = str(tmp_path_factory.mktemp("default-store"))
+    yield
+    if previous is None:
+        os.environ.pop("TMDAFM_CACHE", None)
+    else:
+        os.environ["TMDAFM_CACHE"] = previous
+    assert before or not Path("cache").exists(), "a test wrote ./cache into the working folder"
+
+
 @pytest.fixture
 def tmd_afm_folder(tmp_path):
     return write_tmd_afm_folder(tmp_path / "tmd")

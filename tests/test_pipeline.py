@@ -252,6 +252,20 @@ def test_precompute_refuses_a_folder_of_the_users_files(tmp_path, capsys):
     assert not (folder / "dataset").exists()
 
 
+def test_a_folder_holding_only_the_descriptor_memo_becomes_a_store(tmp_path):
+    """`tmdafm features` with the default cache leaves CACHE/diskcache/ before any store exists: that folder is ours."""
+    from tmdafm_core.store import open_store
+
+    folder = tmp_path / "cache"
+    with open_store(folder) as memo:
+        memo.put("key", [1.0])
+    pipeline.precompute(folder, profile=PROFILE, steps=["dataset"])
+    assert (folder / pipeline.STORE_MARKER).is_file()
+    (tmp_path / "other" / "diskcache").mkdir(parents=True)  # a folder of that name that is not a memo stays foreign
+    with pytest.raises(ValueError, match="not empty and not a tmdafm store"):
+        pipeline.precompute(tmp_path / "other", profile=PROFILE, steps=["dataset"])
+
+
 def test_inside_a_store_only_recorded_files_are_replaced(built, tmp_path):
     cache = _link_copy(built[0], tmp_path / "cache")
     assert (cache / pipeline.STORE_MARKER).is_file()

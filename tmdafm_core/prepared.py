@@ -30,6 +30,7 @@ from .profiles import (
 from .progress import as_callback, report
 from .store import (
     exclusive,
+    is_memo_folder,
     write_atomic,
     write_json,
 )
@@ -176,8 +177,9 @@ def claim_store(cache_dir) -> Path:
         raise ValueError(f"{cache_dir}: exists and is not a folder; give a folder for the store")
     marker = cache_dir / STORE_MARKER
     if not marker.is_file():
-        # Hidden entries are the app's build status and locks, which may come first.
-        visible = cache_dir.is_dir() and any(not p.name.startswith(".") for p in cache_dir.iterdir())
+        # Hidden entries are the app's build status and locks, which may come first; so may the per-image memo.
+        visible = cache_dir.is_dir() and any(not p.name.startswith(".") and not is_memo_folder(p)
+                                             for p in cache_dir.iterdir())
         if visible and not (cache_dir / "store.json").is_file():
             raise ValueError(f"{cache_dir}: not empty and not a tmdafm store (no {STORE_MARKER}); give a new or "
                              "empty folder (or an existing store) so that none of your files is replaced")

@@ -280,6 +280,13 @@ class Store:
         self.close()
 
 
+def is_memo_folder(path) -> bool:
+    """Whether ``path`` is a store's per-item memo (``diskcache/`` with its database), which the descriptor table
+    may have made before the store was claimed (``tmdafm features`` with the default cache)."""
+    path = Path(path)
+    return path.name == _MEMO_FOLDER and (path / "cache.db").is_file()
+
+
 def open_store(path=None) -> Store:
     """Open (creating) the store at ``path``, default :func:`default_cache_dir`."""
     return Store(default_cache_dir() if path is None else path)

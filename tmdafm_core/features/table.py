@@ -116,7 +116,7 @@ def compute_table(manifest: pd.DataFrame, *, jobs: int | None = None, dask_addre
     >>> from tmdafm_core.data.synthetic import write_synthetic_dataset
     >>> folder = tempfile.mkdtemp()
     >>> _ = write_synthetic_dataset(folder, n=10, size=32, seed=0)
-    >>> table = compute_table(read_dataset(folder), jobs=1, progress=False)
+    >>> table = compute_table(read_dataset(folder), jobs=1, progress=False, cache=False)
     >>> len(table), list(table.columns[:3])
     (10, ['image', 'rms_roughness', 'local_variation'])
     """
