@@ -183,7 +183,7 @@ def pretrain_backbone(images: torch.Tensor, *, arch: str = "resnet18", objective
     seed : int
         Seeds the initialisation, the order and the views; equal seeds give equal backbones on the CPU.
     progress : callable, optional
-        Called as ``progress("pretraining: epoch", epoch, epochs)`` after every epoch (:mod:`tmdafm_core.progress`;
+        Called as ``progress("pretraining epochs", epoch, epochs)`` after every epoch (:mod:`tmdafm_core.progress`;
         the losses are in the result's ``history``).
 
     Returns
@@ -251,7 +251,7 @@ def pretrain_backbone(images: torch.Tensor, *, arch: str = "resnet18", objective
             total += float(loss.detach())
         history.append(total / steps)
         if progress is not None:
-            progress("pretraining: epoch", epoch, config.epochs)
+            progress("pretraining epochs", epoch, config.epochs)
     state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in backbone.state_dict().items()}
     return {"state_dict": state, "arch": arch, "objective": objective, "image_size": int(images.shape[-1]),
             "n_images": int(len(images)), "epochs": config.epochs, "history": history,
