@@ -257,11 +257,6 @@ def read_status(cache, result: dict | None = None) -> dict:
     return status
 
 
-def is_building(cache) -> bool:
-    """Whether a build of this store is running now."""
-    return read_status(cache).get("state") == "running"
-
-
 def eta_seconds(status: dict, now: float | None = None) -> float | None:
     """Seconds left in the current phase, from its rate so far; None when it cannot be told yet."""
     done, total = status.get("done", 0), status.get("total", 0)
