@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
 def serve(cache_dir, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, debug: bool = False,
           profile=None) -> None:
     """Serve the app over the store at ``cache_dir`` until interrupted."""
-    # On SIGTERM (kill, systemd, docker stop) exit through Python so atexit removes the private job folder.
+    # On SIGTERM (kill, systemd, docker stop) exit through Python so atexit ends a build this server started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     configure(app, cache_dir, profile=profile)
     # Listening on every interface is an explicit choice to be reached under any name; otherwise loopback + --host.

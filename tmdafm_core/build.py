@@ -81,13 +81,7 @@ def step_states(cache, profile="demo") -> tuple[list[str], list[str]]:
 
 def build_command(cache, profile="demo") -> str:
     """The command that builds the same store by hand, in a terminal (shows tqdm bars and the full traceback)."""
-    import shlex
-
-    from .profiles import profile_arguments
-
-    data, resolved = StoreLayout(cache).recorded_source(profile)
-    return shlex.join(["tmdafm", "precompute", *([data] if data else []), "--out", str(cache),
-                       *profile_arguments(resolved)])
+    return StoreLayout(cache).build_command(profile=profile)
 
 
 # --- the job ----------------------------------------------------------------------------------------------------

@@ -212,34 +212,36 @@ class StoreLayout:
         """Whether the store holds a prepared data set and its thumbnails (what the overview page needs)."""
         return self.prepared_record() is not None and self.thumbnails_complete()
 
-    def recorded_profile(self) -> Profile | None:
-        """The profile the store's data set was prepared with, or None when it holds none (or an old record)."""
-        record = read_json(self.prepared) or {}
+    def recorded_profile(self, record: dict | None = None) -> Profile | None:
+        """The profile the store's data set was prepared with (from ``record``, its prepared.json, when already
+        read), or None when it holds none (or an old record)."""
+        record = (read_json(self.prepared) or {}) if record is None else record
         return Profile.from_dict(record["profile"]) if "profile" in record else None
 
     def recorded_source(self, profile="demo"):
         """(DATA or None, Profile) the store was prepared from; None and ``profile`` when it holds no data set."""
         record = read_json(self.prepared) or {}
         source = record.get("settings", {}).get("source", {})
-        recorded = self.recorded_profile()
+        recorded = self.recorded_profile(record)
         if recorded is not None and source.get("kind") == "data" and Path(source["path"]).exists():
             return source["path"], recorded
         if recorded is not None and source.get("kind") == "synthetic":
             return None, recorded
         return None, resolve_profile(profile)
 
-    def build_command(self, step: str | None = None) -> str:
+    def _source_arguments(self, profile) -> list[str]:
+        """``[DATA] --out CACHE --profile ...``: the data and profile the store was prepared from (as recorded,
+        even when a damaged manifest is to be rebuilt), else the synthetic demo of ``profile``."""
+        record = read_json(self.prepared) or {}
+        source = record.get("settings", {}).get("source", {})
+        data = [source["path"]] if source.get("kind") == "data" else []
+        recorded = self.recorded_profile(record)
+        return [*data, "--out", str(self.root), *profile_arguments(recorded or resolve_profile(profile))]
+
+    def build_command(self, step: str | None = None, *, profile="demo") -> str:
         """The ``tmdafm precompute`` command that builds ``step`` (and what it reads) with the store's own data
-        and profile; the whole store when ``step`` is None."""
-        prepared = self.prepared_record()
-        data_arg, profile_args = [], ["--profile", "demo"]
-        if prepared is not None:
-            if prepared["settings"]["source"]["kind"] == "data":
-                data_arg = [prepared["settings"]["source"]["path"]]
-            if "profile" in prepared:
-                profile_args = profile_arguments(Profile.from_dict(prepared["profile"]))
-        steps = ["--steps", step] if step is not None else []
-        return shlex.join(["tmdafm", "precompute", *data_arg, "--out", str(self.root), *profile_args, *steps])
+        and profile (``profile`` for a store not prepared yet); the whole store when ``step`` is None."""
+        return _precompute(self._source_arguments(profile), step)
 
     def contents(self) -> list[Artifact]:
         """The artifacts the app shows, in pipeline order, each present or not with the command that builds it.
@@ -248,20 +250,22 @@ class StoreLayout:
         count when their own markers say so, as the app prepares those itself).
         """
         records = read_record(self.root)
+        prepared = self.prepared_record()
         # A store not prepared yet is filled with the demo, which pretrains.
-        recorded = self.recorded_profile() if self.prepared_record() is not None else None
+        recorded = self.recorded_profile(prepared) if prepared is not None else None
         pretrains = (recorded or PROFILES["demo"]).pretrain_images > 0
+        source = self._source_arguments("demo")  # read once: every step's command starts the same way
         artifacts = []
         for step in STEPS:
             if step == "pretrain" and not pretrains:
                 continue  # this store's profile trains from other weights: nothing to show or build
             present = records.get(step, {}).get("status") == "done"
             if step == "dataset":
-                present = self.prepared_record() is not None
+                present = prepared is not None
             elif step == "thumbnails":
                 present = present or self.thumbnails_complete()
             artifacts.append(Artifact(step, ARTIFACT_TITLES[step], self.step_path(step), present,
-                                      self.build_command(step)))
+                                      _precompute(source, step)))
         return artifacts
 
     def missing(self, keys) -> list[tuple[str, str]]:
@@ -309,6 +313,10 @@ class StoreLayout:
         except OSError:
             return None
         return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _precompute(source: list[str], step: str | None) -> str:
+    return shlex.join(["tmdafm", "precompute", *source, *(["--steps", step] if step is not None else [])])
 
 
 def thumbnail_name(image: str) -> str:
