@@ -260,15 +260,24 @@ def eta_seconds(status: dict, now: float | None = None) -> float | None:
     return elapsed / done * (total - done) if elapsed > 0 else None
 
 
+def _typical_seconds(step: str) -> float:
+    return STEP_SECONDS.get(step, 10.0)
+
+
+def _current(status: dict) -> int:
+    """Position in ``status["steps"]`` of the step being built (``number`` counts from 1)."""
+    return max(int(status.get("number", 1)) - 1, 0)
+
+
 def build_fraction(status: dict) -> float:
     """Share of the whole build done (0..1), each step weighted by its typical time (:data:`STEP_SECONDS`)."""
     steps = status.get("steps") or []
-    weights = [STEP_SECONDS.get(step, 10.0) for step in steps]
+    weights = [_typical_seconds(step) for step in steps]
     if not weights:
         return 0.0
     if status.get("state") == "done":
         return 1.0
-    current = max(int(status.get("number", 0)) - 1, 0)
+    current = _current(status)
     done = sum(weights[:current])
     if current < len(weights) and status.get("total"):
         done += weights[current] * min(status.get("done", 0) / status["total"], 1.0)
@@ -281,13 +290,13 @@ def build_eta_seconds(status: dict, now: float | None = None) -> float | None:
     finished = status.get("finished_seconds") or {}
     if not finished or status.get("state") != "running":
         return None
-    speed = sum(finished.values()) / sum(STEP_SECONDS.get(step, 10.0) for step in finished)
+    speed = sum(finished.values()) / sum(_typical_seconds(step) for step in finished)
     now = now if now is not None else time.time()
     steps = status.get("steps") or []
-    current = max(int(status.get("number", 0)) - 1, 0)
-    left = sum(STEP_SECONDS.get(step, 10.0) for step in steps[current + 1:]) * speed
+    current = _current(status)
+    left = sum(_typical_seconds(step) for step in steps[current + 1:]) * speed
     if current < len(steps):
-        step_time = STEP_SECONDS.get(steps[current], 10.0) * speed
+        step_time = _typical_seconds(steps[current]) * speed
         left += max(step_time - (now - status.get("step_started", now)), eta_seconds(status, now) or 0.0)
     return left
 
@@ -328,13 +337,13 @@ def build_line(status: dict, now: float | None = None) -> str:
 def finished_steps(status: dict) -> list[str]:
     """The build's steps that are done: those before the current one, or all once the build is done."""
     steps = list(status.get("steps", []))
-    return steps if status.get("state") == "done" else steps[:max(status.get("number", 1) - 1, 0)]
+    return steps if status.get("state") == "done" else steps[:_current(status)]
 
 
 def pending_steps(status: dict, wanted) -> list[str]:
     """Those of ``wanted`` that a running build has still to make (the current step included)."""
     steps = list(status.get("steps", []))
-    return [s for s in wanted if s in steps and steps.index(s) >= status.get("number", 1) - 1]
+    return [s for s in wanted if s in steps and steps.index(s) >= _current(status)]
 
 
 if __name__ == "__main__":  # python -m tmdafm_core.build CACHE PROFILE SERVER_PID  (start_build's interpreter)
