@@ -8,7 +8,10 @@ import dash
 import dash_ag_grid as dag
 from dash import dcc, html
 
+from pages import _build
 from tmdafm_core import figures
+from tmdafm_core.build import read_status
+from tmdafm_core.layout import StoreLayout
 
 
 def cache_dir() -> Path:
@@ -75,10 +78,6 @@ def needs_card(cache, steps, *, title: str, what: str, card_id: str) -> html.Sec
     """What a page cannot show yet: while the app's build is making ``steps`` (store steps), a calm card with the
     whole build's progress; otherwise each missing artifact with the command that builds it (copyable). Either
     card's id is ``card_id`` (ending in ``-missing``: the page reloads when a step it waits for lands)."""
-    from pages import _build
-    from tmdafm_core.build import read_status
-    from tmdafm_core.layout import StoreLayout
-
     waiting = _build.waiting_card(read_status(cache), steps, title=title, card_id=card_id)
     return waiting or missing_card(title, StoreLayout(cache).missing(steps), what=what, card_id=card_id)
 

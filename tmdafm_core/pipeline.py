@@ -116,7 +116,6 @@ __all__ = [
 ]
 
 
-
 @dataclass
 class StepResult:
     """What one :func:`precompute` step did.

@@ -41,7 +41,6 @@ _FORMAT_VERSION = 1  # bump when the prepared manifest's meaning changes, so old
 # --- small store helpers ----------------------------------------------------------------------------------------
 
 
-
 def _fingerprint(root: Path, *, exclude: Path | None = None) -> str:
     """Hash of the names, sizes and modification times of the image and CSV files under ``root`` (or of one file)."""
     digest = hashlib.sha256()
@@ -163,8 +162,6 @@ def prepare_dataset(cache_dir, data=None, *, profile="demo", progress=None) -> p
             "unlabelled_dropped": int((~labelled).sum()),
         })
     return load_manifest(cache_dir)
-
-
 
 
 def claim_store(cache_dir) -> Path:

@@ -101,7 +101,6 @@ class _Context:
         return list(LabelSpace.from_materials(self.manifest["material"]).classes)
 
 
-
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 

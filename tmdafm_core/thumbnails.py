@@ -73,8 +73,6 @@ def prepare_thumbnails(cache_dir, *, size: int = THUMBNAIL_PX, progress=None) ->
     return folder
 
 
-
-
 def write_atlas(cache_dir) -> Path:
     """Write ``thumbnails/atlas.json``: ``{image: "data:image/png;base64,..."}`` for every image of the data set.
 
