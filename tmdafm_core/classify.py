@@ -302,13 +302,13 @@ class Classifier:
             name: np.sort(features[name].to_numpy(np.float64)[np.isfinite(features[name].to_numpy(np.float64))])
             for name in features.columns if name != "image"}
 
-    def _predict(self, loaded: _Loaded | None, image: np.ndarray, *, cam: bool):
+    def _predict(self, loaded: _Loaded | None, image: np.ndarray, *, cam: bool, pixel_size_nm: float | None):
         from .training import predict_ensemble
 
         if loaded is None:
             return None
         with loaded.lock:  # one forward pass per model at a time: CPU-bound anyway, and CAMs stay per request
-            return predict_ensemble(loaded.runs, [image], cam=cam)
+            return predict_ensemble(loaded.runs, [image], cam=cam, pixel_size_nm=pixel_size_nm)
 
     def place(self, embedding: np.ndarray) -> dict[str, float]:
         """Coordinates of one embedding in the saved projection (PCs, and the 2-D UMAP when saved; no refit)."""
@@ -333,8 +333,8 @@ class Classifier:
         from .features import compute_all
 
         pixel_nm = pixel_size_nm if pixel_size_nm is not None else 1000.0 / image.shape[1]
-        mtc = self._predict(self.mtc, image, cam=True)
-        mtl = self._predict(self.mtl, image, cam=False)
+        mtc = self._predict(self.mtc, image, cam=True, pixel_size_nm=pixel_size_nm)
+        mtl = self._predict(self.mtl, image, cam=False, pixel_size_nm=pixel_size_nm)
         embedding = mtc.embeddings[0]
         descriptors = compute_all(image, pixel_nm)
         cam_uri, cam_note = cam_view(image, mtc.cams[0], self.mtc.run.image_size)
@@ -350,6 +350,9 @@ class Classifier:
             "novelty": None if mtc.novelty is None else float(mtc.novelty[0]),
             "unfamiliar": None if mtc.novelty is None else bool(mtc.unfamiliar[0]),
             "novelty_quantile": None if self.mtc.run.novelty is None else float(self.mtc.run.novelty["quantile"]),
+            "field_of_view_nm": None if np.isnan(mtc.field_of_view_nm[0]) else float(mtc.field_of_view_nm[0]),
+            "training_field_of_view_nm": None if self.mtc.run.novelty is None else
+            self.mtc.run.novelty.get("field_of_view_nm"),
             "trust_note": mtc.notes[0] if mtc.notes else None,
             "height": int(image.shape[0]), "width": int(image.shape[1]), "pixel_size_nm": float(pixel_nm),
             "descriptors": {key: {"value": float(value),
@@ -411,11 +414,33 @@ def trust_sentence(result: dict) -> str:
     if result["novelty"] is None:
         return text + (result["trust_note"] or "Novelty unknown.")
     share = f"{100 * result['novelty_quantile']:.0f} %"
+    if result["unfamiliar"] and (scale := _scale_sentence(result)):
+        return text + scale
     if result["unfamiliar"]:
         return text + (f"Novelty {result['novelty']:.2f}: further from the training images than {share} of genuine "
                        "held-out images, so the probabilities above describe a kind of image the models never saw.")
     return text + (f"Novelty {result['novelty']:.2f} (1 = the {share} line of genuine held-out images): like the "
                    "training images.")
+
+
+def _scale_sentence(result: dict) -> str | None:
+    """Why an image is unfamiliar when its field of view lies outside the training images' by the scale tolerance."""
+    from .novelty import SCALE_TOLERANCE
+
+    fov, trained = result.get("field_of_view_nm"), result.get("training_field_of_view_nm")
+    if fov is None or trained is None:
+        return None
+    low, high = trained
+    if fov > high * SCALE_TOLERANCE:
+        how = f"{fov / high:.1f} times the largest"
+    elif fov < low / SCALE_TOLERANCE:
+        how = f"1/{low / fov:.1f} of the smallest"
+    else:
+        return None
+    span = f"{low / 1000:.2f} µm" if low == high else f"{low / 1000:.2f}-{high / 1000:.2f} µm"
+    return (f"Its field of view ({fov / 1000:.2f} µm) is {how} the models trained on ({span}): features appear at "
+            "another scale than the models learned, so the probabilities above are unreliable. Classify a crop of "
+            "the trained size instead.")
 
 
 def _refused(name: str, message: str) -> dict:

@@ -398,6 +398,9 @@ def _add_predict(sub) -> None:
     p.add_argument("--cam-kind", choices=("paper", "grad"), default="paper",
                    help="paper: summed last feature maps; grad: Grad-CAM of the predicted class (default: paper)")
     p.add_argument("--out", type=Path, metavar="CSV", help="also write the table to this CSV file")
+    p.add_argument("--pixel-size-nm", type=float,
+                   help="nm per pixel for every image (default: the files' own; an image without one, e.g. a PNG, "
+                        "gets no field-of-view check in its novelty)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     _strict_flag(p)
 
@@ -411,8 +414,10 @@ def _run_predict(args) -> int:
     from tmdafm_core.store import write_atomic
     from tmdafm_core.training import load_ensemble, load_run, predict, predict_ensemble
 
+    if args.pixel_size_nm is not None and not args.pixel_size_nm > 0:
+        raise ValueError(f"--pixel-size-nm must be positive, got {args.pixel_size_nm}")
     options = dict(cam=args.cam_kind if args.cam else False, on_error="raise" if args.strict else "skip",
-                   crop_um=_crop(args))
+                   crop_um=_crop(args), pixel_size_nm=args.pixel_size_nm)
     if args.fold == "all":
         result = predict_ensemble(load_ensemble(args.run, device=args.device), [str(p) for p in args.images],
                                   **options)

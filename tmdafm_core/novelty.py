@@ -19,7 +19,17 @@ space (the paper's 100-d features) reached 0.70-0.98, a Mahalanobis distance of 
 separate materials, so an image unlike all of them can still land near one; low-level texture statistics see that a
 scan is noisy, flat or of another kind of sample (Lee et al. 2018 use such early-layer statistics for the same reason).
 A whole 5 µm scan shrunk to the model input (the paper crops 1 µm) is the hard case: its texture is close to that of
-fine-grained films, and no score tried separated it well.
+fine-grained films, and no texture score tried separated it well (AUROC 0.82-0.89).
+
+So the score has a second, physical part when the image's pixel size is known (instrument files, TIFFs with
+resolution tags, a manifest's ``pixel_size_nm``): the **scale check**. Each fold keeps the smallest and largest
+field of view (pixel size x side) of its training images; an image whose field of view lies outside that range
+scores ``log(ratio) / log(SCALE_TOLERANCE)``, where ``ratio`` is how many times smaller or larger it is than the
+nearest end of the range, so a field of view :data:`SCALE_TOLERANCE` times outside reads 1 (unfamiliar). The
+novelty is the larger of the texture and the scale score. An image of unknown pixel size (a PNG, an array) gets no
+scale score: nothing says how large it is. Why 1.5: measured on the demo store's models (``bench_novelty.py``, scale
+sweep), macro-F1 on films rendered at 0.67-1.5x the training field of view stays within a few points of 1x and
+falls steeply beyond 2x; 1.5 flags what the models already misread and spares the range they still read.
 
 References
 ----------
@@ -45,6 +55,8 @@ import numpy as np
 METHOD = "stage1-mahalanobis"
 DEFAULT_QUANTILE = 0.95
 RIDGE = 1e-3
+#: A field of view this many times larger or smaller than every training image's scores novelty 1 (unfamiliar).
+SCALE_TOLERANCE = 1.5
 
 
 def _matrix(values, name: str) -> np.ndarray:
@@ -107,9 +119,68 @@ def squared_distance(reference: dict, statistics) -> np.ndarray:
     return np.einsum("ni,ij,nj->n", diff, np.asarray(reference["precision"], dtype=np.float64), diff)
 
 
-def novelty_scores(reference: dict, statistics) -> np.ndarray:
-    """Novelty (N,): squared distance over the held-out threshold; above 1 is :func:`unfamiliar`."""
-    return squared_distance(reference, statistics) / float(reference["threshold"])
+def field_of_view_nm(pixel_size_nm, height, width) -> np.ndarray:
+    """Side (nm) of the square an image covers: pixel size x sqrt(height x width), elementwise (NaN: unknown).
+
+    >>> float(field_of_view_nm(3.90625, 256, 256))
+    1000.0
+    """
+    pixel = np.asarray(pixel_size_nm, dtype=np.float64)
+    return pixel * np.sqrt(np.asarray(height, dtype=np.float64) * np.asarray(width, dtype=np.float64))
+
+
+def field_of_view_range(field_of_view) -> list[float] | None:
+    """``[smallest, largest]`` known field of view (nm) of a set of training images; None when none is known."""
+    values = np.asarray(field_of_view, dtype=np.float64)
+    values = values[np.isfinite(values) & (values > 0)]
+    return [float(values.min()), float(values.max())] if len(values) else None
+
+
+def scale_novelty(field_of_view_range, field_of_view, *, tolerance: float = SCALE_TOLERANCE) -> np.ndarray:
+    """Scale part of the novelty (N,): 0 inside the training range, ``log(ratio) / log(tolerance)`` outside.
+
+    Parameters
+    ----------
+    field_of_view_range : (float, float) or None
+        Smallest and largest field of view (nm) of the training images (:func:`field_of_view_range`); None: no
+        scale check (all zeros).
+    field_of_view : array, shape (N,)
+        Field of view (nm) of each image; NaN where the pixel size is unknown (scores 0).
+    tolerance : float > 1
+        How many times outside the range reads 1.
+
+    Examples
+    --------
+    >>> scale_novelty([1000.0, 1000.0], [1000.0, 1500.0, 5000.0, np.nan]).round(2).tolist()
+    [0.0, 1.0, 3.97, 0.0]
+    """
+    if not tolerance > 1:
+        raise ValueError(f"tolerance must be > 1, got {tolerance}")
+    values = np.atleast_1d(np.asarray(field_of_view, dtype=np.float64))
+    if field_of_view_range is None:
+        return np.zeros(len(values))
+    low, high = (float(v) for v in field_of_view_range)
+    known = np.isfinite(values) & (values > 0)
+    safe = np.where(known, values, 1.0)
+    ratio = np.maximum.reduce([safe / high, low / safe, np.ones(len(values))])
+    return np.where(known, np.log(ratio) / np.log(tolerance), 0.0)
+
+
+def novelty_scores(reference: dict, statistics, *, field_of_view=None) -> np.ndarray:
+    """Novelty (N,): squared distance over the held-out threshold, or the scale score when larger (see the module
+    docstring); above 1 is :func:`unfamiliar`.
+
+    ``field_of_view`` (N,) in nm, NaN where unknown; None skips the scale check, as does a reference without
+    ``field_of_view_nm`` (a fold trained before tmdafm kept it).
+    """
+    texture = squared_distance(reference, statistics) / float(reference["threshold"])
+    fov_range = reference.get("field_of_view_nm")
+    if field_of_view is None or fov_range is None:
+        return texture
+    scale = scale_novelty(np.asarray(fov_range, dtype=np.float64), field_of_view)
+    if len(scale) != len(texture):
+        raise ValueError(f"field_of_view has {len(scale)} values for {len(texture)} images")
+    return np.maximum(texture, scale)
 
 
 def unfamiliar(novelty) -> np.ndarray:

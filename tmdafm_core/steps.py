@@ -54,7 +54,8 @@ LATENT_COMPONENTS = 10
 #: Pipeline steps in the order they run, and the steps each one reads.
 _KEY_FILE = ".precompute.json"  # inside a run / study folder: what it was trained with, to resume or reuse it
 _LATENT_FORMAT = 3  # 2: pre-ReLU latent features (the paper's); 3: predictions of the fold ensemble, with novelty
-_RUN_FORMAT = 2  # 2: fold checkpoints keep a calibration temperature and a novelty reference
+_RUN_FORMAT = 3  # 2: fold checkpoints keep a calibration temperature and a novelty reference; 3: and the training
+# images' field-of-view range (the scale check)
 #: How the store's sequential study grows its head and cuts its volumes: the paper's way (sequential_study).
 _SEQUENTIAL_SEMANTICS = {"head": "reset", "volume_mode": "paper"}
 
@@ -280,7 +281,8 @@ def _latent_run(ctx: _Context, task: str):
     report(ctx.progress, f"latent {task}: embedding {len(manifest)} images", 0, 3)
     # The fold ensemble's calibrated probabilities, agreement and novelty; the best fold's latent space.
     runs = load_ensemble(ctx.cache / RUNS_DIR / task, device=ctx.train.get("device", "cpu"))
-    predictions = predict_ensemble(runs, list(manifest["path"]), batch_size=64)
+    predictions = predict_ensemble(runs, list(manifest["path"]), batch_size=64,
+                                   pixel_size_nm=manifest["pixel_size_nm"].to_numpy())
     embeddings = manifest[["image", "sample_id", "material"]].reset_index(drop=True).copy()
     latent = pd.DataFrame(predictions.embeddings, columns=[f"latent{i + 1}" for i in range(
         predictions.embeddings.shape[1])])

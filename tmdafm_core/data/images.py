@@ -341,7 +341,8 @@ def scale_pixels(array, *, scaling: str = "min-max", source="image") -> np.ndarr
 
 
 def load_image(path, *, pixel_size_nm: float | None = None, scaling: str = "min-max",
-               crop_um: float | None = DEFAULT_CROP_UM) -> tuple[np.ndarray, float]:
+               crop_um: float | None = DEFAULT_CROP_UM,
+               default_scan_nm: float | None = DEFAULT_SCAN_SIZE_NM) -> tuple[np.ndarray, float]:
     """Read an AFM image as a height map scaled to 0..1.
 
     Parameters
@@ -355,16 +356,19 @@ def load_image(path, *, pixel_size_nm: float | None = None, scaling: str = "min-
         from a manifest row).
     pixel_size_nm : float, optional
         Pixel size in nm, e.g. from a manifest. Takes precedence over the file's TIFF resolution tags. When neither
-        is known the image is assumed to span 1 µm (``1000 / width``).
+        is known the image is assumed to span ``default_scan_nm``.
     scaling : {"min-max", "paper"}
         ``min-max``: heights scaled to 0..1 per image; ``paper``: 8-bit images divided by 255 (:data:`SCALINGS`).
+    default_scan_nm : float or None
+        Side (nm) an image of unknown pixel size is taken to span (default 1 µm, the paper's crop: pixel size
+        ``default_scan_nm / width``); None returns NaN instead, for callers that must know the size is unknown.
 
     Returns
     -------
     image : ndarray of float32, shape (height, width)
         Heights scaled to 0..1; non-finite pixels filled with the median of the finite ones.
     pixel_size_nm : float
-        Nanometres per pixel.
+        Nanometres per pixel (NaN: unknown and ``default_scan_nm=None``).
     """
     path = Path(path)
     if is_raw_scan(path):
@@ -384,7 +388,8 @@ def load_image(path, *, pixel_size_nm: float | None = None, scaling: str = "min-
         raise ValueError(f"{path}: image has no pixels")
     image = scale_pixels(raw, scaling=scaling, source=str(path))
     if pixel_size_nm is None or not np.isfinite(pixel_size_nm):
-        pixel_size_nm = tag_pixel_nm if tag_pixel_nm is not None else DEFAULT_SCAN_SIZE_NM / image.shape[1]
+        pixel_size_nm = (tag_pixel_nm if tag_pixel_nm is not None else
+                         np.nan if default_scan_nm is None else default_scan_nm / image.shape[1])
     elif pixel_size_nm <= 0:
         raise ValueError(f"{path}: pixel_size_nm must be positive, got {pixel_size_nm}")
     return image, float(pixel_size_nm)

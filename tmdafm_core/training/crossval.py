@@ -347,6 +347,7 @@ def _train_folds(run_dir: Path, split: pd.DataFrame, labels: LabelSpace, feature
         raise ValueError(f"fold_jobs must be a whole number >= 1, got {fold_jobs!r}")
 
     def finished(fold: int, checkpoint: dict) -> None:
+        _record_field_of_view(checkpoint, split, _fold_partitions(split, fold, train_limits, config.seed)["train"])
         _save_fold(checkpoint, run_dir, fold, options.save_optimizer)
         done[fold] = checkpoint
         report(folds_done, "training folds", sum(ck is not None for ck in done.values()), folds)
@@ -373,6 +374,17 @@ def _train_folds(run_dir: Path, split: pd.DataFrame, labels: LabelSpace, feature
             finished(k, _fit_fold_tuned(fold_data, split, _fold_config(config, fold_weights, k), k, tune,
                                         progress=progress))
     return [done[k] for k in range(folds)]
+
+
+def _record_field_of_view(checkpoint: dict, split: pd.DataFrame, train: np.ndarray) -> None:
+    """Keep the range of the fold's training fields of view in its novelty reference (the scale check)."""
+    from ..novelty import field_of_view_nm, field_of_view_range
+
+    if checkpoint.get("novelty") is None or not {"pixel_size_nm", "height", "width"} <= set(split.columns):
+        return
+    rows = split.iloc[train]
+    checkpoint["novelty"]["field_of_view_nm"] = field_of_view_range(
+        field_of_view_nm(rows["pixel_size_nm"], rows["height"], rows["width"]))
 
 
 def _fold_config(config: TrainConfig, fold_weights: dict, fold: int) -> TrainConfig:

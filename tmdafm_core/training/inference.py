@@ -29,6 +29,7 @@ from ..models import (
     class_log_scores,
     fold_batchnorm,
 )
+from ..novelty import field_of_view_nm
 from .config import CONFIG_NAME, METRICS_NAME, _autocast, resolve_device
 from .engine import MTL_RULES
 from .inputs import InputBatches, default_image_size, load_data, resize_image
@@ -249,6 +250,8 @@ class Predictions:
     novelty : ndarray, shape (N,)
         :func:`tmdafm_core.novelty.novelty_scores` (ensembles: the mean over folds); above 1 the image is unlike
         the training images (``unfamiliar``). NaN when the run keeps no reference (see ``notes``).
+    field_of_view_nm : ndarray, shape (N,)
+        Side (nm) of the square each image covers (the scale check's input); NaN where the pixel size is unknown.
     calibrated : bool
         Whether every model used had a fitted temperature.
     notes : list of str
@@ -272,6 +275,7 @@ class Predictions:
     agreement: np.ndarray | None = None
     spread: np.ndarray | None = None
     novelty: np.ndarray | None = None
+    field_of_view_nm: np.ndarray | None = None
     calibrated: bool = False
     notes: list = field(default_factory=list)
 
@@ -301,10 +305,13 @@ class Predictions:
         return frame
 
 
-def _as_height_map(item, index: int, scaling: str = "min-max",
-                   crop_um: float | None = DEFAULT_CROP_UM) -> tuple[str, np.ndarray]:
+def _as_height_map(item, index: int, scaling: str = "min-max", crop_um: float | None = DEFAULT_CROP_UM,
+                   pixel_size_nm: float | None = None) -> tuple[str, np.ndarray, float]:
+    """``(name, height map 0..1, field of view in nm or NaN when the pixel size is unknown)``."""
     if isinstance(item, (str, os.PathLike)):
-        name, image = str(item), load_image(item, scaling=scaling, crop_um=crop_um)[0]
+        name = str(item)
+        image, pixel_size_nm = load_image(item, scaling=scaling, crop_um=crop_um, pixel_size_nm=pixel_size_nm,
+                                          default_scan_nm=None)
     else:
         array = np.asarray(item)
         if array.ndim != 2:
@@ -314,7 +321,20 @@ def _as_height_map(item, index: int, scaling: str = "min-max",
     if min(image.shape) < MIN_SIDE_PX:
         raise ValueError(f"{name}: {image.shape[1]} x {image.shape[0]} px is too small to classify (at least "
                          f"{MIN_SIDE_PX} px a side)")
-    return name, image
+    known = pixel_size_nm is not None and np.isfinite(pixel_size_nm) and pixel_size_nm > 0
+    return name, image, float(field_of_view_nm(pixel_size_nm, *image.shape)) if known else np.nan
+
+
+def _pixel_sizes(pixel_size_nm, n: int) -> list:
+    """One pixel size (nm, or None: the file's own / unknown) per input."""
+    if pixel_size_nm is None or np.ndim(pixel_size_nm) == 0:
+        return _pixel_sizes([pixel_size_nm] * n, n)
+    sizes = [None if value is None or not np.isfinite(value) else float(value) for value in pixel_size_nm]
+    if any(value is not None and value <= 0 for value in sizes):
+        raise ValueError("pixel_size_nm must be positive (NaN or None where unknown)")
+    if len(sizes) != n:
+        raise ValueError(f"pixel_size_nm has {len(sizes)} values for {n} images; give one per image or one for all")
+    return sizes
 
 
 def _same_shape_batches(tensors: list, batch_size: int):
@@ -336,7 +356,8 @@ def _check_finite(values: torch.Tensor, run: Run) -> None:
 
 
 def predict(run: Run, images, *, cam: bool | str = False, batch_size: int = 32,
-            latent: str = "pre-relu", on_error: str = "raise", crop_um: float | None = DEFAULT_CROP_UM) -> Predictions:
+            latent: str = "pre-relu", on_error: str = "raise", crop_um: float | None = DEFAULT_CROP_UM,
+            pixel_size_nm=None) -> Predictions:
     """Classify images with a trained image run.
 
     Parameters
@@ -357,6 +378,10 @@ def predict(run: Run, images, *, cam: bool | str = False, batch_size: int = 32,
         ``Predictions.skipped`` (ValueError when none is left).
     crop_um : float or None
         Instrument files: the central crop (µm) classified after levelling, or None for the whole scan.
+    pixel_size_nm : float or sequence of float, optional
+        Nanometres per pixel, one for all images or one per image (NaN/None: unknown). Files default to their own
+        (instrument files, TIFF resolution tags); arrays have none. It sets each image's field of view for the
+        scale check of the novelty (:mod:`tmdafm_core.novelty`); an image of unknown size gets no scale check.
 
     Returns
     -------
@@ -381,7 +406,7 @@ def predict(run: Run, images, *, cam: bool | str = False, batch_size: int = 32,
     ((3, 5), ('MoS2', 'WS2', 'WSe2', 'MoSe2', 'Mo-WSe2'))
     """
     _check_predict_options(run, cam, latent)
-    loaded, skipped = _load_inputs(images, run.scaling, on_error, crop_um)
+    loaded, skipped = _load_inputs(images, run.scaling, on_error, crop_um, pixel_size_nm)
     return _predict_loaded(run, loaded, skipped, cam=cam, batch_size=batch_size, latent=latent)
 
 
@@ -393,14 +418,17 @@ def _check_predict_options(run: Run, cam, latent: str) -> None:
     check_latent(latent)
 
 
-def _load_inputs(images, scaling: str, on_error: str, crop_um: float | None = DEFAULT_CROP_UM) -> tuple[list, list]:
-    """``([(name, height map 0..1)], [(name, why skipped)])`` of paths or arrays, read once for every fold."""
+def _load_inputs(images, scaling: str, on_error: str, crop_um: float | None = DEFAULT_CROP_UM,
+                 pixel_size_nm=None) -> tuple[list, list]:
+    """``([(name, height map 0..1, field of view nm)], [(name, why skipped)])`` of paths or arrays, read once for
+    every fold."""
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    images = list(images)
     loaded, skipped = [], []
-    for i, item in enumerate(images):
+    for i, (item, pixel_nm) in enumerate(zip(images, _pixel_sizes(pixel_size_nm, len(images)), strict=True)):
         try:
-            loaded.append(_as_height_map(item, i, scaling, crop_um))
+            loaded.append(_as_height_map(item, i, scaling, crop_um, pixel_nm))
         except ValueError as exc:
             if on_error == "raise":
                 raise
@@ -415,10 +443,10 @@ def _load_inputs(images, scaling: str, on_error: str, crop_um: float | None = DE
 def _predict_loaded(run: Run, loaded: list, skipped: list, *, cam, batch_size: int, latent: str) -> Predictions:
     from ..cam import grad_cam, maps_to_cam
 
-    names = [name for name, _ in loaded]
+    names = [name for name, _, _ in loaded]
     # A model imported without an input size sees every image at its own size.
     inputs = [resize_image(image, run.image_size) if run.image_size
-              else torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None] for _, image in loaded]
+              else torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None] for _, image, _ in loaded]
     element_matrix = torch.as_tensor(run.labels.element_matrix) if run.task == "mtl" else None
     logits_all, latent_all, statistics_all, cams = [], [], [], [] if cam else None
     for start, stop in _same_shape_batches(inputs, batch_size):
@@ -429,21 +457,22 @@ def _predict_loaded(run: Run, loaded: list, skipped: list, *, cam, batch_size: i
         latent_all.append(embedding.float().cpu())
         statistics_all.append(statistics.float().cpu())
         if cam in (True, "paper"):
-            for j, (_, image) in enumerate(loaded[start:start + len(x)]):
+            for j, (_, image, _) in enumerate(loaded[start:start + len(x)]):
                 cams.append(maps_to_cam(maps[j:j + 1].float(), size=image.shape)[0].cpu().numpy())
         elif cam == "grad":
-            for j, (_, image) in enumerate(loaded[start:start + len(x)]):
+            for j, (_, image, _) in enumerate(loaded[start:start + len(x)]):
                 heat, _ = grad_cam(run.model, x[j:j + 1], element_matrix=element_matrix, size=image.shape)
                 cams.append(heat[0].cpu().numpy())
     logits = torch.cat(logits_all)
     _check_finite(logits, run)
     logits = logits / run.temperature
     scores = class_log_scores(logits, element_matrix=element_matrix)
+    field_of_view = np.array([fov for _, _, fov in loaded], dtype=np.float64)
     novelty = None
     if run.novelty is not None:
         from ..novelty import novelty_scores
 
-        novelty = novelty_scores(run.novelty, torch.cat(statistics_all).numpy())
+        novelty = novelty_scores(run.novelty, torch.cat(statistics_all).numpy(), field_of_view=field_of_view)
     return Predictions(
         images=names,
         materials=[run.labels.classes[i] for i in scores.argmax(dim=1).tolist()],
@@ -455,6 +484,7 @@ def _predict_loaded(run: Run, loaded: list, skipped: list, *, cam, batch_size: i
         elements=run.labels.elements,
         skipped=skipped,
         novelty=novelty,
+        field_of_view_nm=field_of_view,
         calibrated=run.calibrated,
         notes=[note] if (note := run.trust_note) else [],  # read once: it may open the run's config.json
     )
@@ -473,7 +503,8 @@ def load_ensemble(run_dir, *, device: str = "cpu") -> list[Run]:
 
 
 def predict_ensemble(runs, images, *, cam: bool | str = False, batch_size: int = 32, latent: str = "pre-relu",
-                     on_error: str = "raise", crop_um: float | None = DEFAULT_CROP_UM) -> Predictions:
+                     on_error: str = "raise", crop_um: float | None = DEFAULT_CROP_UM,
+                     pixel_size_nm=None) -> Predictions:
     """Classify images with every fold model of a run and average their probabilities (the paper reports test
     results over its fold models).
 
@@ -481,7 +512,7 @@ def predict_ensemble(runs, images, *, cam: bool | str = False, batch_size: int =
     ----------
     runs : list of Run
         From :func:`load_ensemble` (best fold first); all of one run (same classes, input size and scaling).
-    images, cam, batch_size, latent, on_error, crop_um
+    images, cam, batch_size, latent, on_error, crop_um, pixel_size_nm
         As in :func:`predict`; the images are read once. Activation maps and embeddings are the best fold's
         (each fold has its own latent space; an average of them means nothing).
 
@@ -503,7 +534,7 @@ def predict_ensemble(runs, images, *, cam: bool | str = False, batch_size: int =
         raise ValueError("the fold models differ in classes, task, input size or scaling; give the folds of one run")
     for run in runs:
         _check_predict_options(run, cam if run is first else False, latent)
-    loaded, skipped = _load_inputs(images, first.scaling, on_error, crop_um)
+    loaded, skipped = _load_inputs(images, first.scaling, on_error, crop_um, pixel_size_nm)
     each = [_predict_loaded(run, loaded, skipped, cam=cam if run is first else False, batch_size=batch_size,
                             latent=latent) for run in runs]
     probabilities = np.stack([p.class_probabilities for p in each])  # (folds, images, classes)
