@@ -9,7 +9,13 @@ the crop size, a carpet of particles, bare substrate with terraces only) and rea
 sample (DNA on mica, TopoStats' test data, ``benchmarks/data``). For each candidate score, the table gives the AUROC
 against each kind (1 = perfectly separated, 0.5 = chance) and the share of genuine held-out test images flagged at
 the 95th percentile of the validation images (the shipped quantile); the scores are computed per fold model and
-averaged over folds. A last line gives the share of each kind that the shipped score flags (its detection rate).
+averaged over folds. A line gives the share of each kind that the shipped score flags (its detection rate).
+
+The shipped score has a scale check when an image's pixel size is known (:mod:`tmdafm_core.novelty`): the genuine
+test images carry their manifest's pixel size and the shrunk scan its 5 um; the other kinds carry none. A second
+product row shows the texture part alone. The scale sweep renders new films of every class at fields of view from
+0.33 to 5 um and gives the ensemble's macro-F1 and the share flagged, texture only and with the scale check: where
+the models stop reading films correctly is where the scale check should flag them.
 
 ``product`` is what tmdafm ships (:mod:`tmdafm_core.novelty`, through ``predict_ensemble``: every fold model's
 novelty against its own training images, averaged). The others are the alternatives it was chosen against: distance
@@ -133,6 +139,62 @@ def alternative_scores(run, train: list, train_labels: np.ndarray, sets: dict) -
     return {candidate: {name: score(outputs[name]) for name in sets} for candidate, score in candidates.items()}
 
 
+SCALE_FACTORS = (0.33, 0.5, 0.67, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0)
+
+
+def scale_sweep(runs, *, size: int, per_class: int, seed: int) -> pd.DataFrame:
+    """How the models read films of each class rendered at other fields of view than they trained on (1 um): the
+    measurement behind :data:`tmdafm_core.novelty.SCALE_TOLERANCE`. Per factor: macro-F1 of the fold ensemble, the
+    share flagged unfamiliar by texture alone (pixel size unknown) and with the scale check (pixel size known)."""
+    from sklearn.metrics import f1_score
+
+    from tmdafm_core.training import predict_ensemble
+
+    classes = list(runs[0].labels.classes)
+    rows = []
+    for factor in SCALE_FACTORS:
+        images, truth = [], []
+        for c, material in enumerate(classes):
+            for i in range(per_class):
+                params = dataclasses.replace(synthetic.sample_params(material, seed * 7919 + c * 101 + i),
+                                             scan_size_nm=synthetic.SCAN_SIZE_NM * factor)
+                images.append(synthetic.render_surface(params, size, seed=seed * 31 + i)[0])
+                truth.append(material)
+        texture = predict_ensemble(runs, images, batch_size=64)
+        scaled = predict_ensemble(runs, images, batch_size=64, pixel_size_nm=synthetic.SCAN_SIZE_NM * factor / size)
+        rows.append({"field of view (um)": factor * synthetic.SCAN_SIZE_NM / 1000,
+                     "macro-F1 %": 100 * f1_score(truth, texture.materials, labels=classes, average="macro"),
+                     "flagged, texture only %": 100 * float(texture.unfamiliar.mean()),
+                     "flagged, with scale check %": 100 * float(scaled.unfamiliar.mean())})
+    return pd.DataFrame(rows)
+
+
+def fresh_calibration(runs, *, size: int, n: int, seed: int) -> pd.DataFrame:
+    """Calibration of the fold ensemble on ``n`` fresh films from the demo generator's own plan (new samples, the
+    data set's class shares and crops per sample): a test set large enough for ECE to mean something. The store's
+    104 test images leave an ECE noise floor of ~0.14 (what perfectly calibrated probabilities show on that many);
+    this gives the floor for ``n`` beside it."""
+    from tmdafm_core.calibration import brier_score, ece_noise_floor, expected_calibration_error
+    from tmdafm_core.training import predict_ensemble
+
+    jobs = synthetic.plan_dataset(n, seed=seed)
+    images = [synthetic.render_surface(job["params"], size, seed=job["seed"])[0] for job in jobs]
+    classes = list(runs[0].labels.classes)
+    true = np.array([classes.index(job["material"]) for job in jobs])
+    rows = []
+    temperatures = [run.temperature for run in runs]
+    for name, calibrated in (("uncalibrated (T = 1)", False), ("calibrated (shipped)", True)):
+        for run, temperature in zip(runs, temperatures, strict=True):
+            run.temperature = temperature if calibrated else 1.0
+        probabilities = predict_ensemble(runs, images, batch_size=64).class_probabilities
+        rows.append({"probabilities": name, "images": len(images),
+                     "ECE": expected_calibration_error(probabilities, true),
+                     "ECE noise floor": ece_noise_floor(probabilities.max(axis=1)),
+                     "Brier": brier_score(probabilities, true),
+                     "accuracy %": 100 * float((probabilities.argmax(axis=1) == true).mean())})
+    return pd.DataFrame(rows)
+
+
 def main(argv=None) -> int:
     import torch
 
@@ -145,6 +207,8 @@ def main(argv=None) -> int:
     parser.add_argument("--per-kind", type=int, default=40, help="images of each synthetic unfamiliar kind")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--per-class", type=int, default=16, help="films of each class per field of view (sweep)")
+    parser.add_argument("--fresh", type=int, default=1026, help="fresh films for the calibration check (0: skip)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     run_dir = args.store / "runs" / args.task
@@ -153,7 +217,7 @@ def main(argv=None) -> int:
         print(runs[0].trust_note, file=sys.stderr)
         return 2
     splits = pd.read_csv(run_dir / "splits.csv", dtype={"image": str, "sample_id": str})
-    frame = splits.merge(load_manifest(args.store)[["image", "path"]], on="image")
+    frame = splits.merge(load_manifest(args.store)[["image", "path", "pixel_size_nm"]], on="image")
     images = [load_image(path)[0] for path in frame["path"]]
     test = [images[i] for i in np.flatnonzero(frame["split"] == "test")]
     size = int(np.median([min(image.shape) for image in test]))
@@ -167,10 +231,17 @@ def main(argv=None) -> int:
         for name in kinds:
             row.setdefault(name, []).append(auroc(genuine, scores[name]))
 
-    # The product: novelty of the fold ensemble exactly as predict / the app compute it (threshold 1).
-    product = {name: predict_ensemble(runs, members, batch_size=64).novelty for name, members in
-               {"test": test, **kinds}.items()}
-    add("product: stage-1 texture Mahalanobis (ensemble)", product["test"], 1.0, product)
+    # The product: novelty of the fold ensemble exactly as predict / the app compute it (threshold 1), with the
+    # pixel sizes a user's files carry: the genuine test images their manifest's, the shrunk scan 5 um over its
+    # side, the other kinds none (noise and flat scans have no honest size; the DNA crops' is not kept here).
+    test_pixels = frame.loc[frame["split"] == "test", "pixel_size_nm"].to_numpy()
+    pixel_sizes = {"test": test_pixels, "5 um scan shrunk": np.full(len(kinds["5 um scan shrunk"]), 5000.0 / size)}
+    product = {name: predict_ensemble(runs, members, batch_size=64, pixel_size_nm=pixel_sizes.get(name)).novelty
+               for name, members in {"test": test, **kinds}.items()}
+    add("product: texture + scale check (ensemble)", product["test"], 1.0, product)
+    texture_only = {name: predict_ensemble(runs, members, batch_size=64).novelty for name, members in
+                    {"test": test, **kinds}.items()}
+    add("  same, pixel sizes unknown (texture only)", texture_only["test"], 1.0, texture_only)
     labels = frame["material"].astype("category").cat.codes.to_numpy()
     per_candidate: dict[str, list] = {}
     for run in runs:
@@ -192,6 +263,13 @@ def main(argv=None) -> int:
     flagged = {name: 100.0 * float(np.mean(values > 1.0)) for name, values in product.items()}
     print("\nshare flagged unfamiliar by the product (novelty > 1), %: " +
           ", ".join(f"{name} {value:.0f}" for name, value in flagged.items()))
+    print(f"\nscale sweep: {args.per_class} new films per class rendered at each field of view ({size} px); the "
+          "models trained on 1 um")
+    print(scale_sweep(runs, size=size, per_class=args.per_class, seed=args.seed).round(1).to_string(index=False))
+    if args.fresh:
+        print(f"\ncalibration of the fold ensemble on {args.fresh} fresh films of the demo generator (new samples; "
+              "ECE 15 bins)")
+        print(fresh_calibration(runs, size=size, n=args.fresh, seed=1000 + args.seed).round(3).to_string(index=False))
     metrics = json.loads((run_dir / "metrics.json").read_text())
     block = metrics.get("calibration")
     if block:

@@ -288,6 +288,23 @@ def test_an_image_unlike_the_training_images_gets_the_badge_and_greyed_probabili
     assert "(not calibrated)" in sentence and sentence.endswith("kept calibration")
 
 
+def test_an_upload_of_another_field_of_view_is_unfamiliar_and_says_why(store):
+    from tmdafm_core.data import load_image
+
+    pixels, pixel_nm = load_image(pipeline.load_manifest(store)["path"].iat[0])
+    side = pixel_nm * pixels.shape[1]
+    as_taken = tiff_bytes(pixels, resolution=(1e7 / pixel_nm,) * 2, resolutionunit="CENTIMETER")
+    wider = tiff_bytes(pixels, resolution=(1e7 / (5 * pixel_nm),) * 2, resolutionunit="CENTIMETER")
+    unknown = pil_bytes(np.round(pixels * 255).astype(np.uint8), "PNG")
+    same, wide, png = classify.classify_uploads(store, [("a.tif", as_taken), ("b.tif", wider), ("c.png", unknown)])
+    assert same["field_of_view_nm"] == pytest.approx(side) and not same["unfamiliar"]
+    assert wide["field_of_view_nm"] == pytest.approx(5 * side) and wide["unfamiliar"]
+    assert same["training_field_of_view_nm"] == [pytest.approx(side)] * 2
+    assert f"({5 * side / 1000:.2f} µm) is 5.0 times the largest the models trained on" in classify.trust_sentence(wide)
+    assert png["field_of_view_nm"] is None  # a PNG says nothing of its size: no scale check
+    assert "field of view" not in classify.trust_sentence(same) + classify.trust_sentence(png)
+
+
 def test_instrument_files_are_levelled_cropped_and_classified_from_a_private_temporary_file(store, tmp_path,
                                                                                            monkeypatch):
     import tempfile

@@ -117,6 +117,40 @@ def test_novelty_validation():
         novelty.novelty_scores(novelty.fit_reference(good, good), good[:, :2])
 
 
+def test_field_of_view_and_its_training_range_by_hand():
+    assert novelty.field_of_view_nm(2.0, 100, 400).tolist() == 400.0  # 2 nm x sqrt(100 x 400) px
+    assert novelty.field_of_view_range([1000.0, np.nan, 800.0, 1200.0]) == [800.0, 1200.0]
+    assert novelty.field_of_view_range([np.nan, 0.0]) is None
+
+
+def test_scale_novelty_is_zero_inside_the_range_and_one_at_the_tolerance_outside():
+    scores = novelty.scale_novelty([800.0, 1200.0], [800.0, 1200.0, 1800.0, 800.0 / 1.5, 800.0 / 2.25, np.nan],
+                                   tolerance=1.5)
+    np.testing.assert_allclose(scores, [0.0, 0.0, 1.0, 1.0, 2.0, 0.0])
+    assert novelty.scale_novelty(None, [5000.0]).tolist() == [0.0]  # no range kept: no scale check
+
+
+def test_novelty_is_the_larger_of_texture_and_scale():
+    rng = np.random.default_rng(5)
+    reference = novelty.fit_reference(rng.normal(size=(500, 4)), rng.normal(size=(200, 4)))
+    statistics = np.vstack([np.zeros(4), np.full(4, 10.0)])
+    texture = novelty.novelty_scores(reference, statistics)
+    assert novelty.novelty_scores(reference, statistics, field_of_view=[5000.0, 1000.0]).tolist() == texture.tolist()
+    reference["field_of_view_nm"] = [1000.0, 1000.0]
+    scored = novelty.novelty_scores(reference, statistics, field_of_view=[5000.0, 1000.0])
+    assert scored[0] == pytest.approx(np.log(5) / np.log(novelty.SCALE_TOLERANCE)) and scored[1] == texture[1]
+    assert novelty.novelty_scores(reference, statistics, field_of_view=[np.nan, np.nan]).tolist() == texture.tolist()
+
+
+def test_scale_validation():
+    with pytest.raises(ValueError, match="tolerance must be > 1"):
+        novelty.scale_novelty([1.0, 2.0], [1.0], tolerance=1.0)
+    reference = novelty.fit_reference(np.eye(3).repeat(3, axis=0), np.eye(3))
+    reference["field_of_view_nm"] = [1000.0, 1000.0]
+    with pytest.raises(ValueError, match="field_of_view has 1 values for 3 images"):
+        novelty.novelty_scores(reference, np.eye(3), field_of_view=[1000.0])
+
+
 # --- on a trained run -------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -150,6 +184,37 @@ def test_novelty_is_low_for_training_like_images_and_high_for_noise_and_flat_sca
     assert not genuine.unfamiliar.any() and strange.unfamiliar.all()
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert 0.0 <= metrics["novelty"]["flagged"]["val"] <= 0.1
+
+
+def test_an_image_of_another_field_of_view_is_unfamiliar_when_its_pixel_size_is_known(stripe_run, tmp_path):
+    from tmdafm_core.data import load_image, save_tiff
+
+    run_dir, data = stripe_run
+    assert load_checkpoint(run_dir / "fold0.pt")["novelty"]["field_of_view_nm"] == [128.0, 128.0]  # 32 px x 4 nm
+    runs = load_ensemble(run_dir)
+    path = data["path"].iloc[1]
+    own = predict_ensemble(runs, [path])
+    assert own.field_of_view_nm.tolist() == [128.0] and not own.unfamiliar[0]
+    assert predict_ensemble(runs, [path], pixel_size_nm=20.0).unfamiliar[0]  # the same pixels said to span 640 nm
+    assert predict_ensemble(runs, [path], pixel_size_nm=0.8).unfamiliar[0]  # ... or 25.6 nm
+    assert not predict_ensemble(runs, [path], pixel_size_nm=5.0).unfamiliar[0]  # 160 nm: 1.25x, within the tolerance
+    pixels, _ = load_image(path)
+    unknown = predict_ensemble(runs, [pixels])  # an array: no pixel size, no scale check
+    assert np.isnan(unknown.field_of_view_nm[0]) and unknown.novelty[0] == pytest.approx(own.novelty[0], rel=1e-4)
+    assert predict_ensemble(runs, [pixels], pixel_size_nm=[20.0]).unfamiliar[0]
+    big = tmp_path / "five_times.tif"
+    save_tiff(big, pixels, pixel_size_nm=20.0)
+    assert predict_ensemble(runs, [big]).unfamiliar[0]  # the TIFF's own resolution tags
+
+
+def test_pixel_size_validation(stripe_run):
+    runs = load_ensemble(stripe_run[0])
+    pixels = np.random.default_rng(0).random((32, 32))
+    with pytest.raises(ValueError, match="pixel_size_nm has 2 values for 1 images"):
+        predict_ensemble(runs, [pixels], pixel_size_nm=[4.0, 4.0])
+    with pytest.raises(ValueError, match="pixel_size_nm must be positive"):
+        predict_ensemble(runs, [pixels], pixel_size_nm=-4.0)
+    assert main(["predict", str(stripe_run[0]), stripe_run[1]["path"].iloc[0], "--pixel-size-nm", "0"]) == 2
 
 
 def test_probabilities_are_the_logits_over_the_temperature(stripe_run):
