@@ -192,6 +192,39 @@ def _architectures(cache):
         _ui.caption("Mean ± std over folds, all runs on one shared split."), id="architectures")
 
 
+def ablation_rows(table: pd.DataFrame) -> list[dict]:
+    """Table 2 with percentages: arm, then val/test macro-F1 and accuracy as mean ± std over folds."""
+    rows = []
+    for row in table.to_dict("records"):
+        out = {"arm": row["title"]}
+        for split in ("val", "test"):
+            for metric in ("f1", "accuracy"):
+                out[f"{metric}_{split}"] = (f"{100 * row[f'{metric}_{split}_mean']:.1f} ± "
+                                            f"{100 * row[f'{metric}_{split}_std']:.1f}")
+        rows.append(out)
+    return rows
+
+
+def _ablation(cache):
+    table = results.ablation(cache)
+    title = "Transfer learning: fine-tuning vs feature extraction vs scratch (paper Table 2)"
+    if table is None:
+        return _ui.card(title, _ui.caption([
+            "Not in the store. Train the two other arms on the store's data and folds (its MtC run is the "
+            "fine-tuning arm; a few minutes on the demo) with ", html.Code(f"tmdafm ablation --store {cache}"),
+            ", then reload this page."]), id="ablation")
+    names = {"arm": "arm", "f1_val": "val macro-F1 (%)", "accuracy_val": "val accuracy (%)",
+             "f1_test": "test macro-F1 (%)", "accuracy_test": "test accuracy (%)"}
+    rows = ablation_rows(table)
+    grid = _ui.data_grid("ablation-table", rows, [_ui.column(c, names[c], left=c == "arm") for c in names],
+                         export_name="tmdafm_table2")
+    return _ui.card(title, grid, _ui.caption(
+        "MtC, mean ± std over the fold models, every arm on the store's folds and test set. Paired fold "
+        "differences, Student-t 95 % interval over folds:"),
+        html.Ul([html.Li(sentence) for sentence in results.ablation_comparisons(cache)], className="caption"),
+        id="ablation")
+
+
 def performance_body(cache) -> list:
     metrics = results.metrics_table(cache)
     tasks = [t for t in results.TASKS if results.run_metrics(cache, t) is not None]
@@ -224,6 +257,7 @@ def performance_body(cache) -> list:
                      "Click a cell of a confusion matrix to list its test images.")), id="cell-images"),
         _curves(cache, tasks),
         _calibration(cache),
+        _ablation(cache),
         _architectures(cache),
     ]
     return sections

@@ -367,3 +367,46 @@ def test_ablation_fine_tune_feature_mlp_and_scratch_share_folds(synthetic, tmp_p
     with pytest.raises(ValueError, match="leaves nothing to compare"):
         ablation_study(synthetic, tmp_path / "abl2", weights="none", **{k: v for k, v in TINY.items()
                                                                          if k != "weights"})
+
+
+def test_store_ablation_trains_the_other_arms_beside_the_store_and_the_page_shows_table_2(tmp_path, capsys):
+    import app as app_module
+    from tmdafm_core import pipeline, results
+    from tmdafm_core.experiments import store_ablation
+    from tmdafm_core.layout import StoreLayout
+    from tmdafm_core.steps import run_training_options
+
+    store = tmp_path / "store"
+    with pytest.raises(ValueError, match="no MtC run in this store"):
+        store_ablation(store)
+    pipeline.precompute(store, profile="tiny", steps=["mtc"])
+    with pytest.raises(ValueError, match="train from scratch"):
+        store_ablation(store)  # the tiny profile's runs start from random weights: nothing to compare
+    backbone = tmp_path / "lab.pt"
+    torch.manual_seed(0)
+    torch.save(get_model("resnet18", weights=None).state_dict(), backbone)
+    backbone.with_suffix(".json").write_text(json.dumps({"title": "Lab archive"}))
+    table = store_ablation(store, weights=str(backbone))
+    assert list(dict.fromkeys(table["run"])) == ["fine-tune", "feature-extraction", "scratch"]
+    shown = results.ablation(store)
+    assert list(shown["mode"]) == ["fine-tune", "feature-extraction", "scratch"]
+    assert list(shown["title"]) == ["Fine-tuned from Lab archive",
+                                    "Feature extraction: frozen Lab archive backbone + MLP", "From scratch"]
+    # The store's MtC run stands in for fine-tuning when it was trained on the same split: no third training.
+    options = {**run_training_options(StoreLayout(store).recorded_profile()), "weights": str(backbone)}
+    mtc = store / "runs" / "mtc"
+    reused = ablation_study(pipeline.load_manifest(store), tmp_path / "reuse", given={"fine-tune": mtc}, **options)
+    assert reused.loc[reused["mode"] == "fine-tune", "run"].iat[0] == "../store/runs/mtc"
+    assert not (tmp_path / "reuse" / "fine-tune").exists()
+    sentences = results.ablation_comparisons(store)
+    assert len(sentences) == 4 and sentences[0].startswith("Fine-tuning − scratch, val macro-F1")
+    app_module.app.server.test_client().get("/")
+    from pages import performance
+
+    card = performance._ablation(store)
+    assert card.id == "ablation" and "interval" in str(card.children)
+    assert [row["arm"] for row in performance.ablation_rows(shown)][2] == "From scratch"
+    assert "tmdafm ablation --store" in str(performance._ablation(tmp_path / "empty").children)
+    assert main(["ablation", "--store", str(store), "--epochs", "2"]) == 2
+    assert "drop --epochs" in capsys.readouterr().err
+    assert main(["ablation"]) == 2

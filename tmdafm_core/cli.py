@@ -651,9 +651,14 @@ def _run_features(args) -> int:
 
 # --- sequential / compare-archs / ablation -----------------------------------------------------------------------
 
-def _experiment_options(p: argparse.ArgumentParser, *, single_model: bool = True) -> None:
+_TRAINING_FLAGS = ("profile", "epochs", "folds", "image_size", "lr", "batch_size", "dropout", "device", "seed",
+                   "arch")
+
+
+def _experiment_options(p: argparse.ArgumentParser, *, single_model: bool = True, out_required: bool = True) -> None:
     """Training options of the experiments; unset ones come from --profile, then from the engine's defaults."""
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="experiment folder (resumed when rerun)")
+    p.add_argument("--out", type=Path, required=out_required, metavar="DIR",
+                   help="experiment folder (resumed when rerun)")
     p.add_argument("--profile", choices=("demo", "paper"),
                    help="demo: ResNet18 from scratch, 32 px, 3 epochs, 2 folds, 1 thread (minutes on a CPU); paper: "
                         "native size, 60 epochs, 5 folds, ResNet152 with ImageNet V2 weights (ResNet18 V1 for the "
@@ -756,23 +761,42 @@ def _run_compare_archs(args) -> int:
 def _add_ablation(sub) -> None:
     p = sub.add_parser("ablation", help="fine-tune vs feature-extraction MLP vs scratch on the same folds "
                                         "(paper Table 2)")
-    p.add_argument("data", type=Path, help="labelled data set")
+    p.add_argument("data", type=Path, nargs="?", help="labelled data set (with --out DIR)")
+    p.add_argument("--store", type=Path, metavar="CACHE",
+                   help="instead of DATA --out: the store's data set, trained as its MtC run (which is the "
+                        "fine-tuning arm); written to CACHE/ablation, shown on the app's /performance page")
     p.add_argument("--task", choices=("mtc", "mtl"), default="mtc", help="(default: mtc)")
-    _experiment_options(p)
+    _experiment_options(p, out_required=False)
 
 
 def _run_ablation(args) -> int:
-    from tmdafm_core.experiments import ABLATION_NAME, PAPER_ABLATION_MODEL, ablation_study
+    from tmdafm_core.experiments import PAPER_ABLATION_MODEL, ablation_study, store_ablation
+    from tmdafm_core.layout import ABLATION_NAME, StoreLayout
 
-    model = {"arch": args.arch, "weights": args.weights}
-    if args.profile == "paper":
-        model = {key: value if value is not None else PAPER_ABLATION_MODEL[key] for key, value in model.items()}
-    manifest, options = _experiment_setup(args, **model)
-    table = ablation_study(manifest, args.out, task=args.task, progress=True, **options)
+    if args.store is not None:
+        extra = [f"--{name.replace('_', '-')}" for name in _TRAINING_FLAGS if getattr(args, name) is not None]
+        extra += ["DATA"] * (args.data is not None) + ["--out"] * (args.out is not None)
+        extra += ["--task mtl"] * (args.task != "mtc")
+        if extra:
+            raise ValueError(f"--store trains as the store's MtC run, on its data: drop {', '.join(extra)}")
+        table = store_ablation(args.store, weights=args.weights, progress=True)
+        out = StoreLayout(args.store).ablation
+    else:
+        if args.data is None or args.out is None:
+            raise ValueError("give DATA and --out DIR, or --store CACHE")
+        table, out = _ablation_from_data(args, PAPER_ABLATION_MODEL, ablation_study), args.out
     wide = table.pivot_table(index="mode", columns="split", values=["accuracy_mean", "f1_mean"], sort=False)
     print(wide.to_string(float_format=lambda v: f"{100 * v:.1f}"))
-    print(f"table: {args.out / ABLATION_NAME}")
+    print(f"table: {out / ABLATION_NAME}")
     return 0
+
+
+def _ablation_from_data(args, paper_model: dict, ablation_study):
+    model = {"arch": args.arch, "weights": args.weights}
+    if args.profile == "paper":
+        model = {key: value if value is not None else paper_model[key] for key, value in model.items()}
+    manifest, options = _experiment_setup(args, **model)
+    return ablation_study(manifest, args.out, task=args.task, progress=True, **options)
 
 
 # --- precompute -------------------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ import contextlib
 import functools
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +56,7 @@ import pandas as pd
 from . import progress as progress_reports
 from .data import PAPER_MATERIALS, FeatureTable, LabelSpace
 from .data.splits import fold_training_positions, prepare_split
-from .layout import MODES
+from .layout import ABLATION_NAME, MODES
 from .models import ARCHITECTURES, WEIGHT_CHOICES
 from .parallel import shared_pools
 from .profiles import RECIPES, recipe_options
@@ -64,6 +65,7 @@ from .training import (
     HEAD_STARTS,
     METRICS_NAME,
     PARTITIONS,
+    SPLITS_NAME,
     TASKS,
     checkpoint_path,
     cross_validate,
@@ -77,7 +79,7 @@ DEFAULT_VOLUMES = (FULL, 64, 32, 16, 8)
 RESULTS_NAME, STUDY_NAME = "results.csv", "study.json"
 RESULT_COLUMNS = ("n_classes", "mode", "task", "volume", "split", "f1_mean", "f1_std", "accuracy_mean",
                   "accuracy_std", "new_class", "new_class_train_images", "run", "diff_mean", "diff_low", "diff_high")
-ARCHITECTURES_NAME, ABLATION_NAME = "architectures.csv", "ablation.csv"
+ARCHITECTURES_NAME = "architectures.csv"
 ABLATION_MODES = ("fine-tune", "feature-extraction", "scratch")
 
 #: The model of the paper's Table 2 (fine-tuning vs feature extraction vs scratch).
@@ -599,7 +601,7 @@ def task_comparison(table: pd.DataFrame, *, split: str = "test") -> pd.DataFrame
 
 @_with_threads
 def ablation_study(data: pd.DataFrame, out_dir, *, arch: str = "resnet18", weights: str = "imagenet-v1",
-                   task: str = "mtc", progress: bool = False, **train) -> pd.DataFrame:
+                   task: str = "mtc", progress: bool = False, given: dict | None = None, **train) -> pd.DataFrame:
     """Fine-tuning vs the feature-extraction MLP vs training from scratch, on one shared split (paper Table 2).
 
     ``fine-tune`` trains the whole network from ``weights``; ``feature-extraction`` trains the paper's MLP head on
@@ -619,13 +621,17 @@ def ablation_study(data: pd.DataFrame, out_dir, *, arch: str = "resnet18", weigh
         fine-tuning the same as scratch.
     task : {"mtc", "mtl"}
     progress : bool
+    given : dict, optional
+        ``{mode: run directory}`` of finished runs that stand in for a mode (a store's MtC run for ``fine-tune``):
+        used only when trained on exactly this split (its ``splits.csv``), else the mode is trained here.
     **train
         Other ``cross_validate`` keywords.
 
     Returns
     -------
     DataFrame
-        Tidy: ``mode``, ``task``, ``split``, f1/accuracy mean and std, ``run``.
+        Tidy: ``mode``, ``task``, ``split``, f1/accuracy mean and std, ``run`` (the run directory relative to
+        ``out_dir``).
     """
     if str(weights) == "none":
         raise ValueError("ablation compares pretrained weights with scratch training; --weights none leaves nothing "
@@ -640,12 +646,15 @@ def ablation_study(data: pd.DataFrame, out_dir, *, arch: str = "resnet18", weigh
                         sum(_finished_folds(out_dir / m, folds) for m in ABLATION_MODES), "ablation", progress)
     stored, image_size = None, None
     rows = []
+    given = {mode: Path(run) for mode, run in (given or {}).items() if _trained_on(Path(run), split)}
     try:
         for mode in ABLATION_MODES:
-            run_dir = out_dir / mode
+            run_dir = given.get(mode, out_dir / mode)
             bar.set_postfix_str(mode)
             before = _finished_folds(run_dir, folds)
-            if mode == "feature-extraction":
+            if mode in given:
+                metrics = json.loads((run_dir / METRICS_NAME).read_text())
+            elif mode == "feature-extraction":
                 table = _backbone_features(split, run_dir, arch, weights, options, progress)
                 mlp_options = {k: v for k, v in options.items() if k not in ("arch", "weights", "image_size")}
                 metrics = cross_validate(table, run_dir, task=task, presplit=True, progress=progress, tune=True,
@@ -659,12 +668,67 @@ def ablation_study(data: pd.DataFrame, out_dir, *, arch: str = "resnet18", weigh
                 metrics = cross_validate(split, run_dir, task=task, presplit=True, images=stored, save_optimizer=False,
                                          progress=progress, **run_options)
             bar.update(folds - before)
-            rows += _metric_rows(metrics, mode=mode, task=task, run=mode)
+            rows += _metric_rows(metrics, mode=mode, task=task,
+                                 run=Path(os.path.relpath(run_dir.resolve(), out_dir.resolve())).as_posix())
     finally:
         bar.close()
     result = pd.DataFrame(rows)
     result.to_csv(out_dir / ABLATION_NAME, index=False)
     return result
+
+
+def _trained_on(run_dir: Path, split: pd.DataFrame) -> bool:
+    """Whether a finished run was cross-validated on exactly this split (same images, partitions and folds)."""
+    if not (run_dir / METRICS_NAME).is_file() or not (run_dir / SPLITS_NAME).is_file():
+        return False
+    columns = ["image", "split", "fold"]
+    kept = pd.read_csv(run_dir / SPLITS_NAME, dtype={"image": str})
+    if not set(columns) <= set(kept.columns):
+        return False
+    ours = split[columns].astype({"image": str}).sort_values("image").reset_index(drop=True)
+    theirs = kept[columns].sort_values("image").reset_index(drop=True)
+    return ours.astype(str).equals(theirs.astype(str))
+
+
+def store_ablation(store, *, weights: str | None = None, progress: bool = False) -> pd.DataFrame:
+    """The paper's Table 2 on a store's own data: fine-tuning vs feature extraction vs scratch (MtC).
+
+    Everything as the store's MtC run was trained (its profile's run options, folds and split; the demo: from the
+    store's AFM-pretrained backbone), which stands in as the fine-tuning arm; the feature-extraction MLP and the
+    scratch run are trained into ``STORE/ablation``, where the app's /performance page shows the table with paired
+    fold differences.
+
+    Parameters
+    ----------
+    store : str or Path
+        A built store (``tmdafm precompute``) with its MtC run.
+    weights : str, optional
+        Pretrained starting weights instead of the store's (needed when its runs train from scratch).
+    progress : bool
+        Show bars on stderr.
+
+    Returns
+    -------
+    DataFrame
+        As :func:`ablation_study`; also written to ``STORE/ablation/ablation.csv``.
+    """
+    from .layout import StoreLayout, load_manifest
+    from .steps import run_training_options, with_backbone
+
+    layout = StoreLayout(store)
+    profile = layout.recorded_profile()
+    if profile is None or not layout.run_metrics("mtc").is_file():
+        raise ValueError(f"{store}: no MtC run in this store; build it first with `{layout.build_command('mtc')}`")
+    options = with_backbone(store, run_training_options(profile))
+    if weights is not None:
+        options["weights"] = weights
+    if str(options.get("weights", "none")) == "none":
+        raise ValueError(f"{store}: the store's runs train from scratch, so there is no pretrained start to compare; "
+                         "give --weights (imagenet-v1, imagenet-v2 or a backbone file)")
+    reuse = {"fine-tune": layout.run("mtc")} if weights is None else {}
+    jobs = profile.train_options.get("fold_jobs")
+    return ablation_study(load_manifest(store), layout.ablation, task="mtc", progress=progress, given=reuse,
+                          **({"fold_jobs": jobs} if jobs else {}), **options)
 
 
 def _backbone_features(split: pd.DataFrame, run_dir: Path, arch, weights, options, progress) -> FeatureTable:

@@ -47,6 +47,8 @@ METRICS_NAME, CONFIG_NAME = "metrics.json", "config.json"
 PREDICTIONS_NAME, EMBEDDINGS_NAME = "predictions.csv", "embeddings.parquet"
 PROJECTION_NAME, PROJECTION_TABLE_NAME = "projection.npz", "projection.csv"
 STUDY_RESULTS_NAME = "results.csv"
+#: Optional experiments a store can hold beside its steps: the paper's Table 2 (``tmdafm ablation --store``).
+ABLATION_DIR, ABLATION_NAME = "ablation", "ablation.csv"
 #: The tasks (a run folder each), the sequential study's arms (a folder each) and the partitions of every table.
 TASKS = ("mtc", "mtl")
 MODES = ("imagenet", "sequential")
@@ -151,6 +153,10 @@ class StoreLayout:
     @property
     def features(self) -> Path:
         return self.root / FEATURES_NAME
+
+    @property
+    def ablation(self) -> Path:
+        return self.root / ABLATION_DIR
 
     @property
     def pretrained(self) -> Path:

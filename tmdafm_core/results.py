@@ -16,7 +16,16 @@ import pandas as pd
 
 from .data import LabelSpace
 from .features import FEATURE_COLUMNS, get_descriptor
-from .layout import CONFIG_NAME, TASKS, StoreLayout, load_manifest, precompute_command, store_contents, thumbnail_uri  # noqa: F401 (precompute_command: public here)
+from .layout import (  # noqa: F401 (precompute_command: public here)
+    ABLATION_NAME,
+    CONFIG_NAME,
+    TASKS,
+    StoreLayout,
+    load_manifest,
+    precompute_command,
+    store_contents,
+    thumbnail_uri,
+)
 from .layout import PARTITIONS as SPLITS
 from .profiles import PRETRAINED_TITLE, PRETRAINED_WEIGHTS
 
@@ -275,6 +284,53 @@ def cell_images(table: pd.DataFrame, true: str, predicted: str, *, split: str | 
 def architectures(cache_dir) -> pd.DataFrame | None:
     """The architecture comparison table (``experiments.compare_architectures``), or None when not run."""
     return _read_csv(Path(cache_dir) / ARCHITECTURES_PATH)
+
+
+#: The paper's Table 2 arms, in its order: what each starts from is filled in from the runs.
+ABLATION_ARMS = ("fine-tune", "feature-extraction", "scratch")
+
+
+def ablation(cache_dir) -> pd.DataFrame | None:
+    """The store's Table 2 (``tmdafm ablation --store``): one row per arm with ``mode``, ``title``, and val/test
+    macro-F1 and accuracy means and stds; None when not made."""
+    folder = StoreLayout(cache_dir).ablation
+    table = _read_csv(folder / ABLATION_NAME)
+    if table is None:
+        return None
+    wide = table.pivot_table(index="mode", columns="split", values=["f1_mean", "f1_std", "accuracy_mean",
+                                                                   "accuracy_std"], sort=False)
+    wide.columns = [f"{metric.split('_')[0]}_{split}_{metric.split('_')[1]}" for metric, split in wide.columns]
+    wide = wide.reindex([arm for arm in ABLATION_ARMS if arm in wide.index]).reset_index()
+    base = base_arm_title(_ablation_weights(folder, table))
+    titles = {"fine-tune": f"Fine-tuned from {base}",
+              "feature-extraction": f"Feature extraction: frozen {base} backbone + MLP", "scratch": "From scratch"}
+    wide.insert(1, "title", wide["mode"].map(titles))
+    return wide
+
+
+def _ablation_weights(folder: Path, table: pd.DataFrame) -> str:
+    run = table.loc[table["mode"] == "fine-tune", "run"]
+    config = _read_json(folder / str(run.iat[0]) / CONFIG_NAME) if len(run) else None
+    return (config or {}).get("weights") or "pretrained"
+
+
+def ablation_comparisons(cache_dir) -> list[str]:
+    """Fine-tuning − scratch and fine-tuning − feature extraction macro-F1, fold by fold (the arms share the store's
+    folds), each on validation and test, as sentences with their 95 % intervals; empty without the table."""
+    from .comparisons import paired_difference, verdict
+
+    folder = StoreLayout(cache_dir).ablation
+    table = _read_csv(folder / ABLATION_NAME)
+    if table is None:
+        return []
+    runs = table.drop_duplicates("mode").set_index("mode")["run"].map(lambda run: folder / str(run))
+    sentences = []
+    for other, name in (("scratch", "scratch"), ("feature-extraction", "feature extraction")):
+        if "fine-tune" in runs and other in runs:
+            for split in ("val", "test"):
+                mean, low, high = paired_difference(runs[other], runs["fine-tune"], split=split)
+                sentences.append(verdict(f"Fine-tuning − {name}, {split} macro-F1", mean, low, high))
+    return sentences
 
 
 # --- latent-space tables (/physical) ----------------------------------------------------------------------------
