@@ -400,6 +400,9 @@ def test_store_ablation_trains_the_other_arms_beside_the_store_and_the_page_show
     assert not (tmp_path / "reuse" / "fine-tune").exists()
     sentences = results.ablation_comparisons(store)
     assert len(sentences) == 4 and sentences[0].startswith("Fine-tuning − scratch, val macro-F1")
+    differences = results.ablation_differences(store)
+    assert [row["supported"] for row in differences] == [row["low"] > 0 or row["high"] < 0 for row in differences]
+    assert any(line.startswith("the paper's Table 2 on its own data") for line in results.demo_scope(store)["can"])
     app_module.app.server.test_client().get("/")
     from pages import performance
 

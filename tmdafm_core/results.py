@@ -180,6 +180,11 @@ def demo_scope(cache_dir, profile: dict | None = None) -> dict[str, list[str]]:
         supported = int(((judged["diff_low"] > 0) | (judged["diff_high"] < 0)).sum())
         can.append(f"honest comparisons: {supported} of {len(judged)} Sequential − {arm} differences are supported "
                    "by their 95 % interval (/sequential)")
+    transfer = ablation_differences(cache_dir)
+    if transfer:
+        supported = sum(row["supported"] for row in transfer)
+        can.append(f"the paper's Table 2 on its own data: {supported} of {len(transfer)} fine-tuning − scratch / "
+                   "feature-extraction differences are supported by their 95 % interval (/performance)")
     cannot.append("any accuracy on real films: the images are generated, not measured")
     if arm == "Scratch":
         cannot.append("ImageNet transfer learning: nothing can be downloaded here, so the demo trains from scratch "
@@ -314,23 +319,32 @@ def _ablation_weights(folder: Path, table: pd.DataFrame) -> str:
     return (config or {}).get("weights") or "pretrained"
 
 
-def ablation_comparisons(cache_dir) -> list[str]:
+def ablation_differences(cache_dir) -> list[dict]:
     """Fine-tuning − scratch and fine-tuning − feature extraction macro-F1, fold by fold (the arms share the store's
-    folds), each on validation and test, as sentences with their 95 % intervals; empty without the table."""
-    from .comparisons import paired_difference, verdict
+    folds), each on validation and test: ``name``, ``mean``, ``low``, ``high`` (95 % Student-t interval over folds)
+    and ``supported`` (the interval excludes 0); empty without the table."""
+    from .comparisons import paired_difference
 
     folder = StoreLayout(cache_dir).ablation
     table = _read_csv(folder / ABLATION_NAME)
     if table is None:
         return []
     runs = table.drop_duplicates("mode").set_index("mode")["run"].map(lambda run: folder / str(run))
-    sentences = []
+    rows = []
     for other, name in (("scratch", "scratch"), ("feature-extraction", "feature extraction")):
         if "fine-tune" in runs and other in runs:
             for split in ("val", "test"):
                 mean, low, high = paired_difference(runs[other], runs["fine-tune"], split=split)
-                sentences.append(verdict(f"Fine-tuning − {name}, {split} macro-F1", mean, low, high))
-    return sentences
+                rows.append({"name": f"Fine-tuning − {name}, {split} macro-F1", "mean": mean, "low": low,
+                             "high": high, "supported": bool(low > 0 or high < 0)})
+    return rows
+
+
+def ablation_comparisons(cache_dir) -> list[str]:
+    """:func:`ablation_differences` as sentences (:func:`tmdafm_core.comparisons.verdict`)."""
+    from .comparisons import verdict
+
+    return [verdict(row["name"], row["mean"], row["low"], row["high"]) for row in ablation_differences(cache_dir)]
 
 
 # --- latent-space tables (/physical) ----------------------------------------------------------------------------
