@@ -177,10 +177,9 @@ def fresh_calibration(runs, *, size: int, n: int, seed: int) -> pd.DataFrame:
     from tmdafm_core.calibration import brier_score, ece_noise_floor, expected_calibration_error
     from tmdafm_core.training import predict_ensemble
 
-    jobs = synthetic.plan_dataset(n, seed=seed)
-    images = [synthetic.render_surface(job["params"], size, seed=job["seed"])[0] for job in jobs]
+    images, materials = synthetic.fresh_films(n, size=size, seed=seed)
     classes = list(runs[0].labels.classes)
-    true = np.array([classes.index(job["material"]) for job in jobs])
+    true = np.array([classes.index(material) for material in materials])
     rows = []
     temperatures = [run.temperature for run in runs]
     for name, calibrated in (("uncalibrated (T = 1)", False), ("calibrated (shipped)", True)):

@@ -11,6 +11,7 @@ from tmdafm_core.data.synthetic import (
     PAPER_CLASS_COUNTS,
     class_image_counts,
     descriptor_separability,
+    fresh_films,
     reference_params,
     render_surface,
     sample_params,
@@ -94,6 +95,16 @@ def test_same_seed_same_data_other_seed_other_data(small_set, tmp_path):
     assert (out / first).read_bytes() == (tmp_path / "again" / first).read_bytes()
     other = write_synthetic_dataset(tmp_path / "other", n=40, size=48, seed=4)
     assert not np.allclose(other["truth_domain_density_per_um2"], manifest["truth_domain_density_per_um2"])
+
+
+def test_fresh_films_are_the_written_data_set_in_memory(small_set):
+    out, manifest = small_set
+    images, materials = fresh_films(40, size=48, seed=3)  # the small set's own plan and seed: the same films
+    assert materials == list(manifest["material"])
+    first, _ = load_image(out / manifest["path"].iloc[0], scaling="min-max")
+    np.testing.assert_allclose((images[0] - images[0].min()) / np.ptp(images[0]), first, atol=1e-5)
+    other, _ = fresh_films(40, size=48, seed=4)
+    assert not np.allclose(other[0], images[0])
 
 
 def test_round_trip_through_read_dataset(small_set):

@@ -588,6 +588,30 @@ def plan_dataset(n: int = 1026, *, seed: int = 0) -> list[dict]:
     return jobs
 
 
+def fresh_films(n: int = 1026, *, size: int = 256, seed: int = 1001) -> tuple[list[np.ndarray], list[str]]:
+    """Height maps and materials of a whole new synthetic data set, rendered in memory: new samples from the same
+    plan as :func:`write_synthetic_dataset` (class shares, crops per sample), for judging a model trained on a data
+    set of another ``seed`` on many more images than its test set holds (every image here is from a sample it never
+    saw).
+
+    Parameters
+    ----------
+    n : int
+        Images (the paper's 1026 by default: ten times a demo store's test set).
+    size : int
+        Side in pixels of each 1 µm crop.
+    seed : int
+        Seed of the plan and the renders; differ from the training data set's (the demo's is 0).
+
+    Returns
+    -------
+    images : list of ndarray, shape (size, size)
+    materials : list of str
+    """
+    jobs = plan_dataset(n, seed=seed)
+    return [render_surface(job["params"], size, seed=job["seed"])[0] for job in jobs], [job["material"] for job in jobs]
+
+
 _TRUTH_PARAMETERS = {  # manifest column -> SampleParams field
     "truth_domain_density_per_um2": "domain_density_per_um2",
     "truth_domain_size_nm": "domain_size_nm",
