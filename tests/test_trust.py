@@ -207,7 +207,7 @@ def test_an_image_of_another_field_of_view_is_unfamiliar_when_its_pixel_size_is_
     assert predict_ensemble(runs, [big]).unfamiliar[0]  # the TIFF's own resolution tags
 
 
-def test_pixel_size_validation(stripe_run):
+def test_pixel_size_validation_and_predict_naming_the_scale(stripe_run, capsys):
     runs = load_ensemble(stripe_run[0])
     pixels = np.random.default_rng(0).random((32, 32))
     with pytest.raises(ValueError, match="pixel_size_nm has 2 values for 1 images"):
@@ -215,6 +215,11 @@ def test_pixel_size_validation(stripe_run):
     with pytest.raises(ValueError, match="pixel_size_nm must be positive"):
         predict_ensemble(runs, [pixels], pixel_size_nm=-4.0)
     assert main(["predict", str(stripe_run[0]), stripe_run[1]["path"].iloc[0], "--pixel-size-nm", "0"]) == 2
+    capsys.readouterr()
+    assert main(["predict", str(stripe_run[0]), stripe_run[1]["path"].iloc[0], "--pixel-size-nm", "20"]) == 0
+    assert ("1 of 1 images are unlike the training images (unfamiliar): their predictions are unreliable; 1 of them "
+            "because their field of view is more than 1.3x outside the training images' (0.13 µm)") \
+        in capsys.readouterr().err
 
 
 def test_probabilities_are_the_logits_over_the_temperature(stripe_run):

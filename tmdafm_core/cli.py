@@ -405,6 +405,20 @@ def _add_predict(sub) -> None:
     _strict_flag(p)
 
 
+def _scale_reason(run, result) -> str:
+    """How many unfamiliar images are at another scale than the training images, for predict's summary line."""
+    from tmdafm_core.novelty import SCALE_TOLERANCE, scale_novelty
+
+    trained = (run.novelty or {}).get("field_of_view_nm")
+    if trained is None:
+        return ""
+    scaled = int(((scale_novelty(trained, result.field_of_view_nm) > 1) & result.unfamiliar).sum())
+    low, high = (value / 1000 for value in trained)
+    span = f"{low:.2f} µm" if low == high else f"{low:.2f}-{high:.2f} µm"
+    return (f"; {scaled} of them because their field of view is more than {SCALE_TOLERANCE}x outside the training "
+            f"images' ({span})") if scaled else ""
+
+
 def _run_predict(args) -> int:
     import numpy as np
     from PIL import Image
@@ -419,10 +433,11 @@ def _run_predict(args) -> int:
     options = dict(cam=args.cam_kind if args.cam else False, on_error="raise" if args.strict else "skip",
                    crop_um=_crop(args), pixel_size_nm=args.pixel_size_nm)
     if args.fold == "all":
-        result = predict_ensemble(load_ensemble(args.run, device=args.device), [str(p) for p in args.images],
-                                  **options)
+        runs = load_ensemble(args.run, device=args.device)
+        result = predict_ensemble(runs, [str(p) for p in args.images], **options)
     else:
-        result = predict(load_run(args.run, args.fold, device=args.device), [str(p) for p in args.images], **options)
+        runs = [load_run(args.run, args.fold, device=args.device)]
+        result = predict(runs[0], [str(p) for p in args.images], **options)
     for path, reason in result.skipped:
         _say(f"skipped {path}: {reason}")
     for note in result.notes:
@@ -435,7 +450,7 @@ def _run_predict(args) -> int:
     flagged = int(result.unfamiliar.sum())
     if flagged:
         _say(f"{flagged} of {len(result.images)} images are unlike the training images (unfamiliar): their "
-             "predictions are unreliable")
+             "predictions are unreliable" + _scale_reason(runs[0], result))
     if args.cam:
         args.cam.mkdir(parents=True, exist_ok=True)
         for path, heat in zip(map(Path, result.images), result.cams, strict=True):
