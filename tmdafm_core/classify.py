@@ -425,22 +425,16 @@ def trust_sentence(result: dict) -> str:
 
 def _scale_sentence(result: dict) -> str | None:
     """Why an image is unfamiliar when its field of view lies outside the training images' by the scale tolerance."""
-    from .novelty import SCALE_TOLERANCE
+    from .novelty import field_of_view_text, scale_novelty
 
     fov, trained = result.get("field_of_view_nm"), result.get("training_field_of_view_nm")
-    if fov is None or trained is None:
+    if fov is None or trained is None or not scale_novelty(trained, [fov])[0] > 1:
         return None
     low, high = trained
-    if fov > high * SCALE_TOLERANCE:
-        how = f"{fov / high:.1f} times the largest"
-    elif fov < low / SCALE_TOLERANCE:
-        how = f"1/{low / fov:.1f} of the smallest"
-    else:
-        return None
-    span = f"{low / 1000:.2f} µm" if low == high else f"{low / 1000:.2f}-{high / 1000:.2f} µm"
-    return (f"Its field of view ({fov / 1000:.2f} µm) is {how} the models trained on ({span}): features appear at "
-            "another scale than the models learned, so the probabilities above are unreliable. Classify a crop of "
-            "the trained size instead.")
+    how = f"{fov / high:.1f} times the largest" if fov > high else f"1/{low / fov:.1f} of the smallest"
+    return (f"Its field of view ({fov / 1000:.2f} µm) is {how} the models trained on ({field_of_view_text(trained)}): "
+            "features appear at another scale than the models learned, so the probabilities above are unreliable. "
+            "Classify a crop of the trained size instead.")
 
 
 def _refused(name: str, message: str) -> dict:

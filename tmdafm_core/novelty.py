@@ -138,6 +138,12 @@ def field_of_view_range(field_of_view) -> list[float] | None:
     return [float(values.min()), float(values.max())] if len(values) else None
 
 
+def field_of_view_text(field_of_view_range) -> str:
+    """A training field-of-view range for people: ``"1.00 µm"``, or ``"0.80-1.20 µm"`` when it spans sizes."""
+    low, high = (float(v) / 1000.0 for v in field_of_view_range)
+    return f"{low:.2f} µm" if low == high else f"{low:.2f}-{high:.2f} µm"
+
+
 def scale_novelty(field_of_view_range, field_of_view, *, tolerance: float = SCALE_TOLERANCE) -> np.ndarray:
     """Scale part of the novelty (N,): 0 inside the training range, ``log(ratio) / log(tolerance)`` outside.
 

@@ -321,8 +321,8 @@ def _as_height_map(item, index: int, scaling: str = "min-max", crop_um: float | 
     if min(image.shape) < MIN_SIDE_PX:
         raise ValueError(f"{name}: {image.shape[1]} x {image.shape[0]} px is too small to classify (at least "
                          f"{MIN_SIDE_PX} px a side)")
-    known = pixel_size_nm is not None and np.isfinite(pixel_size_nm) and pixel_size_nm > 0
-    return name, image, float(field_of_view_nm(pixel_size_nm, *image.shape)) if known else np.nan
+    # Sizes were checked positive (_pixel_sizes, load_image); unknown is None or NaN, and NaN carries through.
+    return name, image, float(field_of_view_nm(np.nan if pixel_size_nm is None else pixel_size_nm, *image.shape))
 
 
 def _pixel_sizes(pixel_size_nm, n: int) -> list:
