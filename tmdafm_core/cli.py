@@ -407,16 +407,14 @@ def _add_predict(sub) -> None:
 
 def _scale_reason(run, result) -> str:
     """How many unfamiliar images are at another scale than the training images, for predict's summary line."""
-    from tmdafm_core.novelty import SCALE_TOLERANCE, scale_novelty
+    from tmdafm_core.novelty import SCALE_TOLERANCE, field_of_view_text, scale_novelty
 
     trained = (run.novelty or {}).get("field_of_view_nm")
     if trained is None:
         return ""
     scaled = int(((scale_novelty(trained, result.field_of_view_nm) > 1) & result.unfamiliar).sum())
-    low, high = (value / 1000 for value in trained)
-    span = f"{low:.2f} µm" if low == high else f"{low:.2f}-{high:.2f} µm"
     return (f"; {scaled} of them because their field of view is more than {SCALE_TOLERANCE}x outside the training "
-            f"images' ({span})") if scaled else ""
+            f"images' ({field_of_view_text(trained)})") if scaled else ""
 
 
 def _run_predict(args) -> int:
@@ -785,7 +783,7 @@ def _add_ablation(sub) -> None:
 
 
 def _run_ablation(args) -> int:
-    from tmdafm_core.experiments import PAPER_ABLATION_MODEL, ablation_study, store_ablation
+    from tmdafm_core.experiments import store_ablation
     from tmdafm_core.layout import ABLATION_NAME, StoreLayout
 
     if args.store is not None:
@@ -799,17 +797,19 @@ def _run_ablation(args) -> int:
     else:
         if args.data is None or args.out is None:
             raise ValueError("give DATA and --out DIR, or --store CACHE")
-        table, out = _ablation_from_data(args, PAPER_ABLATION_MODEL, ablation_study), args.out
+        table, out = _ablation_from_data(args), args.out
     wide = table.pivot_table(index="mode", columns="split", values=["accuracy_mean", "f1_mean"], sort=False)
     print(wide.to_string(float_format=lambda v: f"{100 * v:.1f}"))
     print(f"table: {out / ABLATION_NAME}")
     return 0
 
 
-def _ablation_from_data(args, paper_model: dict, ablation_study):
+def _ablation_from_data(args):
+    from tmdafm_core.experiments import PAPER_ABLATION_MODEL, ablation_study
+
     model = {"arch": args.arch, "weights": args.weights}
     if args.profile == "paper":
-        model = {key: value if value is not None else paper_model[key] for key, value in model.items()}
+        model = {key: value if value is not None else PAPER_ABLATION_MODEL[key] for key, value in model.items()}
     manifest, options = _experiment_setup(args, **model)
     return ablation_study(manifest, args.out, task=args.task, progress=True, **options)
 

@@ -713,6 +713,20 @@ def store_ablation(store, *, weights: str | None = None, progress: bool = False)
         As :func:`ablation_study`; also written to ``STORE/ablation/ablation.csv``.
     """
     from .layout import StoreLayout, load_manifest
+
+    layout = StoreLayout(store)
+    options = store_ablation_options(store, weights=weights)
+    reuse = {"fine-tune": layout.run("mtc")} if weights is None else {}
+    jobs = layout.recorded_profile().train_options.get("fold_jobs")
+    return ablation_study(load_manifest(store), layout.ablation, task="mtc", progress=progress, given=reuse,
+                          **({"fold_jobs": jobs} if jobs else {}), **options)
+
+
+def store_ablation_options(store, *, weights: str | None = None) -> dict:
+    """The ``cross_validate`` keywords :func:`store_ablation` trains with: the store's MtC run options (its backbone
+    file for the profile's own), ``weights`` instead of its start when given. ValueError when the store has no MtC
+    run or no pretrained start."""
+    from .layout import StoreLayout
     from .steps import run_training_options, with_backbone
 
     layout = StoreLayout(store)
@@ -723,12 +737,10 @@ def store_ablation(store, *, weights: str | None = None, progress: bool = False)
     if weights is not None:
         options["weights"] = weights
     if str(options.get("weights", "none")) == "none":
-        raise ValueError(f"{store}: the store's runs train from scratch, so there is no pretrained start to compare; "
-                         "give --weights (imagenet-v1, imagenet-v2 or a backbone file)")
-    reuse = {"fine-tune": layout.run("mtc")} if weights is None else {}
-    jobs = profile.train_options.get("fold_jobs")
-    return ablation_study(load_manifest(store), layout.ablation, task="mtc", progress=progress, given=reuse,
-                          **({"fold_jobs": jobs} if jobs else {}), **options)
+        raise ValueError(f"{store}: the store's runs train from scratch, so there are no pretrained weights to "
+                         "compare; give some (`tmdafm ablation --weights`: imagenet-v1, imagenet-v2 or a backbone "
+                         "file)")
+    return options
 
 
 def _backbone_features(split: pd.DataFrame, run_dir: Path, arch, weights, options, progress) -> FeatureTable:

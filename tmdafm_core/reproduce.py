@@ -136,8 +136,7 @@ def _run_settings(options: dict, **model) -> dict:
 
 
 def _table2(ctx: _Context) -> Artifact:
-    from .experiments import PAPER_ABLATION_MODEL, ablation_study, store_ablation
-    from .steps import run_training_options, with_backbone
+    from .experiments import PAPER_ABLATION_MODEL, ablation_study, store_ablation, store_ablation_options
 
     _say(ctx, "table 2: fine-tuning vs feature extraction vs scratch")
     if ctx.profile.training == "paper":  # the paper's Table 2 model (ResNet18, ImageNet V1), beside the store
@@ -146,11 +145,12 @@ def _table2(ctx: _Context) -> Artifact:
                                **rest)
         settings = _run_settings(rest, **PAPER_ABLATION_MODEL)
     else:  # the store's own Table 2, as its MtC run trains (which is the fine-tuning arm); the app shows it too
-        options = with_backbone(ctx.store, run_training_options(ctx.profile))
-        if str(options.get("weights", "none")) == "none":
-            raise NotMade("Table 2 contrasts pretrained weights with training from scratch; this profile has no "
-                          "pretrained weights (the demo profile's AFM-pretrained backbone, or --profile paper with "
-                          "ImageNet weights in the torchvision cache)")
+        try:
+            options = store_ablation_options(ctx.store)
+        except ValueError as exc:  # no pretrained start, or an MtC run given without scores (--run)
+            raise NotMade(f"Table 2 contrasts pretrained weights with training from scratch; {exc} (the demo "
+                          "profile has its AFM-pretrained backbone; --profile paper uses ImageNet weights in the "
+                          "torchvision cache)") from None
         table = store_ablation(ctx.store, progress=ctx.progress is True)
         settings = _run_settings(options)
     files = [_write_table(ctx, "table2", table)]
