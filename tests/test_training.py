@@ -312,10 +312,18 @@ def test_feature_mlp_tunes_each_fold_on_its_training_part(tmp_path, monkeypatch)
         cross_validate(images, tmp_path / "img_run", folds=2, tune=True, **TINY)
 
 
-def test_bf16_autocast_on_the_cpu_trains_an_image_run(stripes, tmp_path):
+def test_bf16_autocast_on_the_cpu_trains_an_image_run_and_predicts_with_it(stripes, tmp_path):
     metrics = cross_validate(stripes, tmp_path / "bf16", folds=2, precision="bf16", **TINY)
     assert json.loads((tmp_path / "bf16" / "config.json").read_text())["precision"] == "bf16"
     assert np.isfinite(metrics["f1_macro"]["val"]["mean"]) and metrics["precision_used"] == "bf16"
+    # Predictions are computed as the held-out outputs its temperature was fitted on: in bf16.
+    run = load_run(tmp_path / "bf16")
+    paths = list(stripes["path"][:6])
+    assert run.precision == "bf16"
+    bf16 = predict(run, paths).class_probabilities
+    run.precision = "fp32"
+    difference = np.abs(bf16 - predict(run, paths).class_probabilities).max()
+    assert 0 < difference < 0.05
 
 
 @pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "fp32")])

@@ -124,6 +124,10 @@ class Run:
     novelty : dict or None
         The fold's :func:`tmdafm_core.novelty.fit_reference` (None: trained before references were kept, or
         imported).
+    precision : {"auto", "native", "bf16", "fp32"}
+        The run's training precision, which its forward passes here use too (resolved on this machine by
+        :func:`~tmdafm_core.training.config.resolve_precision`): its temperature and novelty reference were
+        fitted on outputs computed that way, and bf16 is ~3x faster on CPUs that compute it in hardware.
     """
 
     model: nn.Module
@@ -139,6 +143,7 @@ class Run:
     temperature: float = 1.0
     novelty: dict | None = None
     calibrated: bool = False
+    precision: str = "auto"
 
     @property
     def is_image(self) -> bool:
@@ -224,7 +229,7 @@ def load_run(run_dir, fold="best", *, device: str = "cpu") -> Run:
                checkpoint["mean"], checkpoint["std"], fold, run_dir, torch_device,
                scaling=checkpoint.get("scaling", "min-max"),
                temperature=float(calibration["temperature"]) if calibration else 1.0, novelty=novelty,
-               calibrated=calibration is not None)
+               calibrated=calibration is not None, precision=checkpoint["args"].get("precision", "auto"))
 
 
 @dataclass
@@ -451,7 +456,7 @@ def _predict_loaded(run: Run, loaded: list, skipped: list, *, cam, batch_size: i
     logits_all, latent_all, statistics_all, cams = [], [], [], [] if cam else None
     for start, stop in _same_shape_batches(inputs, batch_size):
         x = run.batches(torch.stack(inputs[start:stop]))(np.arange(stop - start))
-        with torch.inference_mode(), _autocast(run.device):
+        with torch.inference_mode(), _autocast(run.device, run.precision):
             logits, embedding, maps, statistics = run.model.forward_all(x, latent=latent)
         logits_all.append(logits.float().cpu())
         latent_all.append(embedding.float().cpu())
@@ -586,7 +591,7 @@ def embed(run: Run, data, *, batch_size: int = 64, progress: bool = False, laten
     with torch.inference_mode():
         for start in tqdm(range(0, len(stored), batch_size), desc="embedding", unit="batch", disable=not progress,
                           leave=False):
-            with _autocast(run.device):
+            with _autocast(run.device, run.precision):
                 values = run.model.embed(batches(np.arange(start, min(start + batch_size, len(stored)))),
                                          latent=latent)
             _check_finite(values, run)
