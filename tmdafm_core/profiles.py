@@ -103,10 +103,11 @@ class Profile:
     fold_jobs : int, optional
         Override of the training profile's folds trained at once in local processes (speed only; ``tiny`` uses 1:
         its runs are too short to repay starting processes).
-    pretrain_images, pretrain_epochs, pretrain_objective
+    pretrain_images, pretrain_epochs, pretrain_objective, pretrain_image_size
         With ``pretrain_images > 0`` the ``pretrain`` step pretrains the profile's backbone on that many images of
-        a synthetic corpus from the generator's whole parameter space (:mod:`tmdafm_core.pretrain`), and every
-        run whose ``weights`` is ``"afm-pretrained"`` (:data:`PRETRAINED_WEIGHTS`) fine-tunes from it: the demo's
+        a synthetic corpus from the generator's whole parameter space (:mod:`tmdafm_core.pretrain`) at
+        ``pretrain_image_size`` px, and every run whose ``weights`` is ``"afm-pretrained"``
+        (:data:`PRETRAINED_WEIGHTS`) fine-tunes from it (at its own input side: a ResNet takes any): the demo's
         stand-in for ImageNet, titled "AFM-pretrained (synthetic)" on every page.
     """
 
@@ -135,6 +136,7 @@ class Profile:
     pretrain_images: int = 0
     pretrain_epochs: int = 10
     pretrain_objective: str = "parameters"
+    pretrain_image_size: int = 64
 
     def __post_init__(self):
         if self.descriptors not in DESCRIPTOR_SETS:
@@ -168,12 +170,16 @@ class Profile:
 #: ``demo`` runs on a 2-core laptop without a download: it pretrains its own backbone on synthetic images and fine-tunes
 #: from it (the experiments' demo training options otherwise). Pretraining was chosen by measurement (demo MtC run,
 #: validation macro-F1 from 16 training images per class / from all): scratch 0.33 / 0.68, parameter regression
-#: 0.48 / 0.72, SimCLR contrastive 0.49 / 0.69 at twice the pretraining time (2048 images, 10 epochs each);
-#: ``paper`` is the study's setting (the experiments' paper options: ImageNet weights from the torchvision cache,
-#: 60 epochs, 5 folds) and is meant for a GPU (``device="cuda"``); ``tiny`` builds a whole store in well under a
-#: minute, for tests and trying the app.
+#: 0.48 / 0.72, SimCLR contrastive 0.49 / 0.69 at twice the pretraining time (2048 images, 10 epochs each). Its MtC and
+#: MtL runs train at 128 px for 20 epochs, also by measurement (macro-F1 of the 2-fold ensemble on 1026 fresh films
+#: of the demo generator, MtC / MtL, seconds per run on 2 cores): 64 px x 10 epochs 76.0 / 65.6 (80 s), 64 x 20
+#: 78.7 / - (117 s), 96 x 15 78.5 / 79.4 (117-153 s), 128 x 12 80.7 / 79.2 (128-146 s), 128 x 20 81.3 / 82.4
+#: (~210 s): at 64 px a ResNet18's last feature map is 2 x 2 and MtL's element calls suffer most. The backbone
+#: still pretrains at 64 px (``pretrain_image_size``). ``paper`` is the study's setting (the experiments' paper
+#: options: ImageNet weights from the torchvision cache, 60 epochs, 5 folds) and is meant for a GPU
+#: (``device="cuda"``); ``tiny`` builds a whole store in well under a minute, for tests and trying the app.
 PROFILES = {
-    "demo": Profile("demo", run_epochs=10, run_image_size=64, volumes=("full", 16), sequential_task="both",
+    "demo": Profile("demo", run_epochs=20, run_image_size=128, volumes=("full", 16), sequential_task="both",
                     weights=PRETRAINED_WEIGHTS, pretrain_images=1536, pretrain_epochs=8),
     "paper": Profile("paper", size=256, training="paper"),
     "tiny": Profile("tiny", n=80, size=32, n_folds=2, epochs=1, image_size=32, order=("MoS2", "WS2", "WSe2"),

@@ -189,7 +189,7 @@ def _step_pretrain(ctx: _Context):
         return []
     from .pretrain import backbone_description_path, pretrain_backbone, save_backbone, synthetic_corpus
 
-    image_size = _pretrain_image_size(ctx)
+    image_size = int(profile.pretrain_image_size)
     report(ctx.progress, f"pretrain: rendering {profile.pretrain_images} corpus images", 0, 2)
     images, truth = synthetic_corpus(profile.pretrain_images, size=profile.size, image_size=image_size,
                                      seed=profile.seed, jobs=os.cpu_count() or 1)
@@ -200,11 +200,6 @@ def _step_pretrain(ctx: _Context):
                                progress=ctx.progress)
     path = save_backbone(result, folder / BACKBONE_NAME, title=PRETRAINED_TITLE)
     return [path, backbone_description_path(path)]
-
-
-def _pretrain_image_size(ctx: _Context) -> int:
-    """The backbone learns at the input side of the MtC / MtL runs it serves (64 px when the profile has none)."""
-    return _run_options(ctx).get("image_size") or 64
 
 
 def _train_run(ctx: _Context, task: str):
@@ -368,7 +363,7 @@ def _settings(ctx: _Context, step: str) -> dict:
             return {"pretrain": None}
         return {"images": profile.pretrain_images, "epochs": profile.pretrain_epochs, "size": profile.size,
                 "objective": profile.pretrain_objective, "seed": profile.seed, "arch": ctx.train.get("arch"),
-                "image_size": _pretrain_image_size(ctx),
+                "image_size": int(profile.pretrain_image_size),
                 "precision": ctx.train.get("precision"), "format": 1}
     if step in ("mtc", "mtl"):
         if step in ctx.given_runs:
