@@ -355,11 +355,15 @@ def test_a_pretraining_profile_fine_tunes_its_runs_and_arm_from_the_stores_backb
     from tmdafm_core import results
 
     profile = dataclasses.replace(PROFILE, order=("MoS2", "WS2"), sequential_task="mtc", n_boot=20,
-                                  weights=pipeline.PRETRAINED_WEIGHTS, pretrain_images=16, pretrain_epochs=1)
+                                  weights=pipeline.PRETRAINED_WEIGHTS, pretrain_images=16, pretrain_epochs=1,
+                                  pretrain_image_size=40)
     cache = tmp_path / "cache"
     pipeline.precompute(cache, profile=profile, steps=["mtc", "sequential"])
     backbone = cache / "pretrained" / "backbone.pt"
     assert backbone.is_file() and store.step_done(cache, "pretrain")
+    # The backbone learns at its own side; the runs fine-tune it at theirs.
+    assert json.loads(backbone.with_suffix(".json").read_text())["image_size"] == 40
+    assert json.loads((cache / "runs" / "mtc" / "config.json").read_text())["image_size"] == 32
     assert json.loads((cache / "runs" / "mtc" / "config.json").read_text())["weights"] == str(backbone)
     assert json.loads((cache / "sequential" / "study.json").read_text())["train"]["weights"] == str(backbone)
     assert results.mode_titles(cache)["imagenet"] == "AFM-pretrained (synthetic)"
