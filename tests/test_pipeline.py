@@ -402,7 +402,7 @@ def test_procrustes_align_validates_its_input():
 
 @pytest.mark.slow
 def test_demo_profile_builds_a_complete_learnt_store(tmp_path):
-    """The heavy twin of the tiny-profile tests above: the real demo store (about 10 minutes on 2 cores)."""
+    """The heavy twin of the tiny-profile tests above: the real demo store (about 14 minutes on 2 cores)."""
     cache = tmp_path / "cache"
     results = pipeline.precompute(cache, profile="demo")
     assert [r.step for r in results] == list(pipeline.STEPS)

@@ -42,9 +42,10 @@ STEP_NAMES = {
 }
 
 #: Each step's share of the demo build, in seconds of the cold demo build on a 2-core CPU (bench_demo_models.py,
-#: session 5); the whole build's ETA scales them by the speed this build has shown so far.
-STEP_SECONDS = {"dataset": 15.5, "thumbnails": 4.7, "descriptors": 10.8, "pretrain": 98.9, "mtc": 79.2, "mtl": 69.5,
-                "sequential": 222.1, "latent-mtc": 23.9, "latent-mtl": 13.8, "latent-sequential": 22.9}
+#: session 8: MtC / MtL at 128 px for 20 epochs); the whole build's ETA scales them by the speed this build has shown
+#: so far.
+STEP_SECONDS = {"dataset": 12.5, "thumbnails": 4.4, "descriptors": 11.7, "pretrain": 83.4, "mtc": 212.2, "mtl": 228.9,
+                "sequential": 225.5, "latent-mtc": 27.7, "latent-mtl": 12.2, "latent-sequential": 21.4}
 
 #: What the data set and thumbnail steps report (every later step re-checks them first).
 _DEPENDENCY_MESSAGES = ("generating synthetic images", "reading the data set", "data set ready", "making thumbnails",
