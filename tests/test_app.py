@@ -156,13 +156,13 @@ def test_banner_line_names_the_step_its_progress_and_an_eta():
               "message": "making thumbnails", "done": 250, "total": 1000, "phase_started": 100.0,
               "step_started": 90.0, "pid": os.getpid()}
     line = build.build_line(status, now=110.0)  # 250 in 10 s: 750 more take 30 s
-    assert line == ("Building the demo store (3% done): step 2 of 9 — thumbnails (making thumbnails, 250/1000, "
+    assert line == ("Building the demo store (2% done): step 2 of 9 — thumbnails (making thumbnails, 250/1000, "
                     "about 30 s left)")
     # The data set took twice its typical time here: the steps left are expected at half the typical speed too.
     timed = {**status, "finished_seconds": {"dataset": 2 * build.STEP_SECONDS["dataset"]}}
     expected = 2 * (sum(build.STEP_SECONDS.values()) - build.STEP_SECONDS["dataset"] - build.STEP_SECONDS["thumbnails"])
     assert build.build_eta_seconds(timed, now=110.0) == pytest.approx(expected + 30)
-    assert build.build_line(timed, now=110.0).startswith("Building the demo store (3% done, about 18 min to go)")
+    assert build.build_line(timed, now=110.0).startswith("Building the demo store (2% done, about 27 min to go)")
     opaque = {**status, "step": "mtc", "number": 4, "message": "mtc: computing (not computed yet)", "done": 0,
               "total": 1}
     assert build.build_line(opaque, now=90.0 + 125).endswith("(mtc: computing (not computed yet), running for "
