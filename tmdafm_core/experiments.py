@@ -56,7 +56,7 @@ import pandas as pd
 from . import progress as progress_reports
 from .data import PAPER_MATERIALS, FeatureTable, LabelSpace
 from .data.splits import fold_training_positions, prepare_split
-from .layout import ABLATION_NAME, MODES
+from .layout import ABLATION_MODES, ABLATION_NAME, MODES
 from .models import ARCHITECTURES, WEIGHT_CHOICES
 from .parallel import shared_pools
 from .profiles import RECIPES, recipe_options
@@ -80,7 +80,6 @@ RESULTS_NAME, STUDY_NAME = "results.csv", "study.json"
 RESULT_COLUMNS = ("n_classes", "mode", "task", "volume", "split", "f1_mean", "f1_std", "accuracy_mean",
                   "accuracy_std", "new_class", "new_class_train_images", "run", "diff_mean", "diff_low", "diff_high")
 ARCHITECTURES_NAME = "architectures.csv"
-ABLATION_MODES = ("fine-tune", "feature-extraction", "scratch")
 
 #: The model of the paper's Table 2 (fine-tuning vs feature extraction vs scratch).
 PAPER_ABLATION_MODEL = {"arch": "resnet18", "weights": "imagenet-v1"}

@@ -47,8 +47,10 @@ METRICS_NAME, CONFIG_NAME = "metrics.json", "config.json"
 PREDICTIONS_NAME, EMBEDDINGS_NAME = "predictions.csv", "embeddings.parquet"
 PROJECTION_NAME, PROJECTION_TABLE_NAME = "projection.npz", "projection.csv"
 STUDY_RESULTS_NAME = "results.csv"
-#: Optional experiments a store can hold beside its steps: the paper's Table 2 (``tmdafm ablation --store``).
+#: Optional experiments a store can hold beside its steps: the paper's Table 2 (``tmdafm ablation --store``), its
+#: arms in the paper's order (a run folder each).
 ABLATION_DIR, ABLATION_NAME = "ablation", "ablation.csv"
+ABLATION_MODES = ("fine-tune", "feature-extraction", "scratch")
 #: The tasks (a run folder each), the sequential study's arms (a folder each) and the partitions of every table.
 TASKS = ("mtc", "mtl")
 MODES = ("imagenet", "sequential")

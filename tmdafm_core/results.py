@@ -17,6 +17,7 @@ import pandas as pd
 from .data import LabelSpace
 from .features import FEATURE_COLUMNS, get_descriptor
 from .layout import (  # noqa: F401 (precompute_command: public here)
+    ABLATION_MODES,
     ABLATION_NAME,
     CONFIG_NAME,
     TASKS,
@@ -291,10 +292,6 @@ def architectures(cache_dir) -> pd.DataFrame | None:
     return _read_csv(Path(cache_dir) / ARCHITECTURES_PATH)
 
 
-#: The paper's Table 2 arms, in its order: what each starts from is filled in from the runs.
-ABLATION_ARMS = ("fine-tune", "feature-extraction", "scratch")
-
-
 def ablation(cache_dir) -> pd.DataFrame | None:
     """The store's Table 2 (``tmdafm ablation --store``): one row per arm with ``mode``, ``title``, and val/test
     macro-F1 and accuracy means and stds; None when not made."""
@@ -305,7 +302,7 @@ def ablation(cache_dir) -> pd.DataFrame | None:
     wide = table.pivot_table(index="mode", columns="split", values=["f1_mean", "f1_std", "accuracy_mean",
                                                                    "accuracy_std"], sort=False)
     wide.columns = [f"{metric.split('_')[0]}_{split}_{metric.split('_')[1]}" for metric, split in wide.columns]
-    wide = wide.reindex([arm for arm in ABLATION_ARMS if arm in wide.index]).reset_index()
+    wide = wide.reindex([arm for arm in ABLATION_MODES if arm in wide.index]).reset_index()
     base = base_arm_title(_ablation_weights(folder, table))
     titles = {"fine-tune": f"Fine-tuned from {base}",
               "feature-extraction": f"Feature extraction: frozen {base} backbone + MLP", "scratch": "From scratch"}
