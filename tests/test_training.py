@@ -215,6 +215,7 @@ def test_unknown_architecture_fails_before_training(stripes, tmp_path):
     ({"precision": "fp16"}, "precision must be one of"),
     ({"schedule": "step"}, "schedule must be one of"),
     ({"optimizer": "sgd"}, "optimizer must be one of"),
+    ({"ema_decay": 1.0}, "ema_decay must be in"),
 ])
 def test_bad_settings_are_one_line_errors(change, message):
     with pytest.raises(ValueError, match=message) as error:
@@ -350,6 +351,31 @@ def test_warmup_cosine_rises_to_lr_then_decays_to_zero():
     assert rates[-1] < 1e-4
     constant, none = training.build_optimizer(model, TrainConfig(lr=0.01), steps_per_epoch=10)
     assert none is None and isinstance(constant, torch.optim.Adam)
+
+
+def test_weight_average_starts_after_warmup_and_decays_per_step():
+    model = torch.nn.Linear(1, 1, bias=False)
+    average = training.engine.WeightAverage(model, 0.75, start_step=2)
+    with torch.no_grad():
+        model.weight.fill_(4.0)
+        average.update(model)  # step 1: still warming up
+        assert average.scored(model) is model
+        model.weight.fill_(8.0)
+        average.update(model)  # step 2: the average starts as a copy
+        model.weight.fill_(0.0)
+        average.update(model)  # step 3: 0.75 * 8 + 0.25 * 0
+    scored = average.scored(model)
+    assert scored is not model and float(scored.weight) == pytest.approx(6.0)
+    assert float(model.weight) == 0.0
+
+
+def test_weight_averaged_run_keeps_the_average(stripes, tmp_path):
+    cross_validate(stripes, tmp_path / "raw", folds=2, **{**TINY, "epochs": 2})
+    cross_validate(stripes, tmp_path / "ema", folds=2, ema_decay=0.5, **{**TINY, "epochs": 2})
+    assert json.loads((tmp_path / "ema" / "config.json").read_text())["ema_decay"] == 0.5
+    raw, averaged = (torch.load(tmp_path / name / "fold0.pt", weights_only=True)["model"] for name in ("raw", "ema"))
+    assert raw.keys() == averaged.keys()
+    assert not torch.equal(raw["head.out.weight"], averaged["head.out.weight"])
 
 
 def test_schedule_and_optimizer_are_recorded_in_the_run(stripes, tmp_path):

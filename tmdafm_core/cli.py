@@ -227,6 +227,10 @@ def _training_options(p: argparse.ArgumentParser) -> None:
                    help="adam (weight decay as L2, the paper) or adamw (decoupled decay) (default: adam)")
     p.add_argument("--weight-decay", type=float, default=0.0,
                    help="weight decay (train-features: with --no-tune) (default: 0)")
+    p.add_argument("--ema-decay", type=float, default=0.0,
+                   help="validate and keep an exponential moving average of the weights, updated per step with "
+                        "this decay after the warm-up (e.g. 0.98 for ~300 steps; smooths a high learning rate's "
+                        "epoch-to-epoch jumps); 0: the raw weights, as the paper (default: 0)")
     p.add_argument("--seed", type=int, default=0, help="seed of split, initialisation, sampling, flips (default: 0)")
     p.add_argument("--dask", metavar="ADDR", help="run the folds as tasks on this Dask scheduler")
     p.add_argument("--allow-duplicates", action="store_true",
@@ -238,7 +242,7 @@ def _fit(data, args, **model_options) -> int:
 
     options = dict(task=args.task, folds=args.folds, epochs=args.epochs, device=args.device,
                    precision=args.precision, schedule=args.schedule, optimizer=args.optimizer,
-                   weight_decay=args.weight_decay, seed=args.seed,
+                   weight_decay=args.weight_decay, ema_decay=args.ema_decay, seed=args.seed,
                    select=args.select, weighted_sampler=args.weighted_sampler, test_fraction=args.test_fraction,
                    dask_address=args.dask, progress=True, allow_duplicates=args.allow_duplicates, **model_options)
     if len(args.lr) * len(args.dropout) * len(args.batch_size) > 1 and not model_options.get("tune"):

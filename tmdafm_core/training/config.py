@@ -39,7 +39,9 @@ _RESUME_FREE = {"device", "source", "notes"}
 class TrainConfig:
     """Everything that defines a training run (stored as ``config.json`` and in every checkpoint's ``args``).
 
-    ``arch``/``weights``/``image_size`` are ignored (None) for feature-table runs.
+    ``arch``/``weights``/``image_size`` are ignored (None) for feature-table runs. ``ema_decay`` > 0 validates,
+    keeps and saves an exponential moving average of the weights (per optimizer step, from the end of the warm-up;
+    torchvision references' ``--model-ema``) instead of the raw weights; 0 (the paper) keeps the raw weights.
     """
 
     arch: str | None = "resnet18"
@@ -60,6 +62,7 @@ class TrainConfig:
     select: str = "f1"
     weighted_sampler: bool = True
     test_fraction: float = 0.1
+    ema_decay: float = 0.0
 
     def validate(self) -> TrainConfig:
         if self.arch is not None:
@@ -78,6 +81,8 @@ class TrainConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) (0: no weight averaging), got {self.ema_decay}")
         if self.image_size is not None:
             check_input_side(self.image_size)
         for name, allowed in (("precision", PRECISIONS), ("schedule", SCHEDULES), ("optimizer", OPTIMIZERS)):

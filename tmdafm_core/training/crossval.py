@@ -199,6 +199,10 @@ def cross_validate(data, out_dir, config: TrainConfig | None = None, options: Ru
         Learning rate over training (:func:`build_optimizer`): the paper's constant rate, or a warm-up and cosine
         decay (the demo's scratch training).
     optimizer : {"adam", "adamw"}
+    ema_decay : float
+        0 (the paper): validate and keep the weights of each epoch's last step. In (0, 1): validate and keep an
+        exponential moving average of the weights and BatchNorm statistics, updated after every optimizer step from
+        the end of the warm-up (:class:`~tmdafm_core.training.engine.WeightAverage`).
     allow_duplicates : bool
         Train although some images repeat others (the same file or identical content,
         :func:`tmdafm_core.data.readers.find_duplicates`); by default that is refused, since a repeat can be

@@ -99,6 +99,35 @@ def _steps_per_epoch(n_train: int, batch_size: int) -> int:
     return max(1, math.ceil(_trained_count(n_train, batch_size) / batch_size))
 
 
+def _warmup_steps(config: TrainConfig, steps_per_epoch: int) -> int:
+    return max(1, round(WARMUP_SHARE * config.epochs * steps_per_epoch))
+
+
+class WeightAverage:
+    """Exponential moving average of a model's weights and BatchNorm statistics (torchvision references'
+    ``--model-ema``), updated after every optimizer step from ``start_step`` on.
+
+    It starts after the learning-rate warm-up: the weights before are far from where training settles. Validating
+    the average instead of the last step's weights removes most of the epoch-to-epoch jumps of a short, high-rate
+    training.
+    """
+
+    def __init__(self, model: nn.Module, decay: float, *, start_step: int):
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        self._averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        self._start_step, self._steps = start_step, 0
+
+    def update(self, model: nn.Module) -> None:
+        self._steps += 1
+        if self._steps >= self._start_step:
+            self._averaged.update_parameters(model)
+
+    def scored(self, model: nn.Module) -> nn.Module:
+        """The model to validate and keep: the average once it has started, else ``model`` itself."""
+        return self._averaged.module if int(self._averaged.n_averaged) > 0 else model
+
+
 def build_optimizer(model: nn.Module, config: TrainConfig, *, steps_per_epoch: int):
     """The optimizer and the per-step learning-rate scheduler (None for ``schedule="constant"``) of ``config``.
 
@@ -113,7 +142,7 @@ def build_optimizer(model: nn.Module, config: TrainConfig, *, steps_per_epoch: i
     if config.schedule == "constant":
         return optimizer, None
     total = config.epochs * steps_per_epoch
-    warmup = max(1, round(WARMUP_SHARE * total))
+    warmup = _warmup_steps(config, steps_per_epoch)
 
     def factor(step: int) -> float:
         if step < warmup:
@@ -128,8 +157,9 @@ def build_optimizer(model: nn.Module, config: TrainConfig, *, steps_per_epoch: i
 def train_one_epoch(model, optimizer, criterion, batches: InputBatches, targets: torch.Tensor,
                     class_index: np.ndarray, order: np.ndarray, *, task: str, element_matrix, batch_size: int,
                     flip_generator: torch.Generator, n_classes: int, precision: str = "auto",
-                    scheduler=None) -> dict:
-    """One pass over ``order`` (training positions) in train mode; ``scheduler`` steps after every batch.
+                    scheduler=None, averaged: WeightAverage | None = None) -> dict:
+    """One pass over ``order`` (training positions) in train mode; ``scheduler`` and ``averaged`` step after every
+    batch.
 
     Returns the mean loss and the accuracy / macro-F1 of the predictions made on the (augmented) training batches.
     """
@@ -149,6 +179,8 @@ def train_one_epoch(model, optimizer, criterion, batches: InputBatches, targets:
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
+        if averaged is not None:
+            averaged.update(model)
         total_loss += float(loss.detach()) * len(index)
         predictions.append(decode_classes(logits.detach().float(), task, element_matrix).cpu())
     scores = classification_scores(class_index[order], torch.cat(predictions).numpy(), n_classes)
@@ -270,6 +302,8 @@ def fit_fold(data: FoldData, config: TrainConfig, fold: int, *, progress: bool =
     model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
     steps = _steps_per_epoch(len(data.partitions["train"]), config.batch_size)
     optimizer, scheduler = build_optimizer(model, config, steps_per_epoch=steps)
+    averaged = WeightAverage(model, config.ema_decay, start_step=_warmup_steps(config, steps)) \
+        if config.ema_decay > 0 else None
     criterion = _criterion(task)
     batches = InputBatches(data.stored, mean=mean, std=std, device=device, channels_last=channels_last)
     targets = _targets(data.class_index, labels, task)
@@ -284,13 +318,14 @@ def fit_fold(data: FoldData, config: TrainConfig, fold: int, *, progress: bool =
     for epoch in epochs:
         order = epoch_order(parts["train"], data.class_index, weighted=config.weighted_sampler, generator=generator)
         train = train_one_epoch(model, optimizer, criterion, batches, targets, data.class_index, order,
-                                flip_generator=generator, scheduler=scheduler, **common)
-        val = evaluate(model, criterion, batches, targets, data.class_index, parts["val"], **common)
+                                flip_generator=generator, scheduler=scheduler, averaged=averaged, **common)
+        scored = averaged.scored(model) if averaged is not None else model
+        val = evaluate(scored, criterion, batches, targets, data.class_index, parts["val"], **common)
         history += [{"fold": fold, "epoch": epoch, "split": split, "loss": s["loss"], "accuracy": s["accuracy"],
                      "f1_macro": s["f1_macro"]} for split, s in (("train", train), ("val", val))]
         if _is_better(val, kept, config.select):
             kept, best_epoch = val, epoch
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in scored.state_dict().items()}
             best_optimizer = copy.deepcopy(optimizer.state_dict())
         epochs.set_postfix(val_f1=f"{val['f1_macro']:.3f}", best=best_epoch)
 
