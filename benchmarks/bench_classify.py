@@ -30,8 +30,8 @@ def _upload(seed: int) -> bytes:
 
 def straightforward(cache: Path, data: bytes) -> str:
     from tmdafm_core.data import load_image
+    from tmdafm_core.embeddings import Projection
     from tmdafm_core.features import compute_all
-    from tmdafm_core.latent import Projection
     from tmdafm_core.training import load_run, predict
 
     with tempfile.TemporaryDirectory() as folder:

@@ -79,7 +79,8 @@ def main() -> None:
 
     import tempfile
 
-    from tmdafm_core.latent import Projection, analyse, fit_projection
+    from tmdafm_core.embeddings import Projection, fit_projection
+    from tmdafm_core.latent import analyse
 
     frame, descriptors = make_data(args.n)
     embeddings = frame.filter(like="latent").to_numpy()

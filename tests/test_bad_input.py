@@ -71,9 +71,9 @@ def test_bad_option_values_are_one_line_errors(argv, message, tmp_path, capsys):
 
 
 def test_latent_checks_the_descriptor_table_before_embedding(tmp_path, capsys, monkeypatch):
-    from tmdafm_core import latent
+    from tmdafm_core import embeddings
 
-    monkeypatch.setattr(latent, "run_embeddings", lambda *a, **k: pytest.fail("embedded before checking inputs"))
+    monkeypatch.setattr(embeddings, "run_embeddings", lambda *a, **k: pytest.fail("embedded before checking inputs"))
     (tmp_path / "run").mkdir()
     assert main(["latent", str(tmp_path / "run"), str(tmp_path), "--out", str(tmp_path / "o"),
                  "--features", str(tmp_path / "missing.csv")]) == 2

@@ -15,6 +15,7 @@ from PIL import Image
 
 from tmdafm_core import classify, latent, pipeline, training
 from tmdafm_core.data.images import sniff_type
+from tmdafm_core.embeddings import fit_projection, run_embeddings
 from tmdafm_core.features import FEATURE_COLUMNS
 
 TINY = pipeline.Profile("tiny", n=80, size=32, n_folds=2)
@@ -31,8 +32,8 @@ def build_classify_store(cache):
     manifest = pipeline.load_manifest(cache)
     training.cross_validate(manifest, cache / "runs" / "mtc", weights="none", folds=2, epochs=1, image_size=64,
                             presplit=True, batch_size=16)
-    embeddings = latent.run_embeddings(cache / "runs" / "mtc", manifest)
-    projection = latent.fit_projection(embeddings)
+    embeddings = run_embeddings(cache / "runs" / "mtc", manifest)
+    projection = fit_projection(embeddings)
     rng = np.random.default_rng(0)
     features = pd.DataFrame(rng.random((len(manifest), len(FEATURE_COLUMNS))), columns=list(FEATURE_COLUMNS))
     features.insert(0, "image", manifest["image"])

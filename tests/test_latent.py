@@ -13,16 +13,13 @@ from sklearn.linear_model import LinearRegression
 from sklearn.model_selection import GroupKFold, KFold, cross_val_predict
 
 from tmdafm_core.cli import main
+from tmdafm_core.embeddings import Projection, fit_projection, run_embeddings, stage_structure
 from tmdafm_core.latent import (
     OUTPUT_FILES,
     TABLE5_COLUMNS,
-    Projection,
     analyse,
     bootstrap_pearson,
-    fit_projection,
     read_latent_outputs,
-    run_embeddings,
-    stage_structure,
     write_latent_outputs,
 )
 

@@ -13,6 +13,7 @@ import pytest
 
 from tmdafm_core import calibration, figures, latent, pipeline, results, selection
 from tmdafm_core.data import LabelSpace
+from tmdafm_core.embeddings import fit_projection
 from tmdafm_core.features import FEATURE_COLUMNS
 
 TINY = pipeline.Profile("tiny", n=40, size=32, n_folds=3)
@@ -67,7 +68,7 @@ def build_analysis_store(cache, *, seed: int = 0):
         _write_run(cache, task, manifest, rng)
     frame = pd.concat([manifest[["image", "sample_id", "material"]], pd.DataFrame(embeddings)], axis=1)
     frame.columns = [str(c) for c in frame.columns]
-    projection = latent.fit_projection(embeddings, n_components=6)
+    projection = fit_projection(embeddings, n_components=6)
     tables = latent.analyse(frame, features, projection=projection, n_boot=50, cv_folds=3, gallery_size=6)
     latent.write_latent_outputs(cache / "latent" / "mtc", tables, projection=projection)
     rows = []

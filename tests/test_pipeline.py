@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from tmdafm_core import pipeline, store
-from tmdafm_core.latent import procrustes_align
+from tmdafm_core.embeddings import procrustes_align
 
 # The tiny profile with the one-volume sweep (the 8-image cut adds runs, not code paths) and PCA only (UMAP's
 # first fit compiles for ~15 s; tests/test_latent.py covers it).

@@ -271,7 +271,7 @@ class Classifier:
     """
 
     def __init__(self, cache_dir):
-        from .latent import Projection
+        from .embeddings import Projection
 
         self.cache_dir = Path(cache_dir)
         missing = missing_for_classify(self.cache_dir)
@@ -312,7 +312,7 @@ class Classifier:
 
     def place(self, embedding: np.ndarray) -> dict[str, float]:
         """Coordinates of one embedding in the saved projection (PCs, and the 2-D UMAP when saved; no refit)."""
-        from .latent import pc_names, umap_names
+        from .embeddings import pc_names, umap_names
 
         scores = self.projection.transform(embedding)[0]
         placed = dict(zip(pc_names(len(scores)), map(float, scores), strict=True))

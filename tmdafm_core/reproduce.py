@@ -344,8 +344,8 @@ def _figure9(ctx: _Context, tables: dict, settings: dict, *, descriptors: int = 
 
 
 def _figure_s1(ctx: _Context) -> Artifact:
+    from .embeddings import fit_projection
     from .figures import colour_spec, latent_scatter_figure
-    from .latent import fit_projection
     from .training import extract
 
     options = ctx.options

@@ -119,8 +119,8 @@ def stage_panels(cache_dir, task: str, mode: str):
 
 def stage_structure(cache_dir, task: str) -> pd.DataFrame | None:
     """Class separation and centroid shifts of every stored sequential stage of ``task``
-    (:func:`tmdafm_core.latent.stage_structure` on the plotted axes), one row per mode and stage, or None."""
-    from .latent import stage_structure
+    (:func:`tmdafm_core.embeddings.stage_structure` on the plotted axes), one row per mode and stage, or None."""
+    from .embeddings import stage_structure
 
     tables = []
     for mode in SEQUENTIAL_MODES:

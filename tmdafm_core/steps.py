@@ -270,7 +270,8 @@ def _prediction_table(manifest: pd.DataFrame, predictions) -> pd.DataFrame:
 
 
 def _latent_run(ctx: _Context, task: str):
-    from .latent import analyse, fit_projection, read_descriptors, write_latent_outputs
+    from .embeddings import fit_projection
+    from .latent import analyse, read_descriptors, write_latent_outputs
     from .training import load_ensemble, predict_ensemble
 
     manifest = ctx.manifest
@@ -309,7 +310,7 @@ def _sequential_stage_runs(cache: Path) -> list[tuple[str, str, int, Path]]:
 
 
 def _step_latent_sequential(ctx: _Context):
-    from .latent import fit_projection, procrustes_align
+    from .embeddings import fit_projection, procrustes_align
     from .training import embed, load_run
 
     stages = _sequential_stage_runs(ctx.cache)

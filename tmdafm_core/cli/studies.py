@@ -86,14 +86,8 @@ def _add_latent(sub) -> None:
 
 
 def _run_latent(args) -> int:
-    from tmdafm_core.latent import (
-        analyse,
-        fit_projection,
-        read_descriptors,
-        run_embeddings,
-        split_embeddings,
-        write_latent_outputs,
-    )
+    from tmdafm_core.embeddings import fit_projection, run_embeddings, split_embeddings
+    from tmdafm_core.latent import analyse, read_descriptors, write_latent_outputs
 
     if args.fold == "all":
         raise ValueError("--fold all averages predictions; a latent space is one fold's: give best or a number")
