@@ -25,7 +25,7 @@ import dash
 from dash import Dash, Input, Output, State, dcc, html
 
 from pages import _build
-from tmdafm_core.build import build_command, read_status, start_build, step_states
+from tmdafm_core.build import build_command, read_status, start_build, step_states, stop_build
 from tmdafm_core.cli import DEFAULT_HOST, DEFAULT_PORT, PROFILE_ENV, add_app_arguments, app_profile
 from tmdafm_core.store import default_cache_dir, store_problem
 
@@ -40,8 +40,7 @@ _BUILDS_LOCK = threading.Lock()
 @atexit.register
 def _end_builds() -> None:
     for process in _BUILDS:
-        if process.poll() is None:
-            process.terminate()
+        stop_build(process)
 
 
 def _header() -> html.Header:

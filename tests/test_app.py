@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -127,6 +128,37 @@ def test_a_store_changed_after_it_was_written_is_announced_on_every_page(tmdafm_
         layout = tmdafm_app._layout()
     assert "store-damaged" in _ids(layout)
     assert "descriptors: features.csv: content changed" in json.dumps(layout.to_plotly_json(), default=str)
+
+
+def _group_members(group: int) -> list[int]:
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:  # fields after the command's closing parenthesis: state, ppid, pgrp, ...
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads process groups from /proc (Linux)")
+def test_stopping_a_build_ends_its_fold_workers_too(tmp_path):
+    import dataclasses
+
+    long_folds = dataclasses.replace(MICRO, epochs=200, fold_jobs=2)  # the MtC step's two folds train for a while
+    process = build.start_build(tmp_path / "cache", long_folds)
+    deadline = time.monotonic() + 120
+    while len(_group_members(process.pid)) < 3 and time.monotonic() < deadline:  # the build and its two workers
+        assert process.poll() is None, (tmp_path / "cache" / build.LOG_NAME).read_text()[-2000:]
+        time.sleep(0.2)
+    assert len(_group_members(process.pid)) >= 3, "the fold workers never started"
+    build.stop_build(process)
+    process.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while _group_members(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _group_members(process.pid) == []
 
 
 def test_a_second_build_while_one_holds_the_lock_starts_nothing(tmp_path):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -196,7 +197,11 @@ def _profile_argument(profile) -> str:
 
 def start_build(cache, profile="demo", *, server: int | None = None) -> subprocess.Popen | None:
     """Start :func:`build` in a new interpreter (its output in ``CACHE/.app-build.log``); None when another build
-    holds the store's lock. The caller keeps the process object (e.g. to end it when the server exits)."""
+    holds the store's lock. The caller keeps the process object and ends it with :func:`stop_build`.
+
+    The build leads a process group of its own: its training folds run in worker processes, which a signal to the
+    build alone would leave training (up to minutes, competing with the next build for the CPU).
+    """
     from filelock import Timeout
 
     cache = Path(cache)
@@ -210,9 +215,27 @@ def start_build(cache, profile="demo", *, server: int | None = None) -> subproce
     try:
         return subprocess.Popen([sys.executable, "-m", "tmdafm_core.build", str(cache), _profile_argument(profile),
                                  str(server if server is not None else os.getpid())],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     finally:
         log.close()
+
+
+def stop_build(process: subprocess.Popen) -> None:
+    """End a build :func:`start_build` started, with every worker process it started (SIGTERM to its group)."""
+    if process.poll() is not None and not _group_alive(process.pid):
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 def run_build(cache, profile="demo") -> dict:
@@ -220,7 +243,11 @@ def run_build(cache, profile="demo") -> dict:
     process = start_build(cache, profile)
     if process is None:
         return {"state": "busy"}
-    process.wait()
+    try:
+        process.wait()
+    except KeyboardInterrupt:  # the build runs in its own session: Ctrl-C here does not reach it
+        stop_build(process)
+        raise
     status = read_json(status_path(cache))
     if isinstance(status, dict) and status.get("state") in ("done", "failed"):
         return status
