@@ -31,6 +31,17 @@ def test_temperature_is_recovered_from_logits_the_test_scales(temperature):
     assert fitted == pytest.approx(temperature, rel=0.08)
 
 
+def test_mtl_temperature_is_fitted_on_the_class_probabilities_it_gives():
+    rng = np.random.default_rng(2)
+    matrix = np.array([[1, 0, 1, 0], [0, 1, 1, 0], [0, 1, 0, 1], [1, 0, 0, 1], [1, 1, 0, 1]], dtype=np.float32)
+    true_logits = rng.normal(scale=2.0, size=(4000, 4))
+    # classes drawn from the class probabilities of the unscaled element logits: T=1 is calibrated for them
+    p = calibration.class_probabilities(true_logits, element_matrix=matrix)
+    classes = np.array([rng.choice(len(row), p=row) for row in p])
+    fitted = calibration.fit_temperature(true_logits * 3.0, classes, task="mtl", element_matrix=matrix)
+    assert fitted == pytest.approx(3.0, rel=0.08)
+
+
 def test_mtl_temperature_scales_the_element_sigmoids():
     rng = np.random.default_rng(1)
     true_logits = rng.normal(scale=2.0, size=(4000, 4))
