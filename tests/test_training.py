@@ -365,7 +365,7 @@ def test_weight_average_starts_after_warmup_and_decays_per_step():
         model.weight.fill_(0.0)
         average.update(model)  # step 3: 0.75 * 8 + 0.25 * 0
     scored = average.scored(model)
-    assert scored is not model and float(scored.weight) == pytest.approx(6.0)
+    assert scored is not model and float(scored.weight.detach()) == pytest.approx(6.0)
     assert float(model.weight) == 0.0
 
 
