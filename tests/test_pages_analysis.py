@@ -255,6 +255,7 @@ def test_metrics_and_training_curves_figures(store):
     curves = figures.training_curves_figure(results.history(cache, "mtc"))
     means = [t for t in curves.data if t.name.endswith("(mean)")]
     assert len(means) == 4 and len(curves.data) == 4 + 2 * 2 * 3
+    assert curves.layout.yaxis.type == "log" and curves.layout.yaxis2.type is None  # loss log, F1 linear
     with pytest.raises(ValueError, match="history lacks"):
         figures.training_curves_figure(pd.DataFrame({"epoch": [1]}))
 

@@ -429,7 +429,8 @@ def confusion_figure(matrix: pd.DataFrame, *, title: str | None = None, height: 
 def training_curves_figure(history: pd.DataFrame, *, title: str | None = None, height: int = 340) -> go.Figure:
     """Loss and macro-F1 per epoch, train against validation: the fold mean (thick) over each fold (thin).
 
-    ``history`` is a run's ``history.csv`` (fold, epoch, split, loss, f1_macro).
+    ``history`` is a run's ``history.csv`` (fold, epoch, split, loss, f1_macro). Loss is drawn on a log axis: one
+    warm-up epoch's validation loss can be a hundred times the settled one and would flatten the rest.
     """
     from plotly.subplots import make_subplots
 
@@ -458,7 +459,7 @@ def training_curves_figure(history: pd.DataFrame, *, title: str | None = None, h
     epochs = history["epoch"].to_numpy()
     figure.update_xaxes(title_text="epoch", tickformat="d", dtick=1 if epochs.max() - epochs.min() <= 12 else None,
                         range=[epochs.min() - 0.3, epochs.max() + 0.3])
-    figure.update_yaxes(title_text="loss (per image)", rangemode="tozero", col=1)
+    figure.update_yaxes(title_text="loss (per image, log)", type="log", col=1)
     figure.update_yaxes(title_text="macro-F1 (%)", range=[0, 102], col=2)
     return legend_above_subplots(base_layout(figure, title=title, height=height))
 
