@@ -147,12 +147,17 @@ def test_stopping_a_build_ends_its_fold_workers_too(tmp_path):
     import dataclasses
 
     long_folds = dataclasses.replace(MICRO, epochs=200, fold_jobs=2)  # the MtC step's two folds train for a while
-    process = build.start_build(tmp_path / "cache", long_folds)
+    cache = tmp_path / "cache"
+    process = build.start_build(cache, long_folds)
+
+    def training() -> bool:  # the MtC step running, with the build and its two fold workers in the group
+        return build.read_status(cache).get("step") == "mtc" and len(_group_members(process.pid)) >= 3
+
     deadline = time.monotonic() + 120
-    while len(_group_members(process.pid)) < 3 and time.monotonic() < deadline:  # the build and its two workers
-        assert process.poll() is None, (tmp_path / "cache" / build.LOG_NAME).read_text()[-2000:]
+    while not training() and time.monotonic() < deadline:
+        assert process.poll() is None, (cache / build.LOG_NAME).read_text()[-2000:]
         time.sleep(0.2)
-    assert len(_group_members(process.pid)) >= 3, "the fold workers never started"
+    assert training(), "the fold workers never started"
     build.stop_build(process)
     process.wait(timeout=30)
     deadline = time.monotonic() + 30
