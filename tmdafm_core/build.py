@@ -222,20 +222,10 @@ def start_build(cache, profile="demo", *, server: int | None = None) -> subproce
 
 def stop_build(process: subprocess.Popen) -> None:
     """End a build :func:`start_build` started, with every worker process it started (SIGTERM to its group)."""
-    if process.poll() is not None and not _group_alive(process.pid):
-        return
     try:
         os.killpg(process.pid, signal.SIGTERM)
-    except ProcessLookupError:
+    except ProcessLookupError:  # the build and its workers have all ended
         pass
-
-
-def _group_alive(group: int) -> bool:
-    try:
-        os.killpg(group, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
 
 
 def run_build(cache, profile="demo") -> dict:
