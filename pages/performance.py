@@ -116,9 +116,7 @@ def _curves(cache, tasks):
     return _ui.card("Training curves", dcc.RadioItems(id="curves-task", options=options, value=tasks[0],
                                                       inline=True, className="radio"),
                     _export.figure_panel(graph, data=history),
-                    _ui.caption("Thin lines: each fold; thick lines: the mean over folds. Loss is the training "
-                                "criterion per image (cross-entropy for MtC, binary cross-entropy over elements for "
-                                "MtL); the kept model of each fold is its best validation epoch."), id="curves")
+                    _ui.caption(results.curves_note(cache, tasks)), id="curves")
 
 
 _CALIBRATION_NAMES = {"task": "task", "temperature": "temperature (mean, range)",

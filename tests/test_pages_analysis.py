@@ -288,6 +288,16 @@ def test_performance_page_and_cell_click(app_context, store):
     message, unchanged = performance.show_cell(cache, "mtc", None)
     assert "Click a cell" in _text(message) and unchanged is not None
     assert "Calibration and novelty" in text and "the 95 % line of the fold's validation" in text
+    assert "its best validation epoch." in text and "moving average" not in text
+
+
+def test_curves_say_when_validation_scores_a_weight_average(tmp_path):
+    run = tmp_path / "runs" / "mtl"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"ema_decay": 0.98}))
+    note = results.curves_note(tmp_path, ["mtc", "mtl"])
+    assert "MtL (decay 0.98 per step): validation scores, and the kept model, are a moving average" in note
+    assert "MtC (decay" not in note
 
 
 def test_mtl_minus_mtc_is_compared_fold_by_fold(tmp_path):

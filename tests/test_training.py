@@ -366,7 +366,7 @@ def test_weight_average_starts_after_warmup_and_decays_per_step():
         average.update(model)  # step 3: 0.75 * 8 + 0.25 * 0
     scored = average.scored(model)
     assert scored is not model and float(scored.weight.detach()) == pytest.approx(6.0)
-    assert float(model.weight) == 0.0
+    assert float(model.weight.detach()) == 0.0
 
 
 def test_weight_averaged_run_keeps_the_average(stripes, tmp_path):

@@ -74,11 +74,31 @@ def run_metrics(cache_dir, task: str) -> dict | None:
     return _read_json(StoreLayout(cache_dir).run_metrics(task))
 
 
+def run_config(cache_dir, task: str) -> dict | None:
+    """The ``config.json`` (training settings) of the store's run of ``task``, or None when it is not there."""
+    return _read_json(StoreLayout(cache_dir).run(task) / CONFIG_NAME)
+
+
 def imported_run(cache_dir, task: str) -> dict | None:
     """The config of the store's run of ``task`` when it was imported (``tmdafm import-model``: no scores), else
     None."""
-    config = _read_json(StoreLayout(cache_dir).run(task) / CONFIG_NAME)
+    config = run_config(cache_dir, task)
     return config if config and config.get("mode") == "imported" else None
+
+
+def curves_note(cache_dir, tasks) -> str:
+    """What the training curves of the store's runs of ``tasks`` show, in words (the /performance caption)."""
+    note = ("Thin lines: each fold; thick lines: the mean over folds. Loss is the training criterion per image "
+            "(cross-entropy for MtC, binary cross-entropy over elements for MtL); the kept model of each fold is its "
+            "best validation epoch.")
+    decays = {TASK_NAMES[t]: float((run_config(cache_dir, t) or {}).get("ema_decay") or 0) for t in tasks}
+    averaged = {name: decay for name, decay in decays.items() if decay > 0}
+    if averaged:
+        which = " and ".join(f"{name} (decay {decay:g} per step)" for name, decay in averaged.items())
+        note += (f" {which}: validation scores, and the kept model, are a moving average of the weights, updated "
+                 "every step from the end of the learning-rate warm-up; the training curve is that of the weights "
+                 "being trained.")
+    return note
 
 
 def metrics_table(cache_dir) -> pd.DataFrame:
