@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 import tifffile
+from selenium.common.exceptions import TimeoutException
 
 from tests.test_classify import build_classify_store
 from tests.test_scans import tilted_film, write_gwy
@@ -81,7 +82,11 @@ def test_classify_an_uploaded_tiff(dash_duo, tmdafm_app, store, tmp_path):
     assert badge.text == "unlike the training images: this prediction is unreliable" and badge.is_displayed()
     greyed = dash_duo.find_element("#result-2 .probabilities")
     assert "grayscale(1)" in greyed.value_of_css_property("filter")
-    caption = dash_duo.find_element("#result-3 .scan-caption").text  # the raw file: levelled, central 1 µm
+    try:  # the raw file: levelled, central 1 µm (read through AFMReader, the slowest of the four)
+        caption = dash_duo.wait_for_element("#result-3 .scan-caption", timeout=30).text
+    except TimeoutException:
+        pytest.fail("no result card for the raw scan; the page shows: "
+                    + dash_duo.find_element("#classify-results").text.replace("\n", " | ")[-1500:])
     assert caption.startswith("gwyddion file, channel Height, scan 2 × 2 µm; levelled (default)")
     assert dash_duo.find_element("#result-3 .scan-overview").get_attribute("src").startswith("data:image/png")
     dash_duo.wait_for_element("#classify-scatter .main-svg", timeout=10)
