@@ -114,11 +114,13 @@ def compute_table(manifest: pd.DataFrame, *, jobs: int | None = None, dask_addre
     >>> import tempfile
     >>> from tmdafm_core.data import read_dataset
     >>> from tmdafm_core.data.synthetic import write_synthetic_dataset
-    >>> folder = tempfile.mkdtemp()
+    >>> scratch = tempfile.TemporaryDirectory()
+    >>> folder = scratch.name
     >>> _ = write_synthetic_dataset(folder, n=10, size=32, seed=0)
     >>> table = compute_table(read_dataset(folder), jobs=1, progress=False, cache=False)
     >>> len(table), list(table.columns[:3])
     (10, ['image', 'rms_roughness', 'local_variation'])
+    >>> scratch.cleanup()
     """
     from ..parallel import imap_items
     from ..store import Store, file_digest, open_store

@@ -400,7 +400,8 @@ def predict(run: Run, images, *, cam: bool | str = False, batch_size: int = 32,
     >>> from tmdafm_core.data import read_dataset
     >>> from tmdafm_core.data.synthetic import write_synthetic_dataset
     >>> from tmdafm_core.training import cross_validate, load_run
-    >>> folder = tempfile.mkdtemp()
+    >>> scratch = tempfile.TemporaryDirectory()
+    >>> folder = scratch.name
     >>> _ = write_synthetic_dataset(f"{folder}/images", n=80, size=32, seed=0)
     >>> manifest = read_dataset(f"{folder}/images")
     >>> metrics = cross_validate(manifest, f"{folder}/run", weights="none", folds=2, epochs=1, image_size=32)
@@ -409,6 +410,7 @@ def predict(run: Run, images, *, cam: bool | str = False, batch_size: int = 32,
     >>> predictions = predict(load_run(f"{folder}/run"), manifest["path"][:3])
     >>> predictions.class_probabilities.shape, predictions.classes
     ((3, 5), ('MoS2', 'WS2', 'WSe2', 'MoSe2', 'Mo-WSe2'))
+    >>> scratch.cleanup()
     """
     _check_predict_options(run, cam, latent)
     loaded, skipped = _load_inputs(images, run.scaling, on_error, crop_um, pixel_size_nm)
