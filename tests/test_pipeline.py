@@ -346,9 +346,23 @@ def test_demo_profile_uses_the_experiments_training_options():
     from tmdafm_core.experiments import PROFILES
 
     options = pipeline.PROFILES["demo"].train_options
-    assert {k: options[k] for k in PROFILES["demo"]} == {**PROFILES["demo"], "weights": pipeline.PRETRAINED_WEIGHTS}
+    # The sequential study fine-tunes the store's backbone at its pretraining side, gently; the MtC / MtL runs keep
+    # the recipe's rate.
+    own = {"weights": pipeline.PRETRAINED_WEIGHTS, "image_size": 64, "lr": 5e-4}
+    assert {k: options[k] for k in PROFILES["demo"]} == {**PROFILES["demo"], **own}
+    assert pipeline.run_training_options("demo")["lr"] == PROFILES["demo"]["lr"]
     assert pipeline.PROFILES["demo"].folds == PROFILES["demo"]["folds"]
     assert pipeline.PROFILES["paper"].train_options["device"] == "cuda"
+
+
+def test_runs_take_their_own_settings_or_else_the_studys():
+    study = dataclasses.replace(PROFILE, epochs=3, image_size=48, lr=1e-3)
+    assert {k: pipeline.run_training_options(study)[k] for k in ("epochs", "image_size", "lr")} == {
+        "epochs": 3, "image_size": 48, "lr": 1e-3}
+    runs = dataclasses.replace(study, run_epochs=7, run_image_size=96, run_lr=2e-3)
+    assert {k: pipeline.run_training_options(runs)[k] for k in ("epochs", "image_size", "lr")} == {
+        "epochs": 7, "image_size": 96, "lr": 2e-3}
+    assert runs.train_options["lr"] == 1e-3  # the sequential study keeps the profile's rate
 
 
 def test_a_pretraining_profile_fine_tunes_its_runs_and_arm_from_the_stores_backbone(tmp_path):
@@ -402,7 +416,7 @@ def test_procrustes_align_validates_its_input():
 
 @pytest.mark.slow
 def test_demo_profile_builds_a_complete_learnt_store(tmp_path):
-    """The heavy twin of the tiny-profile tests above: the real demo store (about 14 minutes on 2 cores)."""
+    """The heavy twin of the tiny-profile tests above: the real demo store (about 17 minutes on 2 cores)."""
     cache = tmp_path / "cache"
     results = pipeline.precompute(cache, profile="demo")
     assert [r.step for r in results] == list(pipeline.STEPS)

@@ -31,8 +31,8 @@ the profiles in :mod:`tmdafm_core.profiles`; where everything lives in :mod:`tmd
 
 Profiles (:data:`PROFILES`): ``demo`` for a 2-core CPU (the experiments' demo training: ResNet18 fine-tuned from the
 store's own AFM-pretrained backbone (the ``pretrain`` step: 1536 synthetic images from the generator's whole
-parameter space, parameter regression, at 64 px) at 32 px for the sequential study's many runs, 128 px and 20
-epochs for the MtC and MtL runs the app explores);
+parameter space, parameter regression, at 64 px) at 64 px and a gentle rate for 2 epochs for the sequential study's
+many runs, 128 px and 20 epochs for the MtC and MtL runs the app explores);
 ``paper`` is the study's setting (ImageNet weights from the torchvision cache, 60 epochs, 5 folds, native image
 size, the full volume sweep) and is meant for a GPU (``device="cuda"``; hours on a CPU); ``tiny`` builds a whole
 store in about a minute, for tests and trying the app.

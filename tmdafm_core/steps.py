@@ -158,9 +158,10 @@ def _step_descriptors(ctx: _Context):
 
 def run_training_options(profile) -> dict:
     """``cross_validate`` keywords of a profile's MtC / MtL runs: its training options (without the speed-only
-    ``threads`` and ``fold_jobs``), with ``run_epochs``, ``run_image_size`` and ``run_ema_decay`` when set."""
+    ``threads`` and ``fold_jobs``), with ``run_epochs``, ``run_image_size``, ``run_lr`` and ``run_ema_decay`` when
+    set."""
     profile = resolve_profile(profile)
-    overrides = {"epochs": profile.run_epochs, "image_size": profile.run_image_size,
+    overrides = {"epochs": profile.run_epochs, "image_size": profile.run_image_size, "lr": profile.run_lr,
                  "ema_decay": profile.run_ema_decay}
     return {**_result_options(profile), **{key: value for key, value in overrides.items() if value is not None}}
 

@@ -46,7 +46,7 @@ def _add_precompute(sub) -> None:
                    help="the store (default: $TMDAFM_CACHE or ./cache)")
     p.add_argument("--profile", choices=tuple(PROFILES), default="demo",
                    help="demo: ResNet18 pretrained on synthetic scans, then fine-tuned, on a 2-core CPU (about "
-                        "14 min for 1026 images); paper: the study's settings (ImageNet weights in the torchvision "
+                        "17 min for 1026 images); paper: the study's settings (ImageNet weights in the torchvision "
                         "cache, 60 epochs, 5 folds) for a GPU; "
                         "tiny: 80 images, 1 epoch, under a minute (tests). Options below override it")
     p.add_argument("--steps", type=comma_list,
@@ -103,7 +103,7 @@ def add_app_arguments(p) -> None:
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
     p.add_argument("--profile", choices=sorted(PROFILES), default=os.environ.get(PROFILE_ENV, "demo"),
                    help=f"precompute profile an empty store is filled with (default: ${PROFILE_ENV} or demo; "
-                        "demo: about 14 min on 2 CPU cores, tiny: about a minute, to try the app; paper: only "
+                        "demo: about 17 min on 2 CPU cores, tiny: about a minute, to try the app; paper: only "
                         "the data set and thumbnails, train with `tmdafm precompute` on a GPU)")
     p.add_argument("--descriptors", choices=("physical", "paper"), default="physical",
                    help="descriptor definitions an empty store is built with: physical (resolution-aware, per µm² "
