@@ -7,13 +7,14 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from pages import _build
 from tmdafm_core import build, pipeline, store
 from tmdafm_core.cli import main as tmdafm
+
+from .processes import group_members, needs_proc
 
 TINY = pipeline.Profile("tiny", n=40, size=32, n_folds=3)
 #: The whole demo precompute at its smallest (two classes in the sequential study, PCA only): ~30 s on 2 cores.
@@ -130,19 +131,7 @@ def test_a_store_changed_after_it_was_written_is_announced_on_every_page(tmdafm_
     assert "descriptors: features.csv: content changed" in json.dumps(layout.to_plotly_json(), default=str)
 
 
-def _group_members(group: int) -> list[int]:
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:  # fields after the command's closing parenthesis: state, ppid, pgrp, ...
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # ended meanwhile
-            continue
-        if int(fields[2]) == group and fields[0] != "Z":
-            members.append(int(stat.parent.name))
-    return members
-
-
-@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads process groups from /proc (Linux)")
+@needs_proc
 def test_stopping_a_build_ends_its_fold_workers_too(tmp_path):
     import dataclasses
 
@@ -151,7 +140,7 @@ def test_stopping_a_build_ends_its_fold_workers_too(tmp_path):
     process = build.start_build(cache, long_folds)
 
     def training() -> bool:  # the MtC step running, with the build and its two fold workers in the group
-        return build.read_status(cache).get("step") == "mtc" and len(_group_members(process.pid)) >= 3
+        return build.read_status(cache).get("step") == "mtc" and len(group_members(process.pid)) >= 3
 
     deadline = time.monotonic() + 120
     while not training() and time.monotonic() < deadline:
@@ -161,9 +150,9 @@ def test_stopping_a_build_ends_its_fold_workers_too(tmp_path):
     build.stop_build(process)
     process.wait(timeout=30)
     deadline = time.monotonic() + 30
-    while _group_members(process.pid) and time.monotonic() < deadline:
+    while group_members(process.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _group_members(process.pid) == []
+    assert group_members(process.pid) == []
 
 
 def test_a_second_build_while_one_holds_the_lock_starts_nothing(tmp_path):

@@ -32,10 +32,26 @@ def shared_pools():
     _shared = {}
     try:
         yield
-    finally:
+    except BaseException:
+        pools, _shared = _shared, None
+        for pool in pools.values():
+            _abandon(pool)
+        raise
+    else:
         pools, _shared = _shared, None
         for pool in pools.values():
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _abandon(pool) -> None:
+    """Shut a pool down without waiting for the work its processes are doing (an interrupted or stopped caller:
+    a fold they train would otherwise keep this process alive for minutes)."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    if hasattr(pool, "terminate_workers"):  # Python >= 3.14
+        pool.terminate_workers()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.terminate()
 
 
 @contextlib.contextmanager
@@ -46,8 +62,13 @@ def _local_pool(jobs: int, start_method: str | None):
 
     context = multiprocessing.get_context(start_method) if start_method else None
     if _shared is None:
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context)
+        try:
             yield pool
+        except BaseException:
+            _abandon(pool)
+            raise
+        pool.shutdown(wait=True)
         return
     key = (jobs, start_method)
     if key not in _shared:

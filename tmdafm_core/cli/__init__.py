@@ -10,6 +10,8 @@ here prints a traceback to the user.
 from __future__ import annotations
 
 import argparse
+import signal
+import threading
 
 from . import data, store, studies, training
 from .options import say
@@ -37,14 +39,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(BaseException):
+    """SIGTERM arrived (not an ``Exception``, so no ``except Exception`` on the way out swallows it)."""
+
+
+def _end_on_sigterm(signum, frame):
+    # A scheduler's or `timeout`'s SIGTERM reaches this process only, while Ctrl-C reaches its whole process group:
+    # end the fold workers here, or leaving the worker pool would wait for their folds to finish (minutes).
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        child.terminate()
+    raise _Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _, run = _COMMANDS[args.command]
+    handles_sigterm = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _end_on_sigterm) if handles_sigterm else None
     try:
         return run(args) or 0
     except KeyboardInterrupt:
         say("tmdafm: interrupted")
         return 130
+    except _Terminated:
+        say(f"tmdafm {args.command}: stopped (SIGTERM); what finished is kept, and a rerun resumes")
+        return 128 + signal.SIGTERM
     except (ValueError, OSError) as exc:
         say(f"tmdafm {args.command}: error: {exc}")
         return 2
+    finally:
+        if handles_sigterm:
+            signal.signal(signal.SIGTERM, previous)
