@@ -22,15 +22,8 @@ import torch
 
 from tmdafm_core.data import PAPER_MATERIALS, read_dataset
 from tmdafm_core.data.synthetic import write_synthetic_dataset
-from tmdafm_core.experiments import (
-    DEFAULT_VOLUMES,
-    MODES,
-    PROFILES,
-    plan_stages,
-    profile_options,
-    results_table,
-    sequential_study,
-)
+from tmdafm_core.experiments import PROFILES, profile_options
+from tmdafm_core.sequential import DEFAULT_VOLUMES, MODES, plan_stages, results_table, sequential_study
 from tmdafm_core.training import load_data, prepare_split
 
 

@@ -15,20 +15,17 @@ from tmdafm_core import training
 from tmdafm_core.cli import main
 from tmdafm_core.data import read_dataset
 from tmdafm_core.data.synthetic import write_synthetic_dataset
-from tmdafm_core.experiments import (
+from tmdafm_core.experiments import PROFILES, ablation_study, imagenet_top1, profile_options
+from tmdafm_core.models import build_model, weights_cache_file
+from tmdafm_core.sequential import (
     DEFAULT_VOLUMES,
-    PROFILES,
     RESULT_COLUMNS,
-    ablation_study,
-    imagenet_top1,
     parse_order,
     parse_volumes,
-    profile_options,
     results_table,
     sequential_study,
     stage_dir,
 )
-from tmdafm_core.models import build_model, weights_cache_file
 from tmdafm_core.training import limit_training_images, load_checkpoint
 
 TINY = dict(weights="none", epochs=1, folds=2, batch_size=32, image_size=32, lr=1e-3)

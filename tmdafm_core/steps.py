@@ -224,7 +224,7 @@ def _train_run(ctx: _Context, task: str):
 
 
 def _step_sequential(ctx: _Context):
-    from .experiments import MODES, sequential_study
+    from .sequential import MODES, sequential_study
 
     target = ctx.cache / SEQUENTIAL_DIR
     # Runs trained with the same options on the same data are kept when only the order or volumes change.

@@ -238,7 +238,7 @@ def _add_sequential(sub) -> None:
 
 
 def _run_sequential(args) -> int:
-    from tmdafm_core.experiments import RESULTS_NAME, parse_volumes, results_table, sequential_study
+    from tmdafm_core.sequential import RESULTS_NAME, parse_volumes, results_table, sequential_study
 
     volumes = parse_volumes(args.volumes)  # bad volumes fail before the data are read
     manifest, options = _experiment_setup(args, arch=args.arch, weights=args.weights)
