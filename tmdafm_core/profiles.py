@@ -191,9 +191,9 @@ class Profile:
 #: it for 2 epochs at that same 64 px with a gentler peak rate (lr 5e-4): at the recipe's 32 px and 2e-3 the 5-class
 #: stages scored test F1 0.43-0.50 and their latent projections showed no classes (silhouette -0.09..0.04); at 64 px
 #: and 5e-4 they score MtC 0.69-0.77 / MtL 0.47-0.54 and separate (MtC 0.27 / 0.26, MtL 0.16 / 0.21, AFM-pretrained
-#: / Sequential), for 426 s instead of 228 s on 2 cores. One 5-class MtC run (test F1, silhouette): 32 px 2e-3
-#: 44 / -0.09; 64 px x 2 epochs 5e-4 77 / 0.27, 2.5e-4 73 / 0.23; 64 px x 3 epochs 1e-3 75 / 0.20, 5e-4 80 / 0.24.
-#: ``paper`` is the study's setting (the
+#: / Sequential), for 292 s instead of 228 s in a cold demo build on 2 cores (426 s in one rerun of the step
+#: alone). One 5-class MtC run (test F1, silhouette): 32 px 2e-3 44 / -0.09; 64 px x 2 epochs 5e-4 77 / 0.27, 2.5e-4
+#: 73 / 0.23; 64 px x 3 epochs 1e-3 75 / 0.20, 5e-4 80 / 0.24. ``paper`` is the study's setting (the
 #: experiments' paper options: ImageNet weights from the torchvision cache, 60 epochs, 5 folds) and is meant for a
 #: GPU (``device="cuda"``); ``tiny`` builds a whole store in well under a minute, for tests and trying the app.
 PROFILES = {
