@@ -10,6 +10,7 @@ from dash import Input, Output, State, dcc, html
 
 from pages import _export, _ui
 from tmdafm_core import figures, results, selection
+from tmdafm_core.embeddings import VISIBLE_GROUPS
 
 dash.register_page(__name__, path="/sequential", name="Sequential training", title="Sequential training · tmdafm",
                    order=40)
@@ -82,7 +83,7 @@ def structure_rows(table: pd.DataFrame) -> pd.DataFrame:
     return rows
 
 
-def structure_sentence(table: pd.DataFrame, titles: dict, *, goal: float = 0.25) -> str:
+def structure_sentence(table: pd.DataFrame, titles: dict, *, goal: float = VISIBLE_GROUPS) -> str:
     """What the stage projections show, in words: class separation at the last stage and whether Sequential
     training keeps classes in place better than restarting from the base weights (mean centroid shift)."""
     parts = []

@@ -419,11 +419,32 @@ def test_demo_scope_says_what_the_store_can_and_cannot_show(store, tmp_path):
     assert scope["can"][0].startswith("the whole workflow on data with known answers: its models reach test macro-F1")
     assert any("differences are supported by their 95 % interval" in line for line in scope["can"])
     assert any(line.startswith("tight intervals: 3 folds") for line in scope["cannot"])
+    last = selection.stage_structure(cache, "mtc").query("n_classes == n_classes.max()")["silhouette"]
+    grouped = [line for line in scope["can"] if line.startswith("Figure 5's class structure")]
+    overlapping = [line for line in scope["cannot"] if line.startswith("clear material groups")]
+    assert (len(grouped), len(overlapping)) == ((1, 0) if (last >= 0.25).all() else (0, 1))
+    arm = results.mode_titles(cache)["imagenet"]
+    assert f"MtC at 3 classes: silhouette {arm} {last.iloc[0]:.2f}, Sequential {last.iloc[1]:.2f}" in " ".join(
+        grouped + overlapping)
     empty = results.demo_scope(tmp_path, {"training": "demo", "weights": None})
     assert not any("known answers" in line for line in empty["can"])
     assert any("the demo trains from scratch" in line for line in empty["cannot"])
     pretrained = results.demo_scope(tmp_path, {"training": "demo", "weights": "afm-pretrained"})
     assert "start from its own 'AFM-pretrained (synthetic)' backbone" in " ".join(pretrained["cannot"])
+
+
+def test_demo_scope_says_when_the_stage_projections_show_groups(tmp_path, monkeypatch):
+    def structure(cache_dir, task):
+        silhouettes = {"mtc": [0.27, 0.26], "mtl": [0.16, 0.31]}[task]
+        return pd.DataFrame({"task": task, "mode": ["imagenet", "sequential"], "n_classes": 5,
+                             "silhouette": silhouettes, "centroid_shift": 0.2})
+
+    monkeypatch.setattr(selection, "stage_structure", structure)
+    scope = results.demo_scope(tmp_path, {"training": "demo", "weights": "afm-pretrained"})
+    assert ("Figure 5's class structure: every arm's stage projection shows the materials as groups (MtC at 5 "
+            "classes: silhouette AFM-pretrained (synthetic) 0.27, Sequential 0.26; /sequential)") in scope["can"]
+    assert ("clear material groups in every stage projection of Figure 5 (MtL at 5 classes: silhouette "
+            "AFM-pretrained (synthetic) 0.16, Sequential 0.31; groups show from about 0.25)") in scope["cannot"]
 
 
 def test_base_arm_is_named_by_what_it_started_from():

@@ -404,6 +404,10 @@ def procrustes_align(points, reference, *, shared=None, scale: bool = True) -> t
     return aligned, residual
 
 
+#: Silhouette from which a projection's classes read as visible groups (Rousseeuw's "weak structure" begins at 0.25).
+VISIBLE_GROUPS = 0.25
+
+
 def stage_structure(stages, *, x: str = "PC1", y: str = "PC2", label: str = "material") -> pd.DataFrame:
     """How well each sequential stage's projection separates its classes, and how far the classes move between
     consecutive stages (the paper's Figure 5 claim: Sequential training keeps a class in place).
@@ -420,11 +424,11 @@ def stage_structure(stages, *, x: str = "PC1", y: str = "PC2", label: str = "mat
     Returns
     -------
     DataFrame
-        One row per stage: ``n_classes``; ``silhouette`` of the class labels on (x, y) (-1..1; above 0.25 the
-        classes form visible groups; NaN below two classes); ``centroid_shift``, the mean distance a class
-        centroid moved since the previous stage, over the classes both stages hold, in units of the previous
-        stage's root-mean-square spread about its centre (unit-free, so stages and modes compare; NaN for the
-        first stage).
+        One row per stage: ``n_classes``; ``silhouette`` of the class labels on (x, y) (-1..1; from
+        :data:`VISIBLE_GROUPS` on the classes form visible groups; NaN below two classes); ``centroid_shift``, the
+        mean distance a class centroid moved since the previous stage, over the classes both stages hold, in units
+        of the previous stage's root-mean-square spread about its centre (unit-free, so stages and modes compare;
+        NaN for the first stage).
 
     Examples
     --------

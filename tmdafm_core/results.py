@@ -201,6 +201,7 @@ def demo_scope(cache_dir, profile: dict | None = None) -> dict[str, list[str]]:
         supported = int(((judged["diff_low"] > 0) | (judged["diff_high"] < 0)).sum())
         can.append(f"honest comparisons: {supported} of {len(judged)} Sequential − {arm} differences are supported "
                    "by their 95 % interval (/sequential)")
+    _stage_separation(cache_dir, {"imagenet": arm, "sequential": "Sequential"}, can, cannot)
     transfer = ablation_differences(cache_dir)
     if transfer:
         supported = sum(row["supported"] for row in transfer)
@@ -216,6 +217,26 @@ def demo_scope(cache_dir, profile: dict | None = None) -> dict[str, list[str]]:
     if 0 < folds < 5:
         cannot.append(f"tight intervals: {folds} folds (the paper used 5) leave wide ones")
     return {"can": can, "cannot": cannot}
+
+
+def _stage_separation(cache_dir, titles: dict, can: list, cannot: list) -> None:
+    """Whether the sequential stages' latent projections (Figure 5) show the materials as groups at the last stage."""
+    from .embeddings import VISIBLE_GROUPS
+    from .selection import stage_structure
+
+    for task in TASKS:
+        structure = stage_structure(cache_dir, task)
+        if structure is None:
+            continue
+        last = structure[structure["n_classes"] == structure["n_classes"].max()]
+        values = ", ".join(f"{titles.get(r.mode, r.mode)} {r.silhouette:.2f}" for r in last.itertuples())
+        where = f"{TASK_NAMES.get(task, task)} at {int(last['n_classes'].iloc[0])} classes"
+        if (last["silhouette"] >= VISIBLE_GROUPS).all():
+            can.append(f"Figure 5's class structure: every arm's stage projection shows the materials as groups "
+                       f"({where}: silhouette {values}; /sequential)")
+        else:
+            cannot.append(f"clear material groups in every stage projection of Figure 5 ({where}: silhouette "
+                          f"{values}; groups show from about {VISIBLE_GROUPS})")
 
 
 def calibration_verdicts(table: pd.DataFrame, *, goal: float = 0.05) -> list[str]:
