@@ -357,14 +357,15 @@ def _write_results(out_dir: Path, report, split, options) -> pd.DataFrame:
 
 def _paired_differences(table: pd.DataFrame, out_dir: Path) -> None:
     """On each Sequential row: Sequential − ImageNet macro-F1 fold by fold, its mean and 95 % t interval
-    (:mod:`tmdafm_core.comparisons`); both arms of a stage train on the same folds."""
+    (:mod:`tmdafm_core.comparisons`); both arms of a stage train on the same folds. None at the first stage, where
+    both arms are the same run: there is nothing to compare, and a 0 there would count as a comparison made."""
     from .comparisons import paired_difference
 
     keys = ["task", "n_classes", "volume", "split"]
     imagenet = table[table["mode"] == "imagenet"].set_index(keys)["run"]
     for index, row in table[table["mode"] == "sequential"].iterrows():
         key = tuple(row[k] for k in keys)
-        if key in imagenet.index:
+        if key in imagenet.index and imagenet.loc[key] != row["run"]:
             table.loc[index, ["diff_mean", "diff_low", "diff_high"]] = paired_difference(
                 out_dir / imagenet.loc[key], out_dir / row["run"], split=row["split"])
 

@@ -375,9 +375,10 @@ def _settings(ctx: _Context, step: str) -> dict:
                     "digests": {p.name: file_digest(p) for p in sorted(folder.iterdir()) if p.is_file()}}
         return {"task": step, "train": _run_options(ctx), "format": _RUN_FORMAT}
     if step == "sequential":
-        # results 2: paired Sequential − ImageNet intervals in results.csv (rewritten from the kept runs, no training)
+        # results 2: paired Sequential − ImageNet intervals in results.csv; 3: none where both arms are one run (the
+        # first stage). Both rewrite results.csv from the kept runs, no training.
         return {"train": ctx.train, "order": ctx.order, "volumes": [str(v) for v in profile.volumes],
-                "task": profile.sequential_task, **_SEQUENTIAL_SEMANTICS, "results": 2}
+                "task": profile.sequential_task, **_SEQUENTIAL_SEMANTICS, "results": 3}
     if step in ("latent-mtc", "latent-mtl"):
         return {"n_components": LATENT_COMPONENTS, "umap_dims": list(profile.umap_dims), "n_boot": profile.n_boot,
                 "seed": profile.seed, "device": ctx.train.get("device", "cpu"), "format": _LATENT_FORMAT}
