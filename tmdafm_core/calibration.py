@@ -39,9 +39,10 @@ N_BINS = 15
 TEMPERATURE_RANGE = (0.05, 20.0)
 
 
-def _nll(logits: torch.Tensor, targets: torch.Tensor, task: str, temperature: float, matrix) -> float:
+def _nll(logits: torch.Tensor, targets: torch.Tensor, temperature: float, matrix) -> float:
+    """Class targets (integer) score the class probabilities; element targets (0/1 floats) the element sigmoids."""
     scaled = logits / temperature
-    if task == "mtc" or matrix is not None:
+    if targets.dtype == torch.long:
         return float(torch.nn.functional.nll_loss(torch.log_softmax(class_log_scores(scaled, element_matrix=matrix),
                                                                      dim=1), targets))
     return float(torch.nn.functional.binary_cross_entropy_with_logits(scaled, targets))
@@ -76,12 +77,12 @@ def fit_temperature(logits, targets, *, task: str = "mtc", element_matrix=None) 
         return 1.0
     matrix = None if task == "mtc" or element_matrix is None else \
         torch.as_tensor(np.asarray(element_matrix, dtype=np.float32))
-    by_class = task == "mtc" or matrix is not None
-    targets = torch.as_tensor(np.asarray(targets), dtype=torch.long if by_class else torch.float32)
+    targets = torch.as_tensor(np.asarray(targets), dtype=torch.long if task == "mtc" or matrix is not None
+                              else torch.float32)
     if len(targets) != len(logits):
         raise ValueError(f"{len(targets)} targets for {len(logits)} rows of logits")
     low, high = np.log(TEMPERATURE_RANGE)
-    found = minimize_scalar(lambda log_t: _nll(logits, targets, task, float(np.exp(log_t)), matrix),
+    found = minimize_scalar(lambda log_t: _nll(logits, targets, float(np.exp(log_t)), matrix),
                             bounds=(low, high), method="bounded", options={"xatol": 1e-4})
     return float(np.exp(found.x))
 
