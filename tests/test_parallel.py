@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -54,6 +55,28 @@ def test_shared_pools_reuse_their_workers_until_the_block_ends():
     assert parallel._shared is None
     fresh = {pid for _, pid in imap_items(_pid, range(4), jobs=2, chunk_size=1, start_method="spawn")}
     assert not fresh & workers  # outside the block every call starts its own processes
+
+
+def _fail_or_sleep(x):
+    if x == 0:
+        raise ValueError("item 0 fails")
+    time.sleep(60)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_failing_item_ends_the_other_workers_at_once(shared):
+    import contextlib
+    import multiprocessing
+
+    started = time.monotonic()
+    with pytest.raises(ValueError, match="item 0 fails"):
+        with shared_pools() if shared else contextlib.nullcontext():
+            list(imap_items(_fail_or_sleep, [0, 1], jobs=2))
+    assert time.monotonic() - started < 30  # not waiting for the sleeping item
+    deadline = time.monotonic() + 10
+    while multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not multiprocessing.active_children()
 
 
 def test_rejects_bad_job_count():

@@ -30,27 +30,28 @@ def shared_pools():
         yield
         return
     _shared = {}
+    finished = False
     try:
         yield
-    except BaseException:
+        finished = True
+    finally:
         pools, _shared = _shared, None
         for pool in pools.values():
-            _abandon(pool)
-        raise
-    else:
-        pools, _shared = _shared, None
-        for pool in pools.values():
-            pool.shutdown(wait=True, cancel_futures=True)
+            _close(pool, finished=finished)
 
 
-def _abandon(pool) -> None:
-    """Shut a pool down without waiting for the work its processes are doing (an interrupted or stopped caller:
-    a fold they train would otherwise keep this process alive for minutes)."""
-    pool.shutdown(wait=False, cancel_futures=True)
+def _close(pool, *, finished: bool) -> None:
+    """Shut a pool down: after finished work, once its processes are idle; else (an interrupted, stopped or failing
+    caller) at once, terminating them: a fold they train would otherwise keep this process alive for minutes."""
+    if finished:
+        pool.shutdown(wait=True, cancel_futures=True)
+        return
     if hasattr(pool, "terminate_workers"):  # Python >= 3.14
         pool.terminate_workers()
         return
-    for process in list((getattr(pool, "_processes", None) or {}).values()):
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # shutdown() forgets them
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
         process.terminate()
 
 
@@ -63,12 +64,12 @@ def _local_pool(jobs: int, start_method: str | None):
     context = multiprocessing.get_context(start_method) if start_method else None
     if _shared is None:
         pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context)
+        finished = False
         try:
             yield pool
-        except BaseException:
-            _abandon(pool)
-            raise
-        pool.shutdown(wait=True)
+            finished = True
+        finally:
+            _close(pool, finished=finished)
         return
     key = (jobs, start_method)
     if key not in _shared:

@@ -45,11 +45,7 @@ class _Terminated(BaseException):
 
 def _end_on_sigterm(signum, frame):
     # A scheduler's or `timeout`'s SIGTERM reaches this process only, while Ctrl-C reaches its whole process group:
-    # end the fold workers here, or leaving the worker pool would wait for their folds to finish (minutes).
-    import multiprocessing
-
-    for child in multiprocessing.active_children():
-        child.terminate()
+    # unwinding through the worker pools ends their processes (tmdafm_core.parallel), as it does for Ctrl-C.
     raise _Terminated
 
 
