@@ -10,7 +10,7 @@ from dash import Input, Output, State, dcc, html
 
 from pages import _export, _ui
 from tmdafm_core import figures, results, selection
-from tmdafm_core.embeddings import VISIBLE_GROUPS
+from tmdafm_core.embeddings import VISIBLE_GROUPS, last_stage
 
 dash.register_page(__name__, path="/sequential", name="Sequential training", title="Sequential training · tmdafm",
                    order=40)
@@ -89,11 +89,11 @@ def structure_sentence(table: pd.DataFrame, titles: dict, *, goal: float = VISIB
     parts = []
     for task, part in table.groupby("task", sort=False):
         name = results.TASK_NAMES.get(task, task)
-        last = part[part["n_classes"] == part["n_classes"].max()]
+        last, grouped = last_stage(part, goal=goal)
         separation = ", ".join(f"{titles[r.mode]} {r.silhouette:.2f}" for r in last.itertuples())
         shifts = part.groupby("mode")["centroid_shift"].mean()
         sentence = f"{name}: silhouette at {int(last['n_classes'].iloc[0])} classes {separation}"
-        sentence += (" (visible groups)" if (last["silhouette"] >= goal).all() else
+        sentence += (" (visible groups)" if grouped else
                      f" (below {goal}: the classes overlap in the plotted plane)")
         if {"imagenet", "sequential"} <= set(shifts.dropna().index):
             kept = shifts["sequential"] < shifts["imagenet"]

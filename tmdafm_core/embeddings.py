@@ -408,6 +408,13 @@ def procrustes_align(points, reference, *, shared=None, scale: bool = True) -> t
 VISIBLE_GROUPS = 0.25
 
 
+def last_stage(structure: pd.DataFrame, *, goal: float = VISIBLE_GROUPS) -> tuple[pd.DataFrame, bool]:
+    """The rows of :func:`stage_structure` tables (one task, any modes) at the stage with the most classes, and
+    whether every mode's projection shows visible groups there (silhouette >= ``goal``)."""
+    last = structure[structure["n_classes"] == structure["n_classes"].max()]
+    return last, bool((last["silhouette"] >= goal).all())
+
+
 def stage_structure(stages, *, x: str = "PC1", y: str = "PC2", label: str = "material") -> pd.DataFrame:
     """How well each sequential stage's projection separates its classes, and how far the classes move between
     consecutive stages (the paper's Figure 5 claim: Sequential training keeps a class in place).

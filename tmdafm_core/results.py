@@ -221,17 +221,17 @@ def demo_scope(cache_dir, profile: dict | None = None) -> dict[str, list[str]]:
 
 def _stage_separation(cache_dir, titles: dict, can: list, cannot: list) -> None:
     """Whether the sequential stages' latent projections (Figure 5) show the materials as groups at the last stage."""
-    from .embeddings import VISIBLE_GROUPS
+    from .embeddings import VISIBLE_GROUPS, last_stage
     from .selection import stage_structure
 
     for task in TASKS:
         structure = stage_structure(cache_dir, task)
         if structure is None:
             continue
-        last = structure[structure["n_classes"] == structure["n_classes"].max()]
+        last, grouped = last_stage(structure)
         values = ", ".join(f"{titles.get(r.mode, r.mode)} {r.silhouette:.2f}" for r in last.itertuples())
         where = f"{TASK_NAMES.get(task, task)} at {int(last['n_classes'].iloc[0])} classes"
-        if (last["silhouette"] >= VISIBLE_GROUPS).all():
+        if grouped:
             can.append(f"Figure 5's class structure: every arm's stage projection shows the materials as groups "
                        f"({where}: silhouette {values}; /sequential)")
         else:
