@@ -51,7 +51,7 @@ def _f1(metrics: dict, split: str) -> str:
 
 
 def _train(manifest, out: Path, **changes) -> tuple[float, dict]:
-    from tmdafm_core.experiments import torch_threads
+    from tmdafm_core.study_runs import torch_threads
     from tmdafm_core.training import cross_validate
 
     options = {**pipeline.run_training_options("demo"), **changes}

@@ -19,8 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tmdafm_core.experiments import profile_options, torch_threads  # noqa: E402
 from tmdafm_core.layout import load_manifest  # noqa: E402
+from tmdafm_core.profiles import recipe_options as profile_options  # noqa: E402
+from tmdafm_core.study_runs import torch_threads  # noqa: E402
 from tmdafm_core.training import cross_validate  # noqa: E402
 
 

@@ -1,5 +1,5 @@
 """The paper's experiments on any data set, built on :mod:`tmdafm_core.training`; the sequential study (Figures 4
-and 5) is in :mod:`tmdafm_core.sequential` and shares the helpers here.
+and 5) is in :mod:`tmdafm_core.sequential` and shares their run plumbing (:mod:`tmdafm_core.study_runs`).
 
 * :func:`compare_architectures` — architectures x weight versions, ImageNet top-1 beside our scores (paper
   Table 3), and MtC versus MtL on the same folds (Table 4).
@@ -12,8 +12,6 @@ one experiment share one split of the data set (by sample, seeded), so their fol
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 import os
 from pathlib import Path
@@ -22,21 +20,27 @@ import numpy as np
 import pandas as pd
 
 from .data import FeatureTable
-from .data.splits import prepare_split
 from .layout import ABLATION_MODES, ABLATION_NAME
 from .models import ARCHITECTURES, WEIGHT_CHOICES
 from .profiles import RECIPES, recipe_options
-from .store import write_json
+from .study_runs import (
+    finished_folds,
+    load_images,
+    metric_rows,
+    progress_bar,
+    shared_split,
+    study_tasks,
+    with_threads,
+    write_study_json,
+)
 from .training import (
     METRICS_NAME,
     PARTITIONS,
     SPLITS_NAME,
     TASKS,
-    checkpoint_path,
     cross_validate,
     default_image_size,
     extract,
-    load_data,
 )
 
 ARCHITECTURES_NAME = "architectures.csv"
@@ -46,78 +50,6 @@ PAPER_ABLATION_MODEL = {"arch": "resnet18", "weights": "imagenet-v1"}
 
 #: Earlier names of the training recipes (:mod:`tmdafm_core.profiles`), kept importable.
 PROFILES, profile_options = RECIPES, recipe_options
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int | None):
-    """Run a block with ``threads`` torch CPU threads (None: leave torch's setting), restoring it afterwards."""
-    import torch
-
-    if threads is None:
-        yield
-        return
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
-        raise ValueError(f"threads must be a whole number >= 1, got {threads!r}")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(int(threads))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def _with_threads(function):
-    """Give an experiment a ``threads=`` keyword (see :func:`torch_threads`)."""
-    @functools.wraps(function)
-    def run(*args, threads: int | None = None, **kwargs):
-        with torch_threads(threads):
-            return function(*args, **kwargs)
-    return run
-
-
-# --- shared helpers ---------------------------------------------------------------------------------------------
-
-def _metric_rows(metrics: dict, **keys) -> list[dict]:
-    """One tidy row per partition: ``keys`` + f1/accuracy mean and std."""
-    return [{**keys, "split": split,
-             "f1_mean": metrics["f1_macro"][split]["mean"], "f1_std": metrics["f1_macro"][split]["std"],
-             "accuracy_mean": metrics["accuracy"][split]["mean"],
-             "accuracy_std": metrics["accuracy"][split]["std"]} for split in PARTITIONS]
-
-
-def _progress_bar(total: int, done: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    # initial= makes the rate (and so the ETA) count only folds trained in this session.
-    return tqdm(total=total, initial=done, desc=desc, unit="fold", disable=not enabled, dynamic_ncols=True)
-
-
-def _finished_folds(run_dir: Path, folds: int) -> int:
-    return sum(checkpoint_path(run_dir, k).is_file() for k in range(folds))
-
-
-def _shared_split(data: pd.DataFrame, options: dict) -> pd.DataFrame:
-    split, _ = prepare_split(data, folds=options.get("folds", 5), test_fraction=options.get("test_fraction", 0.1),
-                             seed=options.get("seed", 0))
-    return split.reset_index(drop=True)
-
-
-def _load_images(split: pd.DataFrame, options: dict, progress: bool):
-    """Every image of the study read once; each run gets its rows (``images=``) instead of re-reading files."""
-    image_size = int(options.get("image_size") or default_image_size(split))
-    return load_data(split, image_size=image_size, progress=progress), image_size
-
-
-def _write_json(path: Path, document: dict) -> None:
-    write_json(path, document, indent=2, sort_keys=False, default=str)
-
-
-def _tasks(task: str) -> tuple[str, ...]:
-    if task == "both":
-        return TASKS
-    if task not in TASKS:
-        raise ValueError(f"task must be mtc, mtl or both, got {task!r}")
-    return (task,)
 
 
 # --- architecture comparison (Tables 3 and 4) -------------------------------------------------------------------
@@ -150,7 +82,7 @@ def _wide_scores(metrics: dict) -> dict:
     return row
 
 
-@_with_threads
+@with_threads
 def compare_architectures(data: pd.DataFrame, out_dir, *, archs=ARCHITECTURES, weights=("imagenet-v1", "imagenet-v2"),
                           task: str = "both", progress: bool = False, **train) -> pd.DataFrame:
     """Cross-validate every architecture x weight version on one shared split (paper Tables 3 and 4).
@@ -195,22 +127,22 @@ def compare_architectures(data: pd.DataFrame, out_dir, *, archs=ARCHITECTURES, w
             combos.append((arch, version))
     if not combos:
         raise ValueError(skipped[0])
-    tasks = _tasks(task)
+    tasks = study_tasks(task)
     options = {"seed": 0, "folds": 5, **train}
     out_dir = Path(out_dir)
-    split = _shared_split(data, options)
+    split = shared_split(data, options)
     runs = [(t, arch, version, out_dir / t / f"{arch}_{_weights_label(version)}")
             for t in tasks for arch, version in combos]
     stored, image_size = None, None
     rows = []
-    bar = _progress_bar(len(runs) * options["folds"], sum(_finished_folds(r[3], options["folds"]) for r in runs),
+    bar = progress_bar(len(runs) * options["folds"], sum(finished_folds(r[3], options["folds"]) for r in runs),
                         "architectures", progress)
     try:
         for t, arch, version, run_dir in runs:
             bar.set_postfix_str(f"{t} {arch} {version}")
-            before = _finished_folds(run_dir, options["folds"])
+            before = finished_folds(run_dir, options["folds"])
             if before < options["folds"] and stored is None:
-                stored, image_size = _load_images(split, options, progress)
+                stored, image_size = load_images(split, options, progress)
             run_options = {**options, "arch": arch, "weights": version}
             if image_size:
                 run_options["image_size"] = image_size
@@ -237,7 +169,7 @@ def task_comparison(table: pd.DataFrame, *, split: str = "test") -> pd.DataFrame
 
 # --- ablation (Table 2) -----------------------------------------------------------------------------------------
 
-@_with_threads
+@with_threads
 def ablation_study(data: pd.DataFrame, out_dir, *, arch: str = "resnet18", weights: str = "imagenet-v1",
                    task: str = "mtc", progress: bool = False, given: dict | None = None, **train) -> pd.DataFrame:
     """Fine-tuning vs the feature-extraction MLP vs training from scratch, on one shared split (paper Table 2).
@@ -278,10 +210,10 @@ def ablation_study(data: pd.DataFrame, out_dir, *, arch: str = "resnet18", weigh
         raise ValueError(f"task must be mtc or mtl, got {task!r}")
     options = {"seed": 0, "folds": 5, **train}
     out_dir = Path(out_dir)
-    split = _shared_split(data, options)
+    split = shared_split(data, options)
     folds = options["folds"]
-    bar = _progress_bar(len(ABLATION_MODES) * folds,
-                        sum(_finished_folds(out_dir / m, folds) for m in ABLATION_MODES), "ablation", progress)
+    bar = progress_bar(len(ABLATION_MODES) * folds,
+                        sum(finished_folds(out_dir / m, folds) for m in ABLATION_MODES), "ablation", progress)
     stored, image_size = None, None
     rows = []
     given = {mode: Path(run) for mode, run in (given or {}).items() if _trained_on(Path(run), split)}
@@ -289,7 +221,7 @@ def ablation_study(data: pd.DataFrame, out_dir, *, arch: str = "resnet18", weigh
         for mode in ABLATION_MODES:
             run_dir = given.get(mode, out_dir / mode)
             bar.set_postfix_str(mode)
-            before = _finished_folds(run_dir, folds)
+            before = finished_folds(run_dir, folds)
             if mode in given:
                 metrics = json.loads((run_dir / METRICS_NAME).read_text())
             elif mode == "feature-extraction":
@@ -299,14 +231,14 @@ def ablation_study(data: pd.DataFrame, out_dir, *, arch: str = "resnet18", weigh
                                          **mlp_options)
             else:
                 if before < folds and stored is None:
-                    stored, image_size = _load_images(split, options, progress)
+                    stored, image_size = load_images(split, options, progress)
                 run_options = {**options, "arch": arch, "weights": weights if mode == "fine-tune" else "none"}
                 if image_size:
                     run_options["image_size"] = image_size
                 metrics = cross_validate(split, run_dir, task=task, presplit=True, images=stored, save_optimizer=False,
                                          progress=progress, **run_options)
             bar.update(folds - before)
-            rows += _metric_rows(metrics, mode=mode, task=task,
+            rows += metric_rows(metrics, mode=mode, task=task,
                                  run=Path(os.path.relpath(run_dir.resolve(), out_dir.resolve())).as_posix())
     finally:
         bar.close()
@@ -393,7 +325,7 @@ def _backbone_features(split: pd.DataFrame, run_dir: Path, arch, weights, option
                         progress=progress)
         run_dir.mkdir(parents=True, exist_ok=True)
         table.to_parquet(cache, index=False)
-        _write_json(key_path, key)
+        write_study_json(key_path, key)
     names = [c for c in table.columns if c.startswith("f") and c[1:].isdigit()]
     frame = split[["image", "sample_id", "material", "split", "fold"]].reset_index(drop=True)
     return FeatureTable(frame, table[names].to_numpy(np.float32), names)

@@ -1,5 +1,5 @@
 """The paper's sequential study (Figures 4 and 5) on any data set, built on :mod:`tmdafm_core.training` and the
-experiments' shared helpers (:mod:`tmdafm_core.experiments`).
+run plumbing every study shares (:mod:`tmdafm_core.study_runs`).
 
 Stages: for ``n`` = 2 .. len(order), the classes ``order[:n]``; the newly added class is ``order[n - 1]``.
 
@@ -43,18 +43,18 @@ import pandas as pd
 from . import progress as progress_reports
 from .data import PAPER_MATERIALS, LabelSpace
 from .data.splits import fold_training_positions
-from .experiments import (
-    _finished_folds,
-    _load_images,
-    _metric_rows,
-    _progress_bar,
-    _shared_split,
-    _tasks,
-    _with_threads,
-    _write_json,
-)
 from .layout import MODES
 from .parallel import shared_pools
+from .study_runs import (
+    finished_folds,
+    load_images,
+    metric_rows,
+    progress_bar,
+    shared_split,
+    study_tasks,
+    with_threads,
+    write_study_json,
+)
 from .training import HEAD_STARTS, METRICS_NAME, checkpoint_path, cross_validate
 
 FULL = "full"
@@ -190,7 +190,7 @@ def plan_stages(out_dir, order, volumes, tasks, modes, *,
 VOLUME_MODES = ("paper", "train-samples")
 
 
-@_with_threads
+@with_threads
 def sequential_study(data: pd.DataFrame, out_dir, *, order=PAPER_MATERIALS, volumes=DEFAULT_VOLUMES,
                      task: str = "mtc", modes=MODES, progress: bool = False, head: str = "reset",
                      volume_mode: str = "paper", **train) -> pd.DataFrame:
@@ -239,7 +239,7 @@ def sequential_study(data: pd.DataFrame, out_dir, *, order=PAPER_MATERIALS, volu
         raise ValueError(f"head must be one of {', '.join(HEAD_STARTS)}, got {head!r}")
     order = parse_order(order, data["material"].dropna())
     volumes = parse_volumes(volumes)
-    tasks = _tasks(task)
+    tasks = study_tasks(task)
     modes = tuple(modes)
     if not modes or any(m not in MODES for m in modes):
         raise ValueError(f"modes must be a non-empty subset of {', '.join(MODES)}, got {modes}")
@@ -248,28 +248,28 @@ def sequential_study(data: pd.DataFrame, out_dir, *, order=PAPER_MATERIALS, volu
     folds = options["folds"]
 
     study = data[data["material"].isin(order)].reset_index(drop=True)
-    split = _shared_split(study, options)
+    split = shared_split(study, options)
     # MtL: the element outputs of the whole study at every stage, so they carry over whole.
     elements = LabelSpace.from_materials(order).elements
     stages, report = plan_stages(out_dir, order, volumes, tasks, modes,
                                  keeps_all=functools.partial(_cut_keeps_all, split, options))
     recorded = {k: v for k, v in options.items() if k != "fold_jobs"}  # speed, not results
-    _write_json(out_dir / STUDY_NAME, {"order": list(order), "volumes": list(volumes), "tasks": list(tasks),
+    write_study_json(out_dir / STUDY_NAME, {"order": list(order), "volumes": list(volumes), "tasks": list(tasks),
                                        "modes": list(modes), "train": recorded, "n_images": len(split)})
 
-    done = sum(_finished_folds(stage.run_dir, folds) for stage in stages)
+    done = sum(finished_folds(stage.run_dir, folds) for stage in stages)
     stored, image_size = (None, None)
     folds_done = progress if callable(progress) else None
     progress = progress is True
-    bar = _progress_bar(len(stages) * folds, done, "sequential study", progress)
+    bar = progress_bar(len(stages) * folds, done, "sequential study", progress)
     progress_reports.report(folds_done, "training the study's folds", done, len(stages) * folds)
     try:
         with shared_pools():  # the folds of all runs train in the same two worker processes
             for stage in stages:
                 bar.set_postfix_str(f"{stage.task} {stage.mode} {stage.n_classes} classes, volume {stage.volume}")
-                before = _finished_folds(stage.run_dir, folds)
+                before = finished_folds(stage.run_dir, folds)
                 if before < folds and stored is None:
-                    stored, image_size = _load_images(split, options, progress)
+                    stored, image_size = load_images(split, options, progress)
                 _train_stage(stage, split, stored, image_size, elements, options, progress)
                 bar.update(folds - before)
                 progress_reports.report(folds_done, "training the study's folds", bar.n, len(stages) * folds)
@@ -344,7 +344,7 @@ def _write_results(out_dir: Path, report, split, options) -> pd.DataFrame:
         if not path.is_file():
             continue
         metrics = json.loads(path.read_text())
-        rows += _metric_rows(metrics, n_classes=stage.n_classes, mode=mode, task=stage.task,
+        rows += metric_rows(metrics, n_classes=stage.n_classes, mode=mode, task=stage.task,
                              volume=str(stage.volume), new_class=stage.new_class,
                              new_class_train_images=_new_class_train_images(split, stage, options),
                              run=stage.run_dir.relative_to(out_dir).as_posix())

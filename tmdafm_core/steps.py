@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import time
@@ -88,12 +87,9 @@ class _Context:
 
     def threads(self):
         """Context: the profile's torch CPU threads while a step trains or embeds."""
-        from . import experiments
+        from .study_runs import torch_threads
 
-        threads = self.profile.train_options.get("threads")
-        if threads is None or not hasattr(experiments, "torch_threads"):
-            return contextlib.nullcontext()
-        return experiments.torch_threads(threads)
+        return torch_threads(self.profile.train_options.get("threads"))
 
     @property
     def order(self) -> list:
