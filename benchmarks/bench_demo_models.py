@@ -36,6 +36,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tmdafm_core import pipeline, selection  # noqa: E402
+from tmdafm_core.layout import BACKBONE_NAME, PRETRAINED_DIR  # noqa: E402
 from tmdafm_core.store import read_record  # noqa: E402
 
 
@@ -135,7 +136,7 @@ def main(argv=None) -> int:
             print(f"{task:6s}mean shift per stage: " + ", ".join(f"{titles[m]} {v:.3f}" for m, v in means.items()))
 
     manifest = pipeline.load_manifest(cache)
-    backbone = str(cache / pipeline.PRETRAINED_DIR / pipeline.BACKBONE_NAME)
+    backbone = str(cache / PRETRAINED_DIR / BACKBONE_NAME)
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         if args.precision:
