@@ -188,7 +188,7 @@ def test_banner_line_names_the_step_its_progress_and_an_eta():
     timed = {**status, "finished_seconds": {"dataset": 2 * build.STEP_SECONDS["dataset"]}}
     expected = 2 * (sum(build.STEP_SECONDS.values()) - build.STEP_SECONDS["dataset"] - build.STEP_SECONDS["thumbnails"])
     assert build.build_eta_seconds(timed, now=110.0) == pytest.approx(expected + 30)
-    assert build.build_line(timed, now=110.0).startswith("Building the demo store (2% done, about 27 min to go)")
+    assert build.build_line(timed, now=110.0).startswith("Building the demo store (2% done, about 28 min to go)")
     opaque = {**status, "step": "mtc", "number": 4, "message": "mtc: computing (not computed yet)", "done": 0,
               "total": 1}
     assert build.build_line(opaque, now=90.0 + 125).endswith("(mtc: computing (not computed yet), running for "

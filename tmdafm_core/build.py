@@ -43,10 +43,10 @@ STEP_NAMES = {
 }
 
 #: Each step's share of the demo build, in seconds of the cold demo build on a 2-core CPU (bench_demo_models.py,
-#: session 8: MtC / MtL at 128 px for 20 epochs); the whole build's ETA scales them by the speed this build has shown
-#: so far.
-STEP_SECONDS = {"dataset": 12.5, "thumbnails": 4.4, "descriptors": 11.7, "pretrain": 83.4, "mtc": 212.2, "mtl": 228.9,
-                "sequential": 225.5, "latent-mtc": 27.7, "latent-mtl": 12.2, "latent-sequential": 21.4}
+#: session 10: MtC / MtL at 128 px for 20 epochs, the sequential study at 64 px); the whole build's ETA scales them by
+#: the speed this build has shown so far.
+STEP_SECONDS = {"dataset": 15.0, "thumbnails": 4.8, "descriptors": 13.6, "pretrain": 98.8, "mtc": 200.4, "mtl": 169.8,
+                "sequential": 292.3, "latent-mtc": 27.5, "latent-mtl": 15.0, "latent-sequential": 26.9}
 
 #: What the data set and thumbnail steps report (every later step re-checks them first).
 _DEPENDENCY_MESSAGES = ("generating synthetic images", "reading the data set", "data set ready", "making thumbnails",
