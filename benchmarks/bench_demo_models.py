@@ -65,12 +65,11 @@ def _train(manifest, out: Path, **changes) -> tuple[float, dict]:
     return time.perf_counter() - start, metrics
 
 
-def _fresh_films(cache: Path, n: int):
+def _fresh_films(manifest: pd.DataFrame, n: int):
     """``n`` fresh films of the generator at the store's image side, and their materials."""
     from tmdafm_core.data.synthetic import fresh_films
 
-    size = int(pipeline.load_manifest(cache)["width"].median())
-    return fresh_films(n, size=size, seed=1001)
+    return fresh_films(n, size=int(manifest["width"].median()), seed=1001)
 
 
 def _fresh_f1(run_dir: Path, fresh) -> float:
@@ -109,7 +108,8 @@ def main(argv=None) -> int:
         warm = _cli(cache)
         print(f"{'warm, new process':22s}{warm:9.1f}   budget 10 s: {'met' if warm <= 10 else 'NOT met'}")
 
-    films = _fresh_films(cache, args.fresh) if args.fresh else None
+    manifest = pipeline.load_manifest(cache)
+    films = _fresh_films(manifest, args.fresh) if args.fresh else None
     fresh = {task: _fresh_f1(cache / "runs" / task, films) for task in ("mtc", "mtl")}
     print(f"\n{'run':40s}{'val F1 %':>14s}{'test F1 %':>14s}{'fresh F1 %':>12s}")
     for task in ("mtc", "mtl"):
@@ -135,7 +135,6 @@ def main(argv=None) -> int:
             means = table.groupby("mode")["centroid_shift"].mean()
             print(f"{task:6s}mean shift per stage: " + ", ".join(f"{titles[m]} {v:.3f}" for m, v in means.items()))
 
-    manifest = pipeline.load_manifest(cache)
     backbone = str(cache / PRETRAINED_DIR / BACKBONE_NAME)
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import importlib
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -35,10 +36,9 @@ def missing_names(source: str) -> list[str]:
                 if not _resolve(module, alias.name):
                     missing.append(f"{node.lineno}: {node.module}.{alias.name}")
                     continue
-                value = getattr(module, alias.name, None)
-                if value is None or isinstance(value, type(module)):
-                    modules[alias.asname or alias.name] = importlib.import_module(f"{node.module}.{alias.name}") \
-                        if value is None else value
+                value = getattr(module, alias.name)  # a submodule is an attribute once _resolve imported it
+                if isinstance(value, ModuleType):
+                    modules[alias.asname or alias.name] = value
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.startswith("tmdafm_core"):
