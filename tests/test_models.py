@@ -137,6 +137,20 @@ def test_weights_of_another_architecture_are_refused(tmp_path):
         build_model("resnet18", 3, weights=str(tmp_path / "r34.pth"))
 
 
+def test_a_meta_build_checks_weights_and_takes_a_whole_state_without_initialising(tmp_path):
+    torch.save(get_model("resnet34", weights=None).state_dict(), tmp_path / "r34.pth")
+    with pytest.raises(ValueError, match="not a state dict of this ResNet"):
+        build_model("resnet18", 3, weights=str(tmp_path / "r34.pth"), device="meta")
+    reference = build_model("resnet18", 3)
+    model = build_model("resnet18", 3, device="meta")
+    assert all(p.is_meta for p in model.parameters())
+    model.load_state_dict(reference.state_dict(), assign=True)
+    x = torch.rand(2, 3, 64, 64)
+    torch.testing.assert_close(model.eval()(x), reference.eval()(x))
+    with pytest.raises(ValueError, match="device must be None or 'meta'"):
+        build_model("resnet18", 3, device="cpu")
+
+
 def test_a_run_checkpoint_starts_a_model_with_more_classes(tmp_path):
     """Sequential training: backbone and hidden layer carry over; the output layer of a new size starts fresh."""
     previous = build_model("resnet18", 4)

@@ -24,6 +24,7 @@ a path
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -242,7 +243,7 @@ def _strip_prefix(state: dict, prefix: str) -> dict:
     return state
 
 
-def _load_backbone_state(backbone: nn.Module, state: dict, source: str) -> None:
+def _load_backbone_state(backbone: nn.Module, state: dict, source: str, *, assign: bool = False) -> None:
     """Load an ImageNet-style ResNet state dict into a backbone whose ``fc`` is removed."""
     state = _strip_prefix(state, "module.")
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
@@ -255,10 +256,11 @@ def _load_backbone_state(backbone: nn.Module, state: dict, source: str) -> None:
                   else f"shape mismatch in {wrong[:3]}")
         raise ValueError(f"{source}: not a state dict of this ResNet architecture ({detail}); "
                          "check --arch against the weights file")
-    backbone.load_state_dict(state)
+    backbone.load_state_dict(state, assign=assign)
 
 
-def _load_run_checkpoint(model: nn.Module, checkpoint: dict, source: str, output_names=None) -> None:
+def _load_run_checkpoint(model: nn.Module, checkpoint: dict, source: str, output_names=None, *,
+                         assign: bool = False) -> None:
     """Start from a fold checkpoint of one of our runs: take every tensor whose name and shape match.
 
     With ``output_names`` (one name per output of ``model``), the output layer is taken row by row by name.
@@ -275,7 +277,7 @@ def _load_run_checkpoint(model: nn.Module, checkpoint: dict, source: str, output
         raise ValueError(f"{source}: no backbone tensors match {model_arch}; the file is not a checkpoint of it")
     if output_names is not None:
         taken.update(_output_rows_by_name(own, checkpoint, output_names))
-    model.load_state_dict(taken, strict=False)
+    model.load_state_dict(taken, strict=False, assign=assign)
 
 
 _OUTPUT_KEYS = ("head.out.weight", "head.out.bias")
@@ -293,7 +295,7 @@ def _output_rows_by_name(own: dict, checkpoint: dict, output_names) -> dict:
 
 
 def build_model(arch: str, n_outputs: int, *, weights: str | Path = "none", dropout: float = 0.0,
-                output_names=None, latent_dim: int | None = LATENT_DIM) -> ResNetClassifier:
+                output_names=None, latent_dim: int | None = LATENT_DIM, device: str | None = None) -> ResNetClassifier:
     """Build the paper's ResNet classifier.
 
     Parameters
@@ -310,11 +312,17 @@ def build_model(arch: str, n_outputs: int, *, weights: str | Path = "none", drop
         ``weights``: output rows are then taken from the checkpoint by name, not by position and shape.
     latent_dim : int or None
         Width of the head's hidden layer (the paper's 100); None for a plain classifier (imported models).
+    device : {None, "meta"}
+        ``"meta"``: build without allocating or initialising any tensor (what ``weights`` gives is assigned as
+        read). For checking weights, or for a model whose every tensor comes from a checkpoint next
+        (``model.load_state_dict(state, assign=True)``): the random initialisation is most of the build time
+        (ResNet18 0.13 s, ResNet152 0.74 s on a 2-core CPU).
 
     Returns
     -------
     ResNetClassifier
-        In training mode, on the CPU. ``model.weights_source`` says where the weights came from.
+        In training mode, on the CPU (or on the meta device). ``model.weights_source`` says where the weights came
+        from.
 
     Raises
     ------
@@ -332,6 +340,8 @@ def build_model(arch: str, n_outputs: int, *, weights: str | Path = "none", drop
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     if output_names is not None and len(output_names) != int(n_outputs):
         raise ValueError(f"output_names has {len(output_names)} names for {n_outputs} outputs; give one per output")
+    if device not in (None, "meta"):
+        raise ValueError(f"device must be None or 'meta', got {device!r}; move a built model with .to(device)")
     state, checkpoint, source = None, None, "random initialisation"
     if isinstance(weights, str) and weights in WEIGHT_CHOICES:
         if weights != "none":
@@ -351,13 +361,15 @@ def build_model(arch: str, n_outputs: int, *, weights: str | Path = "none", drop
             state = loaded.get("state_dict", loaded)
         source = str(path)
 
-    backbone = get_model(arch, weights=None)
-    model = ResNetClassifier(arch, backbone, Head(backbone_width(arch), int(n_outputs), dropout=dropout,
-                                                  latent_dim=latent_dim))
+    with torch.device("meta") if device == "meta" else contextlib.nullcontext():
+        backbone = get_model(arch, weights=None)
+        model = ResNetClassifier(arch, backbone, Head(backbone_width(arch), int(n_outputs), dropout=dropout,
+                                                      latent_dim=latent_dim))
+    assign = device == "meta"
     if state is not None:
-        _load_backbone_state(model.backbone, state, source)
+        _load_backbone_state(model.backbone, state, source, assign=assign)
     if checkpoint is not None:
-        _load_run_checkpoint(model, checkpoint, source, output_names)
+        _load_run_checkpoint(model, checkpoint, source, output_names, assign=assign)
     model.weights_source = source
     return model
 

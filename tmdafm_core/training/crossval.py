@@ -324,8 +324,8 @@ def _config_document(config: TrainConfig, frame, split, labels: LabelSpace, note
 
 def _check_start(config: TrainConfig, images, split: pd.DataFrame, fold_weights: dict, is_image: bool) -> None:
     """Fail on unavailable weights or ill-shaped images before anything is written or loaded."""
-    if is_image:
-        build_model(config.arch, 1, weights=config.weights)
+    if is_image:  # the weights are read and matched to the architecture; nothing is allocated or initialised
+        build_model(config.arch, 1, weights=config.weights, device="meta")
     missing = sorted(path for path in fold_weights.values() if not Path(path).is_file())
     if missing:
         raise FileNotFoundError(f"{missing[0]}: starting checkpoint of a fold not found; train that run first")

@@ -214,10 +214,13 @@ def load_run(run_dir, fold="best", *, device: str = "cpu") -> Run:
     dropout = checkpoint["args"].get("dropout", 0.0)
     if checkpoint["arch"] is not None:
         model = build_model(checkpoint["arch"], n_outputs, weights="none", dropout=dropout,
-                            latent_dim=checkpoint.get("latent_dim", LATENT_DIM))
+                            latent_dim=checkpoint.get("latent_dim", LATENT_DIM), device="meta")
+        # Every tensor comes from the checkpoint, so none is initialised first; assigned tensors keep their dtype.
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in checkpoint["model"].items()},
+                              assign=True)
     else:
         model = build_feature_mlp(checkpoint["in_features"], n_outputs, dropout=dropout)
-    model.load_state_dict(checkpoint["model"])
+        model.load_state_dict(checkpoint["model"])
     torch_device = resolve_device(device)
     model.eval()
     if checkpoint["arch"] is not None:
