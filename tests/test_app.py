@@ -15,11 +15,7 @@ from tmdafm_core import build, pipeline, store
 from tmdafm_core.cli import main as tmdafm
 
 from .processes import group_members, needs_proc
-
-TINY = pipeline.Profile("tiny", n=40, size=32, n_folds=3)
-#: The whole demo precompute at its smallest (two classes in the sequential study, PCA only): ~30 s on 2 cores.
-MICRO = pipeline.Profile("tiny", n=80, size=32, n_folds=2, epochs=1, image_size=32, order=("MoS2", "WS2"),
-                         volumes=("full",), sequential_task="mtc", umap_dims=(), n_boot=20)
+from .stores import MICRO, TINY
 
 
 @pytest.fixture

@@ -6,13 +6,9 @@ import time
 
 import pytest
 
+from tests.stores import MICRO, TINY
 from tmdafm_core import pipeline
 from tmdafm_core.store import step_done
-
-TINY = pipeline.Profile("tiny", n=40, size=32, n_folds=3)
-#: The whole demo precompute at its smallest (two classes in the sequential study, PCA only): ~10 s on 2 cores.
-MICRO = pipeline.Profile("tiny", n=80, size=32, n_folds=2, epochs=1, image_size=32, order=("MoS2", "WS2"),
-                         volumes=("full",), sequential_task="mtc", umap_dims=(), n_boot=20)
 
 pytestmark = [pytest.mark.browser,
               # selenium 4.2 calls a urllib3 method deprecated in 2.x on every request
