@@ -1,4 +1,4 @@
-"""Shared fixtures: small data sets written by the tests themselves."""
+"""Shared fixtures: small data sets and stores written by the tests themselves."""
 
 from __future__ import annotations
 
@@ -56,3 +56,19 @@ def _no_store_in_the_checkout(tmp_path_factory):
 @pytest.fixture
 def tmd_afm_folder(tmp_path):
     return write_tmd_afm_folder(tmp_path / "tmd")
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory):
+    """A whole store of ``STORE_PROFILE``, built in two calls (stopped after the descriptors, then resumed): the
+    store, both calls' results and the second call's progress reports. Shared: a test that changes the store works
+    on a ``link_copy``."""
+    from tmdafm_core import pipeline
+
+    from .stores import STORE_PROFILE
+
+    cache = tmp_path_factory.mktemp("tiny-store") / "cache"
+    first = pipeline.precompute(cache, profile=STORE_PROFILE, steps=["descriptors"])
+    reports = []
+    second = pipeline.precompute(cache, profile=STORE_PROFILE, progress=lambda *args: reports.append(args))
+    return cache, first, second, reports

@@ -1,8 +1,17 @@
-"""Small profiles the app's tests build whole stores with (plain and browser tests alike)."""
+"""Small profiles and stores the tests share (plain and browser tests alike)."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import shutil
+
 from tmdafm_core import pipeline
+
+#: The tiny profile with the one-volume sweep (the 8-image cut adds runs, not code paths) and PCA only (UMAP's first
+#: fit compiles for ~15 s; tests/test_latent.py covers it): the whole store that ``tiny_store`` (conftest) builds once
+#: for the pipeline and reproduce tests.
+STORE_PROFILE = dataclasses.replace(pipeline.PROFILES["tiny"], volumes=("full",), umap_dims=())
 
 #: A data set and thumbnails for the overview (three folds so that every class has a test sample).
 TINY = pipeline.Profile("tiny", n=40, size=32, n_folds=3)
@@ -11,3 +20,10 @@ TINY = pipeline.Profile("tiny", n=40, size=32, n_folds=3)
 #: fold workers ask for them (``fold_jobs=2``).
 MICRO = pipeline.Profile("tiny", n=80, size=32, n_folds=2, epochs=1, image_size=32, order=("MoS2", "WS2"),
                          volumes=("full",), sequential_task="mtc", umap_dims=(), n_boot=20, fold_jobs=1)
+
+
+def link_copy(source, target):
+    """A copy of a store that a test may change: every store file is replaced (never rewritten in place), so hard
+    links keep the copies independent."""
+    shutil.copytree(source, target, copy_function=os.link)
+    return target

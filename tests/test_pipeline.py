@@ -20,33 +20,16 @@ import pytest
 from tmdafm_core import pipeline, store
 from tmdafm_core.embeddings import procrustes_align
 
-# The tiny profile with the one-volume sweep (the 8-image cut adds runs, not code paths) and PCA only (UMAP's
-# first fit compiles for ~15 s; tests/test_latent.py covers it).
-PROFILE = dataclasses.replace(pipeline.PROFILES["tiny"], volumes=("full",), umap_dims=())
+from .stores import STORE_PROFILE as PROFILE
+from .stores import link_copy
 
 
 def _statuses(results):
     return {r.step: r.status for r in results}
 
 
-def _link_copy(source, target):
-    # Every store file is replaced (never rewritten in place), so hard links keep the copies independent.
-    shutil.copytree(source, target, copy_function=os.link)
-    return target
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """A whole tiny store, built in two calls (stopped after the descriptors, then resumed)."""
-    cache = tmp_path_factory.mktemp("pipeline") / "cache"
-    first = pipeline.precompute(cache, profile=PROFILE, steps=["descriptors"])
-    reports = []
-    second = pipeline.precompute(cache, profile=PROFILE, progress=lambda *args: reports.append(args))
-    return cache, first, second, reports
-
-
-def test_precompute_resumes_after_stopping_between_steps(built):
-    _, first, second, _ = built
+def test_precompute_resumes_after_stopping_between_steps(tiny_store):
+    _, first, second, _ = tiny_store
     assert [r.step for r in first] == ["dataset", "descriptors"]
     assert all(r.status == "computed" and r.reason == "not in the store" for r in first)
     statuses = _statuses(second)
@@ -57,8 +40,8 @@ def test_precompute_resumes_after_stopping_between_steps(built):
                                                                     if s not in ("dataset", "descriptors")]
 
 
-def test_store_holds_every_artifact_in_the_agreed_layout(built):
-    cache, _, _, reports = built
+def test_store_holds_every_artifact_in_the_agreed_layout(tiny_store):
+    cache, _, _, reports = tiny_store
     manifest = pipeline.load_manifest(cache)
     assert len(manifest) == 80
     record = store.read_record(cache)
@@ -102,8 +85,8 @@ def test_store_holds_every_artifact_in_the_agreed_layout(built):
     assert steps_reported[-1] == "sequential latent projections"
 
 
-def test_warm_rerun_serves_everything_from_the_store(built):
-    cache = built[0]
+def test_warm_rerun_serves_everything_from_the_store(tiny_store):
+    cache = tiny_store[0]
     start = time.perf_counter()
     results = pipeline.precompute(cache, profile=PROFILE)
     assert set(_statuses(results).values()) == {"from cache"}
@@ -113,17 +96,18 @@ def test_warm_rerun_serves_everything_from_the_store(built):
     assert "pretrain" not in summary  # the tiny profile does not pretrain
 
 
-def test_changed_setting_recomputes_only_what_depends_on_it(built, tmp_path):
-    cache = _link_copy(built[0], tmp_path / "cache")
+def test_changed_setting_recomputes_only_what_depends_on_it(tiny_store, tmp_path):
+    cache = link_copy(tiny_store[0], tmp_path / "cache")
     results = pipeline.precompute(cache, profile=dataclasses.replace(PROFILE, n_boot=20))
     computed = {r.step: r.reason for r in results if r.status == "computed"}
     assert computed == {"latent-mtc": "settings changed", "latent-mtl": "settings changed"}
     assert store.read_record(cache)["latent-mtc"]["settings"]["n_boot"] == 20
-    assert store.read_record(built[0])["latent-mtc"]["settings"]["n_boot"] == PROFILE.n_boot  # the original is intact
+    original = store.read_record(tiny_store[0])
+    assert original["latent-mtc"]["settings"]["n_boot"] == PROFILE.n_boot  # intact
 
 
-def test_corrupt_entries_are_reported_and_recomputed_never_served(built, tmp_path):
-    cache = _link_copy(built[0], tmp_path / "cache")
+def test_corrupt_entries_are_reported_and_recomputed_never_served(tiny_store, tmp_path):
+    cache = link_copy(tiny_store[0], tmp_path / "cache")
     features = (cache / "features.csv").read_bytes()
     (cache / "features.csv").unlink()
     (cache / "features.csv").write_bytes(features[: len(features) // 2])
@@ -144,7 +128,7 @@ def test_corrupt_entries_are_reported_and_recomputed_never_served(built, tmp_pat
     assert computed["thumbnails"].startswith(f"corrupt: thumbnails/{thumbnail.name}: content changed")
     assert set(computed) == {"thumbnails", "descriptors", "mtc", "latent-mtc", "latent-mtl"}
     assert store.check_files(cache, store.read_record(cache)["thumbnails"]["files"]) is None
-    assert thumbnail.read_bytes() == (built[0] / "thumbnails" / thumbnail.name).read_bytes()  # made again, whole
+    assert thumbnail.read_bytes() == (tiny_store[0] / "thumbnails" / thumbnail.name).read_bytes()  # made again, whole
     assert pd.read_csv(cache / "features.csv").shape == (80, 15)
     assert (cache / "runs" / "mtc" / "fold0.pt").stat().st_ino == kept  # only the damaged fold was retrained
     assert store.check_files(cache, store.read_record(cache)["mtc"]["files"]) is None
@@ -158,8 +142,8 @@ pipeline.precompute(sys.argv[1], profile=dataclasses.replace(pipeline.PROFILES["
 """
 
 
-def test_writer_killed_mid_step_leaves_a_consistent_store_that_resumes(built, tmp_path):
-    cache = _link_copy(built[0], tmp_path / "cache")
+def test_writer_killed_mid_step_leaves_a_consistent_store_that_resumes(tiny_store, tmp_path):
+    cache = link_copy(tiny_store[0], tmp_path / "cache")
     store.update_step(cache, "mtc", None)  # as if mtc had never been trained
     shutil.rmtree(cache / "runs" / "mtc")
     writer = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(cache)], stderr=subprocess.DEVNULL)
@@ -178,8 +162,8 @@ def test_writer_killed_mid_step_leaves_a_consistent_store_that_resumes(built, tm
     assert store.step_done(cache, "mtc") and (cache / "runs" / "mtc" / "metrics.json").is_file()
 
 
-def test_readers_during_a_recompute_only_see_whole_files(built, tmp_path):
-    cache = _link_copy(built[0], tmp_path / "cache")
+def test_readers_during_a_recompute_only_see_whole_files(tiny_store, tmp_path):
+    cache = link_copy(tiny_store[0], tmp_path / "cache")
     stop, problems, reads = threading.Event(), [], [0]
 
     def read():
@@ -217,10 +201,10 @@ def test_bad_requests(tmp_path):
         pipeline.precompute(tmp_path / "c", tmp_path / "missing", profile=PROFILE)
 
 
-def test_cli_precompute_prints_the_summary(built, tmp_path, capsys):
+def test_cli_precompute_prints_the_summary(tiny_store, tmp_path, capsys):
     from tmdafm_core.cli import main
 
-    cache = _link_copy(built[0], tmp_path / "cache")
+    cache = link_copy(tiny_store[0], tmp_path / "cache")
     assert main(["precompute", "--out", str(cache), *pipeline.profile_arguments(PROFILE),
                  "--steps", "latent-sequential"]) == 0
     out = capsys.readouterr().out
@@ -228,8 +212,8 @@ def test_cli_precompute_prints_the_summary(built, tmp_path, capsys):
     assert main(["precompute", "--out", str(cache), "--steps", "nothing"]) == 2
 
 
-def test_sequential_configs_point_at_start_checkpoints_that_exist_in_the_store(built):
-    cache = built[0]
+def test_sequential_configs_point_at_start_checkpoints_that_exist_in_the_store(tiny_store):
+    cache = tiny_store[0]
     configs = [json.loads(p.read_text()) | {"_dir": p.parent} for p in (cache / "sequential").rglob("config.json")]
     starts = [(c["_dir"] / path).resolve() for c in configs for path in c.get("fold_weights", {}).values()]
     assert starts and all(path.is_file() and cache.resolve() in path.parents for path in starts)
@@ -266,8 +250,8 @@ def test_a_folder_holding_only_the_descriptor_memo_becomes_a_store(tmp_path):
         pipeline.precompute(tmp_path / "other", profile=PROFILE, steps=["dataset"])
 
 
-def test_inside_a_store_only_recorded_files_are_replaced(built, tmp_path):
-    cache = _link_copy(built[0], tmp_path / "cache")
+def test_inside_a_store_only_recorded_files_are_replaced(tiny_store, tmp_path):
+    cache = link_copy(tiny_store[0], tmp_path / "cache")
     assert (cache / pipeline.STORE_MARKER).is_file()
     (cache / "latent" / "mtc" / "my_analysis.csv").write_text("mine")
     with pytest.raises(ValueError, match=r"latent/mtc: holds 1 file\(s\) the store did not write"):
@@ -279,14 +263,14 @@ def test_inside_a_store_only_recorded_files_are_replaced(built, tmp_path):
     assert results["latent-mtc"] == "computed"
 
 
-def test_a_checkpoint_damaged_without_changing_its_size_is_found_and_made_again(built, tmp_path):
+def test_a_checkpoint_damaged_without_changing_its_size_is_found_and_made_again(tiny_store, tmp_path):
     """The audit's case: bytes of a large checkpoint overwritten in place, same size; it used to be "from the cache"
     and predict printed NaN probabilities."""
     import torch
 
     from tmdafm_core.training import load_run, predict
 
-    cache = _link_copy(built[0], tmp_path / "cache")
+    cache = link_copy(tiny_store[0], tmp_path / "cache")
     checkpoint = cache / "runs" / "mtc" / "fold0.pt"
     state = torch.load(checkpoint, weights_only=True)
     state["model"]["head.out.bias"] = torch.full_like(state["model"]["head.out.bias"], float("nan"))
@@ -305,11 +289,11 @@ def test_a_checkpoint_damaged_without_changing_its_size_is_found_and_made_again(
     assert results["mtc"].reason == "corrupt: runs/mtc/fold0.pt: content changed since it was written"
 
 
-def test_paper_descriptors_are_built_recorded_and_rebuildable(built, tmp_path, capsys):
+def test_paper_descriptors_are_built_recorded_and_rebuildable(tiny_store, tmp_path, capsys):
     from tmdafm_core.cli import main
     from tmdafm_core.features import FEATURE_COLUMNS, compute_all
 
-    cache = _link_copy(built[0], tmp_path / "store")
+    cache = link_copy(tiny_store[0], tmp_path / "store")
     profile = dataclasses.replace(PROFILE, descriptors="paper")
     results = _statuses(pipeline.precompute(cache, profile=profile, steps=["descriptors"]))
     assert results["descriptors"] == "computed" and results["dataset"] != "computed"

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pandas as pd
 import pytest
 
-from tmdafm_core import pipeline
 from tmdafm_core.cli import main
 from tmdafm_core.reproduce import reproduce
 
-PROFILE = dataclasses.replace(pipeline.PROFILES["tiny"], volumes=("full",), umap_dims=())
+from .stores import STORE_PROFILE as PROFILE
+from .stores import link_copy
 
 
 @pytest.fixture(scope="module")
-def reproduced(tmp_path_factory):
+def reproduced(tiny_store, tmp_path_factory):
+    """The paper's artifacts from a whole tiny store (reproduce's own store, ``out/store``, is a copy of the shared
+    one: building it is precompute's part, tested in test_pipeline.py)."""
     out = tmp_path_factory.mktemp("reproduce") / "paper"
+    link_copy(tiny_store[0], out / "store")
     made, missing = reproduce(None, out, profile=PROFILE, formats=())
     return out, made, missing
 

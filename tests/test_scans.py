@@ -353,7 +353,9 @@ def test_raw_scans_prepare_then_precompute_then_classify_end_to_end(tmp_path):
     assert len(manifest) == 48 and set(manifest[manifest["split"] == "test"]["sample_id"]) == {
         f"{m}-s0" for m in ("MoS2", "WS2", "WSe2")}
     cache = tmp_path / "cache"
-    profile = dataclasses.replace(pipeline.PROFILES["tiny"], volumes=("full",), umap_dims=(), n_boot=20)
+    # Every step, the sequential study at its smallest (one two-class stage): the scans' manifest reaches them all.
+    profile = dataclasses.replace(pipeline.PROFILES["tiny"], volumes=("full",), umap_dims=(), n_boot=20,
+                                  order=("MoS2", "WS2"), sequential_task="mtc")
     results = pipeline.precompute(cache, data, profile=profile)
     assert all(r.status in ("computed", "from cache") for r in results)
     stored = pipeline.load_manifest(cache)
