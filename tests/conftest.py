@@ -72,3 +72,11 @@ def tiny_store(tmp_path_factory):
     reports = []
     second = pipeline.precompute(cache, profile=STORE_PROFILE, progress=lambda *args: reports.append(args))
     return cache, first, second, reports
+
+
+@pytest.fixture(scope="session")
+def classify_store(tmp_path_factory):
+    """A store to classify against (``build_classify_store``), shared: tests only read it."""
+    from .stores import build_classify_store
+
+    return build_classify_store(tmp_path_factory.mktemp("classify-store"))

@@ -13,39 +13,14 @@ import pytest
 import tifffile
 from PIL import Image
 
-from tmdafm_core import classify, latent, pipeline, training
+from tmdafm_core import classify, pipeline
 from tmdafm_core.data.images import sniff_type
-from tmdafm_core.embeddings import fit_projection, run_embeddings
 from tmdafm_core.features import FEATURE_COLUMNS
 
-TINY = pipeline.Profile("tiny", n=80, size=32, n_folds=2)
 
-
-def build_classify_store(cache):
-    """A store with the demo data set, a 1-epoch MtC run, its latent outputs (PCA only) and a descriptor table.
-
-    The run sees 64 px inputs: a 2 x 2 last feature map, so its activation maps are not flat."""
-    import torch
-
-    torch.set_num_threads(1)
-    pipeline.complete_store(cache, profile=TINY)
-    manifest = pipeline.load_manifest(cache)
-    training.cross_validate(manifest, cache / "runs" / "mtc", weights="none", folds=2, epochs=1, image_size=64,
-                            presplit=True, batch_size=16)
-    embeddings = run_embeddings(cache / "runs" / "mtc", manifest)
-    projection = fit_projection(embeddings)
-    rng = np.random.default_rng(0)
-    features = pd.DataFrame(rng.random((len(manifest), len(FEATURE_COLUMNS))), columns=list(FEATURE_COLUMNS))
-    features.insert(0, "image", manifest["image"])
-    features.to_csv(cache / "features.csv", index=False)
-    tables = latent.analyse(embeddings, features, projection=projection, n_boot=0)
-    latent.write_latent_outputs(cache / "latent" / "mtc", tables, projection=projection)
-    return cache
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return build_classify_store(tmp_path_factory.mktemp("classify-store"))
+@pytest.fixture
+def store(classify_store):
+    return classify_store
 
 
 def tiff_bytes(image, **kwargs) -> bytes:

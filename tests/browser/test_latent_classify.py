@@ -10,7 +10,6 @@ import pytest
 import tifffile
 from selenium.common.exceptions import TimeoutException
 
-from tests.test_classify import build_classify_store
 from tests.test_scans import tilted_film, write_gwy
 
 pytestmark = [pytest.mark.browser,
@@ -20,9 +19,9 @@ _SERVER_CALLS = ("return performance.getEntriesByType('resource')"
                  ".filter(e => e.name.includes('_dash-update-component')).length")
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return build_classify_store(tmp_path_factory.mktemp("browser-store"))
+@pytest.fixture
+def store(classify_store):
+    return classify_store
 
 
 @pytest.fixture
