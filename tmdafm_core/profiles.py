@@ -24,7 +24,8 @@ from .data.scans import DEFAULT_CROP_UM
 #: thread: on a CPU shared with other processes, two threads on two cores ran ResNet18 about 30x slower than one
 #: (threads wait for each other), and at 32 px one thread is as fast as two. Its two folds train at once in two
 #: processes of one thread each (``fold_jobs``: 1.97x faster for the demo's MtC run on 2 cores, identical results;
-#: ``benchmarks/bench_fold_jobs.py``). ``paper`` is the paper's setting (native image size, 60 epochs, ResNet152 with
+#: ``benchmarks/bench_fold_jobs.py``); the precompute's latent steps, one process each, embed with every core.
+#: ``paper`` is the paper's setting (native image size, 60 epochs, ResNet152 with
 #: ImageNet V2 weights, the model of its Tables 4-5 and Figures 3-5) and wants a GPU; its Table 2 (the ablation) used
 #: ResNet18 V1 (:data:`tmdafm_core.experiments.PAPER_ABLATION_MODEL`).
 RECIPES = {
