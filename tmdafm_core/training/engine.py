@@ -320,7 +320,8 @@ def fit_fold(data: FoldData, config: TrainConfig, fold: int, *, progress: bool =
         train = train_one_epoch(model, optimizer, criterion, batches, targets, data.class_index, order,
                                 flip_generator=generator, scheduler=scheduler, averaged=averaged, **common)
         scored = averaged.scored(model) if averaged is not None else model
-        val = evaluate(scored, criterion, batches, targets, data.class_index, parts["val"], **common)
+        val = evaluate(scored, criterion, batches, targets, data.class_index, parts["val"], keep_outputs=True,
+                       **common)
         history += [{"fold": fold, "epoch": epoch, "split": split, "loss": s["loss"], "accuracy": s["accuracy"],
                      "f1_macro": s["f1_macro"]} for split, s in (("train", train), ("val", val))]
         if _is_better(val, kept, config.select):
@@ -332,8 +333,9 @@ def fit_fold(data: FoldData, config: TrainConfig, fold: int, *, progress: bool =
     model.load_state_dict(best_state)
     scores, outputs = {}, {}
     for split in PARTITIONS:
-        result = evaluate(model, criterion, batches, targets, data.class_index, parts[split], keep_outputs=True,
-                          **common)
+        # The kept epoch's validation pass scored these very weights: its result is taken, not computed again.
+        result = dict(kept) if split == "val" else evaluate(model, criterion, batches, targets, data.class_index,
+                                                            parts[split], keep_outputs=True, **common)
         outputs[split] = {key: result.pop(key) for key in ("logits", "statistics")}
         result.pop("predicted")
         result["confusion"] = result["confusion"].tolist()
