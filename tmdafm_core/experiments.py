@@ -136,7 +136,7 @@ def compare_architectures(data: pd.DataFrame, out_dir, *, archs=ARCHITECTURES, w
     stored, image_size = None, None
     rows = []
     bar = progress_bar(len(runs) * options["folds"], sum(finished_folds(r[3], options["folds"]) for r in runs),
-                        "architectures", progress)
+                       "architectures", progress)
     try:
         for t, arch, version, run_dir in runs:
             bar.set_postfix_str(f"{t} {arch} {version}")
@@ -213,7 +213,7 @@ def ablation_study(data: pd.DataFrame, out_dir, *, arch: str = "resnet18", weigh
     split = shared_split(data, options)
     folds = options["folds"]
     bar = progress_bar(len(ABLATION_MODES) * folds,
-                        sum(finished_folds(out_dir / m, folds) for m in ABLATION_MODES), "ablation", progress)
+                       sum(finished_folds(out_dir / m, folds) for m in ABLATION_MODES), "ablation", progress)
     stored, image_size = None, None
     rows = []
     given = {mode: Path(run) for mode, run in (given or {}).items() if _trained_on(Path(run), split)}
@@ -239,7 +239,7 @@ def ablation_study(data: pd.DataFrame, out_dir, *, arch: str = "resnet18", weigh
                                          progress=progress, **run_options)
             bar.update(folds - before)
             rows += metric_rows(metrics, mode=mode, task=task,
-                                 run=Path(os.path.relpath(run_dir.resolve(), out_dir.resolve())).as_posix())
+                                run=Path(os.path.relpath(run_dir.resolve(), out_dir.resolve())).as_posix())
     finally:
         bar.close()
     result = pd.DataFrame(rows)

@@ -255,7 +255,7 @@ def sequential_study(data: pd.DataFrame, out_dir, *, order=PAPER_MATERIALS, volu
                                  keeps_all=functools.partial(_cut_keeps_all, split, options))
     recorded = {k: v for k, v in options.items() if k != "fold_jobs"}  # speed, not results
     write_study_json(out_dir / STUDY_NAME, {"order": list(order), "volumes": list(volumes), "tasks": list(tasks),
-                                       "modes": list(modes), "train": recorded, "n_images": len(split)})
+                                            "modes": list(modes), "train": recorded, "n_images": len(split)})
 
     done = sum(finished_folds(stage.run_dir, folds) for stage in stages)
     stored, image_size = (None, None)
@@ -345,9 +345,9 @@ def _write_results(out_dir: Path, report, split, options) -> pd.DataFrame:
             continue
         metrics = json.loads(path.read_text())
         rows += metric_rows(metrics, n_classes=stage.n_classes, mode=mode, task=stage.task,
-                             volume=str(stage.volume), new_class=stage.new_class,
-                             new_class_train_images=_new_class_train_images(split, stage, options),
-                             run=stage.run_dir.relative_to(out_dir).as_posix())
+                            volume=str(stage.volume), new_class=stage.new_class,
+                            new_class_train_images=_new_class_train_images(split, stage, options),
+                            run=stage.run_dir.relative_to(out_dir).as_posix())
     table = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
     _paired_differences(table, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
