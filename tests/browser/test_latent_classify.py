@@ -79,8 +79,10 @@ def test_classify_an_uploaded_tiff(dash_duo, tmdafm_app, store, tmp_path):
     assert "not a TIFF, PNG or JPEG" in dash_duo.find_element(".file-message").text
     badge = dash_duo.find_element("#result-2 .unfamiliar-badge")  # the flat scan: unlike the training images
     assert badge.text == "unlike the training images: this prediction is unreliable" and badge.is_displayed()
-    greyed = dash_duo.find_element("#result-2 .probabilities")
-    assert "grayscale(1)" in greyed.value_of_css_property("filter")
+    # dcc.Graph mounts a placeholder until plotly's bundle has loaded, then its own node: read the style once the
+    # chart is drawn, and retry a read that meets the swap (a stale handle).
+    dash_duo.wait_for_element("#result-2 .probabilities .main-svg", timeout=20)
+    dash_duo.wait_for_style_to_equal("#result-2 .probabilities", "filter", "grayscale(1)", timeout=10)
     try:  # the raw file: levelled, central 1 µm (read through AFMReader, the slowest of the four)
         caption = dash_duo.wait_for_element("#result-3 .scan-caption", timeout=30).text
     except TimeoutException:
