@@ -11,7 +11,7 @@ import pytest
 import torch
 from torchvision.models import get_model
 
-from tmdafm_core import training
+from tmdafm_core import study_runs, training
 from tmdafm_core.cli import main
 from tmdafm_core.data import read_dataset
 from tmdafm_core.data.synthetic import write_synthetic_dataset
@@ -234,13 +234,21 @@ def test_resume_skips_finished_stages_and_retrains_only_what_is_missing(study, s
         calls.append(fold)
         return real_fit(data, config, fold, **kwargs)
 
+    reads = []
+    real_read = study_runs.load_data
+
+    def counting_read(split, **kwargs):
+        reads.append(len(split))
+        return real_read(split, **kwargs)
+
     monkeypatch.setattr(training.crossval, "fit_fold", counting_fit)
+    monkeypatch.setattr(study_runs, "load_data", counting_read)
     again = sequential_study(synthetic, out, order=STUDY_ORDER, volumes=VOLUMES, task="mtc", **TINY)
-    assert calls == []
+    assert calls == [] and reads == []  # nothing to train: no image is read
     pd.testing.assert_frame_equal(again, results)
     (stage_dir(out, "mtc", "sequential", 4, 4) / "fold1.pt").unlink()
     sequential_study(synthetic, out, order=STUDY_ORDER, volumes=VOLUMES, task="mtc", **TINY)
-    assert calls == [1]
+    assert calls == [1] and len(reads) == 1  # the study's images, read once for the one run that trains
 
 
 def test_order_and_volume_validation():

@@ -24,8 +24,8 @@ from .layout import ABLATION_MODES, ABLATION_NAME
 from .models import ARCHITECTURES, WEIGHT_CHOICES
 from .profiles import RECIPES, recipe_options
 from .study_runs import (
+    StudyImages,
     finished_folds,
-    load_images,
     metric_rows,
     progress_bar,
     shared_split,
@@ -133,7 +133,7 @@ def compare_architectures(data: pd.DataFrame, out_dir, *, archs=ARCHITECTURES, w
     split = shared_split(data, options)
     runs = [(t, arch, version, out_dir / t / f"{arch}_{_weights_label(version)}")
             for t in tasks for arch, version in combos]
-    stored, image_size = None, None
+    study_images = StudyImages(split, options, progress)
     rows = []
     bar = progress_bar(len(runs) * options["folds"], sum(finished_folds(r[3], options["folds"]) for r in runs),
                        "architectures", progress)
@@ -141,13 +141,9 @@ def compare_architectures(data: pd.DataFrame, out_dir, *, archs=ARCHITECTURES, w
         for t, arch, version, run_dir in runs:
             bar.set_postfix_str(f"{t} {arch} {version}")
             before = finished_folds(run_dir, options["folds"])
-            if before < options["folds"] and stored is None:
-                stored, image_size = load_images(split, options, progress)
-            run_options = {**options, "arch": arch, "weights": version}
-            if image_size:
-                run_options["image_size"] = image_size
+            stored, sized = study_images.for_run(run_dir, options["folds"])
             metrics = cross_validate(split, run_dir, task=t, presplit=True, images=stored, save_optimizer=False,
-                                     progress=progress, **run_options)
+                                     progress=progress, **{**options, "arch": arch, "weights": version, **sized})
             bar.update(options["folds"] - before)
             rows.append({"arch": arch, "weights": version, "imagenet_top1": imagenet_top1(arch, version), "task": t,
                          **_wide_scores(metrics), "run": run_dir.relative_to(out_dir).as_posix()})
@@ -214,7 +210,7 @@ def ablation_study(data: pd.DataFrame, out_dir, *, arch: str = "resnet18", weigh
     folds = options["folds"]
     bar = progress_bar(len(ABLATION_MODES) * folds,
                        sum(finished_folds(out_dir / m, folds) for m in ABLATION_MODES), "ablation", progress)
-    stored, image_size = None, None
+    study_images = StudyImages(split, options, progress)
     rows = []
     given = {mode: Path(run) for mode, run in (given or {}).items() if _trained_on(Path(run), split)}
     try:
@@ -230,11 +226,8 @@ def ablation_study(data: pd.DataFrame, out_dir, *, arch: str = "resnet18", weigh
                 metrics = cross_validate(table, run_dir, task=task, presplit=True, progress=progress, tune=True,
                                          **mlp_options)
             else:
-                if before < folds and stored is None:
-                    stored, image_size = load_images(split, options, progress)
-                run_options = {**options, "arch": arch, "weights": weights if mode == "fine-tune" else "none"}
-                if image_size:
-                    run_options["image_size"] = image_size
+                stored, sized = study_images.for_run(run_dir, folds)
+                run_options = {**options, "arch": arch, "weights": weights if mode == "fine-tune" else "none", **sized}
                 metrics = cross_validate(split, run_dir, task=task, presplit=True, images=stored, save_optimizer=False,
                                          progress=progress, **run_options)
             bar.update(folds - before)

@@ -46,8 +46,8 @@ from .data.splits import fold_training_positions
 from .layout import MODES
 from .parallel import shared_pools
 from .study_runs import (
+    StudyImages,
     finished_folds,
-    load_images,
     metric_rows,
     progress_bar,
     shared_split,
@@ -258,7 +258,7 @@ def sequential_study(data: pd.DataFrame, out_dir, *, order=PAPER_MATERIALS, volu
                                             "modes": list(modes), "train": recorded, "n_images": len(split)})
 
     done = sum(finished_folds(stage.run_dir, folds) for stage in stages)
-    stored, image_size = (None, None)
+    study_images = StudyImages(split, options, progress is True)
     folds_done = progress if callable(progress) else None
     progress = progress is True
     bar = progress_bar(len(stages) * folds, done, "sequential study", progress)
@@ -268,9 +268,8 @@ def sequential_study(data: pd.DataFrame, out_dir, *, order=PAPER_MATERIALS, volu
             for stage in stages:
                 bar.set_postfix_str(f"{stage.task} {stage.mode} {stage.n_classes} classes, volume {stage.volume}")
                 before = finished_folds(stage.run_dir, folds)
-                if before < folds and stored is None:
-                    stored, image_size = load_images(split, options, progress)
-                _train_stage(stage, split, stored, image_size, elements, options, progress)
+                stored, sized = study_images.for_run(stage.run_dir, folds)
+                _train_stage(stage, split, stored, elements, {**options, **sized}, progress)
                 bar.update(folds - before)
                 progress_reports.report(folds_done, "training the study's folds", bar.n, len(stages) * folds)
                 _write_results(out_dir, report, split, options)
@@ -302,7 +301,7 @@ def _train_limits(stage: Stage, options: dict) -> dict | None:
     return {stage.new_class: int(stage.volume)}
 
 
-def _train_stage(stage: Stage, split, stored, image_size, elements, options, progress) -> dict:
+def _train_stage(stage: Stage, split, stored, elements, options, progress) -> dict:
     rows = _stage_rows(split, stage.classes, stage.volume, options)
     frame = split.iloc[rows].reset_index(drop=True)
     frame.attrs = dict(split.attrs)
@@ -311,8 +310,6 @@ def _train_stage(stage: Stage, split, stored, image_size, elements, options, pro
     if stage.start is not None:
         fold_weights = {k: str(checkpoint_path(stage.start, k)) for k in range(options["folds"])}
     run_options = {k: v for k, v in options.items() if k != "volume_mode"}
-    if image_size:
-        run_options["image_size"] = image_size
     return cross_validate(frame, stage.run_dir, task=stage.task, labels=labels, presplit=True,
                           fold_weights=fold_weights, train_limits=_train_limits(stage, options),
                           images=None if stored is None else stored[rows], save_optimizer=False,

@@ -60,16 +60,28 @@ def shared_split(data: pd.DataFrame, options: dict) -> pd.DataFrame:
     return split.reset_index(drop=True)
 
 
-def load_images(split: pd.DataFrame, options: dict, progress: bool):
-    """Every image of the study read once; each run gets its rows (``images=``) instead of re-reading files.
+class StudyImages:
+    """Every image of a study, read once on the first run that still has folds to train; each run then takes its
+    rows (``images=``) instead of re-reading files, and a resumed study whose runs are all finished reads none."""
 
-    Returns
-    -------
-    (tensor, int)
-        The images as :func:`tmdafm_core.training.load_data` stores them, and their side in pixels.
-    """
-    image_size = int(options.get("image_size") or default_image_size(split))
-    return load_data(split, image_size=image_size, progress=progress), image_size
+    def __init__(self, split: pd.DataFrame, options: dict, progress: bool):
+        self.split, self.options, self.progress = split, options, progress
+        self.images = None
+        self.image_size = None
+
+    def for_run(self, run_dir: Path, folds: int):
+        """The images (None when the run at ``run_dir`` has all ``folds`` finished and nothing was read yet) and the
+        run options they imply (``image_size``: their side in pixels).
+
+        Returns
+        -------
+        (tensor or None, dict)
+            The images as :func:`tmdafm_core.training.load_data` stores them, and ``{"image_size": side}`` once read.
+        """
+        if self.images is None and finished_folds(run_dir, folds) < folds:
+            self.image_size = int(self.options.get("image_size") or default_image_size(self.split))
+            self.images = load_data(self.split, image_size=self.image_size, progress=self.progress)
+        return self.images, ({"image_size": self.image_size} if self.image_size else {})
 
 
 def finished_folds(run_dir: Path, folds: int) -> int:
