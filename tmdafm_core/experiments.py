@@ -141,7 +141,7 @@ def compare_architectures(data: pd.DataFrame, out_dir, *, archs=ARCHITECTURES, w
         for t, arch, version, run_dir in runs:
             bar.set_postfix_str(f"{t} {arch} {version}")
             before = finished_folds(run_dir, options["folds"])
-            stored, sized = study_images.for_run(run_dir, options["folds"])
+            stored, sized = study_images.for_run(before < options["folds"])
             metrics = cross_validate(split, run_dir, task=t, presplit=True, images=stored, save_optimizer=False,
                                      progress=progress, **{**options, "arch": arch, "weights": version, **sized})
             bar.update(options["folds"] - before)
@@ -226,7 +226,7 @@ def ablation_study(data: pd.DataFrame, out_dir, *, arch: str = "resnet18", weigh
                 metrics = cross_validate(table, run_dir, task=task, presplit=True, progress=progress, tune=True,
                                          **mlp_options)
             else:
-                stored, sized = study_images.for_run(run_dir, folds)
+                stored, sized = study_images.for_run(before < folds)
                 run_options = {**options, "arch": arch, "weights": weights if mode == "fine-tune" else "none", **sized}
                 metrics = cross_validate(split, run_dir, task=task, presplit=True, images=stored, save_optimizer=False,
                                          progress=progress, **run_options)

@@ -258,9 +258,9 @@ def sequential_study(data: pd.DataFrame, out_dir, *, order=PAPER_MATERIALS, volu
                                             "modes": list(modes), "train": recorded, "n_images": len(split)})
 
     done = sum(finished_folds(stage.run_dir, folds) for stage in stages)
-    study_images = StudyImages(split, options, progress is True)
     folds_done = progress if callable(progress) else None
     progress = progress is True
+    study_images = StudyImages(split, options, progress)
     bar = progress_bar(len(stages) * folds, done, "sequential study", progress)
     progress_reports.report(folds_done, "training the study's folds", done, len(stages) * folds)
     try:
@@ -268,7 +268,7 @@ def sequential_study(data: pd.DataFrame, out_dir, *, order=PAPER_MATERIALS, volu
             for stage in stages:
                 bar.set_postfix_str(f"{stage.task} {stage.mode} {stage.n_classes} classes, volume {stage.volume}")
                 before = finished_folds(stage.run_dir, folds)
-                stored, sized = study_images.for_run(stage.run_dir, folds)
+                stored, sized = study_images.for_run(before < folds)
                 _train_stage(stage, split, stored, elements, {**options, **sized}, progress)
                 bar.update(folds - before)
                 progress_reports.report(folds_done, "training the study's folds", bar.n, len(stages) * folds)

@@ -69,16 +69,17 @@ class StudyImages:
         self.images = None
         self.image_size = None
 
-    def for_run(self, run_dir: Path, folds: int):
-        """The images (None when the run at ``run_dir`` has all ``folds`` finished and nothing was read yet) and the
-        run options they imply (``image_size``: their side in pixels).
+    def for_run(self, unfinished: bool):
+        """The images, read now if this run is ``unfinished`` (has folds left to train) and nothing was read yet, and
+        the run options they imply (``image_size``: their side in pixels).
 
         Returns
         -------
         (tensor or None, dict)
-            The images as :func:`tmdafm_core.training.load_data` stores them, and ``{"image_size": side}`` once read.
+            The images as :func:`tmdafm_core.training.load_data` stores them (None until a run needed them), and
+            ``{"image_size": side}`` once read.
         """
-        if self.images is None and finished_folds(run_dir, folds) < folds:
+        if self.images is None and unfinished:
             self.image_size = int(self.options.get("image_size") or default_image_size(self.split))
             self.images = load_data(self.split, image_size=self.image_size, progress=self.progress)
         return self.images, ({"image_size": self.image_size} if self.image_size else {})
